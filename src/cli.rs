@@ -1,0 +1,71 @@
+//! The command line: `connections serve` and `connections migrate`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    config::{self, Secret, Settings},
+    storage::db::DEFAULT_DATABASE_URL,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "connections", version, about = "Removes links between accounts and their external logins, and streams the events")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, global = true, env = "CONNECTIONS_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (migrates the database first).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://FILE?mode=rwc` or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "CONNECTIONS_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CONNECTIONS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Extra providers: comma-separated `name[:social|external][:logout]`.
+    #[arg(long, env = "CONNECTIONS_EXTRA_PROVIDERS")]
+    pub extra_providers: Option<String>,
+    /// Base64 32-byte AES key for provider session data at rest.
+    #[arg(long, env = "CONNECTIONS_SESSION_KEY", hide_env_values = true)]
+    pub session_key: Option<String>,
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Result<Settings, String> {
+        Ok(Settings {
+            listen: self.listen,
+            database_url: Secret::new(self.database.database_url.clone()),
+            registry: Arc::new(config::provider_registry(self.extra_providers.as_deref())?),
+            session_key: self
+                .session_key
+                .as_deref()
+                .map(config::parse_session_key)
+                .transpose()?,
+        })
+    }
+}

@@ -1,0 +1,268 @@
+//! Conversions between proto messages and domain types. Requests are
+//! destructured completely, so a new proto field cannot be silently ignored.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::{
+    domain::{
+        self, ApiKey, DomainError, LoginIdValue, NewIdentity, NewLoginId, ProviderFamily,
+        ProviderRegistry, ProviderSession, ProviderUid, SiteSettings, Uid, Vhost,
+        providers::sub_provider_for, redirect::normalize_origin,
+    },
+    proto::v1 as pb,
+};
+
+pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn from_timestamp(field: &'static str, ts: Timestamp) -> Result<DateTime<Utc>, DomainError> {
+    let nanos = u32::try_from(ts.nanos).map_err(|_| DomainError::invalid(field, "nanos must not be negative"))?;
+    DateTime::from_timestamp(ts.seconds, nanos).ok_or_else(|| DomainError::invalid(field, "out of range"))
+}
+
+pub fn site(site: domain::Site) -> pb::Site {
+    let domain::Site {
+        id: _,
+        api_key,
+        vhost,
+        name,
+        unlink_action_enabled,
+        allowed_redirect_origins,
+        created_at,
+        updated_at,
+    } = site;
+    pb::Site {
+        api_key,
+        vhost,
+        name,
+        unlink_action_enabled,
+        allowed_redirect_origins,
+        created_at: Some(timestamp(created_at)),
+        updated_at: Some(timestamp(updated_at)),
+    }
+}
+
+pub fn identity_state(state: domain::IdentityState) -> pb::IdentityState {
+    match state {
+        domain::IdentityState::Active => pb::IdentityState::Active,
+        domain::IdentityState::SoftRemoved => pb::IdentityState::SoftRemoved,
+    }
+}
+
+pub fn identity(identity: &domain::Identity) -> pb::Identity {
+    pb::Identity {
+        provider: identity.provider.clone(),
+        sub_provider: identity.sub_provider.clone(),
+        provider_uid: identity.provider_uid.clone(),
+        login_id: identity.login_id.clone(),
+        state: identity_state(identity.state).into(),
+        has_session: identity.has_session,
+        linked_at: Some(timestamp(identity.linked_at)),
+        updated_at: Some(timestamp(identity.updated_at)),
+    }
+}
+
+pub fn account(account: &domain::Account) -> pb::Account {
+    pb::Account {
+        api_key: account.api_key.clone(),
+        uid: account.uid.clone(),
+        login_ids: account
+            .login_ids
+            .iter()
+            .map(|l| pb::LoginId {
+                login_id: l.value.clone(),
+                has_password: l.has_password,
+            })
+            .collect(),
+        identities: account.identities.iter().map(identity).collect(),
+        login_methods: account.login_methods(),
+        created_at: Some(timestamp(account.created_at)),
+        updated_at: Some(timestamp(account.updated_at)),
+    }
+}
+
+pub fn removal_mode(mode: domain::RemovalMode) -> pb::RemovalMode {
+    match mode {
+        domain::RemovalMode::Hard => pb::RemovalMode::Hard,
+        domain::RemovalMode::Soft => pb::RemovalMode::Soft,
+    }
+}
+
+pub fn event_source(source: domain::EventSource) -> pb::EventSource {
+    match source {
+        domain::EventSource::RemoveConnection => pb::EventSource::RemoveConnection,
+        domain::EventSource::UnlinkAccount => pb::EventSource::UnlinkAccount,
+    }
+}
+
+pub fn event(sequenced: domain::SequencedEvent) -> pb::ConnectionRemoved {
+    let domain::SequencedEvent { position, event } = sequenced;
+    let domain::ConnectionRemoved {
+        event_id,
+        occurred_at,
+        api_key,
+        vhost,
+        uid,
+        provider,
+        sub_provider,
+        provider_uid,
+        mode,
+        removed_login_ids,
+        provider_logout_requested,
+        source,
+        cid,
+        call_id,
+        actor,
+        remaining_login_methods,
+        traceparent,
+    } = event;
+    pb::ConnectionRemoved {
+        position,
+        event_id,
+        occurred_at: Some(timestamp(occurred_at)),
+        api_key,
+        vhost,
+        uid,
+        provider,
+        sub_provider,
+        provider_uid,
+        mode: removal_mode(mode).into(),
+        removed_login_ids,
+        provider_logout_requested,
+        source: event_source(source).into(),
+        cid: cid.unwrap_or_default(),
+        call_id,
+        actor,
+        remaining_login_methods,
+        traceparent: traceparent.unwrap_or_default(),
+    }
+}
+
+pub fn api_key(value: &str) -> Result<ApiKey, DomainError> {
+    ApiKey::parse_key("api_key", value)
+}
+
+pub fn upsert_site(request: pb::UpsertSiteRequest) -> Result<SiteSettings, DomainError> {
+    let pb::UpsertSiteRequest {
+        api_key: key,
+        vhost,
+        name,
+        unlink_action_enabled,
+        allowed_redirect_origins,
+    } = request;
+    if name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            "name",
+            "must be at most 200 characters without control characters",
+        ));
+    }
+    if allowed_redirect_origins.len() > 100 {
+        return Err(DomainError::invalid(
+            "allowed_redirect_origins",
+            "at most 100 origins",
+        ));
+    }
+    let mut origins = allowed_redirect_origins
+        .iter()
+        .map(|o| normalize_origin(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    origins.sort();
+    origins.dedup();
+    Ok(SiteSettings {
+        api_key: api_key(&key)?,
+        vhost: Vhost::parse("vhost", vhost)?,
+        name,
+        unlink_action_enabled,
+        allowed_redirect_origins: origins,
+    })
+}
+
+pub fn upsert_account(
+    request: pb::UpsertAccountRequest,
+) -> Result<(ApiKey, Uid, Vec<NewLoginId>), DomainError> {
+    let pb::UpsertAccountRequest {
+        api_key: key,
+        uid,
+        login_ids,
+    } = request;
+    if login_ids.len() > 100 {
+        return Err(DomainError::invalid("login_ids", "at most 100 login IDs"));
+    }
+    let login_ids = login_ids
+        .into_iter()
+        .map(|pb::LoginId {
+                  login_id,
+                  has_password,
+              }| {
+            Ok(NewLoginId {
+                value: LoginIdValue::parse("login_ids", &login_id)?,
+                has_password,
+            })
+        })
+        .collect::<Result<Vec<_>, DomainError>>()?;
+    Ok((api_key(&key)?, Uid::parse("uid", &uid)?, login_ids))
+}
+
+pub fn link_connection(
+    registry: &ProviderRegistry,
+    request: pb::LinkConnectionRequest,
+) -> Result<(ApiKey, Uid, NewIdentity), DomainError> {
+    let pb::LinkConnectionRequest {
+        api_key: key,
+        uid,
+        provider,
+        sub_provider,
+        provider_uid,
+        login_id,
+        session,
+    } = request;
+    let key = api_key(&key)?;
+    let uid = Uid::parse("uid", &uid)?;
+    let provider = registry.resolve("provider", &provider, None::<ProviderFamily>)?;
+    let sub_provider = sub_provider_for("sub_provider", &provider, &sub_provider)?;
+    let provider_uid = ProviderUid::parse("provider_uid", &provider_uid)?;
+    let login_id = login_id
+        .map(|l| LoginIdValue::parse("login_id", &l))
+        .transpose()?;
+    let session = session
+        .map(
+            |pb::ProviderSession {
+                 access_token,
+                 refresh_token,
+                 expires_at,
+             }| {
+                if access_token.len() > 8192 || refresh_token.len() > 8192 {
+                    return Err(DomainError::invalid("session", "tokens must be at most 8192 bytes"));
+                }
+                Ok(ProviderSession {
+                    access_token,
+                    refresh_token,
+                    expires_at: expires_at
+                        .map(|t| from_timestamp("session.expires_at", t))
+                        .transpose()?,
+                })
+            },
+        )
+        .transpose()?;
+    Ok((
+        key,
+        uid,
+        NewIdentity {
+            provider: provider.name,
+            sub_provider,
+            provider_uid,
+            login_id,
+            session,
+        },
+    ))
+}
+
+pub fn get_account(request: pb::GetAccountRequest) -> Result<(ApiKey, Uid), DomainError> {
+    let pb::GetAccountRequest { api_key: key, uid } = request;
+    Ok((api_key(&key)?, Uid::parse("uid", &uid)?))
+}

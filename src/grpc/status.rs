@@ -1,0 +1,191 @@
+//! The one place where errors become gRPC statuses: an exhaustive map from
+//! every error to a code and a stable ErrorInfo reason (AIP-193), BadRequest
+//! field violations for bad fields, and the call id on every error.
+
+use std::collections::HashMap;
+
+use sea_orm::DbErr;
+use tonic::{Code, Status, metadata::MetadataValue};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{domain::DomainError, storage::StorageError};
+
+pub const ERROR_DOMAIN: &str = "connections";
+pub const CALL_ID_HEADER: &str = "x-call-id";
+
+/// The gRPC layer's error: a rule refusal, a storage failure, or a refusal
+/// by the gRPC layer itself (authentication, limits).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Rule(DomainError),
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<DomainError> for ApiError {
+    fn from(err: DomainError) -> Self {
+        Self::Rule(err)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::Rule(rule) => Self::Rule(rule),
+            other => Self::Storage(other),
+        }
+    }
+}
+
+impl From<DbErr> for ApiError {
+    fn from(err: DbErr) -> Self {
+        Self::Storage(err.into())
+    }
+}
+
+/// Code and reason of a rule refusal. No `_` arm: a new variant cannot ship
+/// without a code and a reason.
+fn rule_code(err: &DomainError) -> (Code, &'static str) {
+    match err {
+        DomainError::InvalidParameter { .. } => (Code::InvalidArgument, "INVALID_PARAMETER"),
+        DomainError::MissingParameter { .. } => (Code::InvalidArgument, "MISSING_PARAMETER"),
+        DomainError::UnknownProvider { .. } => (Code::InvalidArgument, "UNKNOWN_PROVIDER"),
+        DomainError::SiteNotFound => (Code::NotFound, "SITE_NOT_FOUND"),
+        DomainError::AccountNotFound => (Code::NotFound, "ACCOUNT_NOT_FOUND"),
+        DomainError::NotConnected { .. } => (Code::FailedPrecondition, "NOT_CONNECTED"),
+        DomainError::LastLoginIdentity => (Code::FailedPrecondition, "LAST_LOGIN_IDENTITY"),
+        DomainError::LoginIdInUse { .. } => (Code::FailedPrecondition, "LOGIN_ID_IN_USE"),
+        DomainError::NoLoginMethodLeft => (Code::FailedPrecondition, "NO_LOGIN_METHOD_LEFT"),
+        DomainError::ActionDisabled => (Code::PermissionDenied, "ACTION_DISABLED"),
+        DomainError::RedirectNotAllowed { .. } => (Code::InvalidArgument, "REDIRECT_NOT_ALLOWED"),
+        DomainError::TooManyContextIds { .. } => (Code::InvalidArgument, "TOO_MANY_CONTEXT_IDS"),
+        DomainError::IdempotencyKeyReused => (Code::InvalidArgument, "IDEMPOTENCY_KEY_REUSED"),
+        DomainError::IdentityLinkedElsewhere => (Code::AlreadyExists, "IDENTITY_LINKED_ELSEWHERE"),
+        DomainError::LoginIdTaken { .. } => (Code::AlreadyExists, "LOGIN_ID_TAKEN"),
+        DomainError::VhostInUse { .. } => (Code::AlreadyExists, "VHOST_IN_USE"),
+        DomainError::PositionPruned { .. } => (Code::OutOfRange, "POSITION_PRUNED"),
+    }
+}
+
+fn rule_metadata(err: &DomainError) -> HashMap<String, String> {
+    let mut metadata = HashMap::new();
+    if let Some(field) = err.field() {
+        metadata.insert("field".to_owned(), field.to_owned());
+    }
+    match err {
+        DomainError::PositionPruned {
+            requested,
+            earliest,
+        } => {
+            metadata.insert("earliest_position".to_owned(), earliest.to_string());
+            metadata.insert("requested_position".to_owned(), requested.to_string());
+        }
+        DomainError::NotConnected { provider } => {
+            metadata.insert("provider".to_owned(), provider.clone());
+        }
+        DomainError::TooManyContextIds { limit } => {
+            metadata.insert("limit".to_owned(), limit.to_string());
+        }
+        _ => {}
+    }
+    metadata
+}
+
+impl ApiError {
+    /// The gRPC code and ErrorInfo reason.
+    pub fn code_and_reason(&self) -> (Code, &'static str) {
+        match self {
+            Self::Rule(rule) => rule_code(rule),
+            Self::Storage(StorageError::Rule(rule)) => rule_code(rule),
+            Self::Storage(StorageError::Database(DbErr::Conn(_) | DbErr::ConnectionAcquire(_))) => {
+                (Code::Unavailable, "DATABASE_UNAVAILABLE")
+            }
+            Self::Storage(StorageError::Database(_) | StorageError::Corrupt(_)) => {
+                (Code::Internal, "INTERNAL")
+            }
+            Self::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Self::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            Self::ResourceExhausted(_) => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+            Self::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+        }
+    }
+
+    /// Builds the status the caller sees. Internal causes are logged here
+    /// with the call id and replaced by an opaque message.
+    pub fn into_status(self, call_id: &str) -> Status {
+        let (code, reason) = self.code_and_reason();
+        let (message, mut details) = match &self {
+            Self::Rule(rule) | Self::Storage(StorageError::Rule(rule)) => {
+                let mut details =
+                    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, rule_metadata(rule));
+                if let Some(field) = rule.field() {
+                    details.add_bad_request_violation(field, rule.to_string());
+                }
+                (rule.to_string(), details)
+            }
+            Self::Storage(cause) => {
+                tracing::error!(call_id, error = %cause, "storage failure");
+                (
+                    format!("internal error (call id {call_id})"),
+                    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+                )
+            }
+            Self::Unauthenticated(message)
+            | Self::PermissionDenied(message)
+            | Self::ResourceExhausted(message)
+            | Self::Unavailable(message) => (
+                message.clone(),
+                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+            ),
+        };
+        details.set_request_info(call_id, "");
+        let mut status = Status::with_error_details(code, message, details);
+        if let Ok(value) = MetadataValue::try_from(call_id) {
+            status.metadata_mut().insert(CALL_ID_HEADER, value);
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_refusals_carry_reason_field_and_call_id() {
+        let status = ApiError::from(DomainError::MissingParameter { field: "uid" }).into_status("c1");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.metadata().get(CALL_ID_HEADER).unwrap(), "c1");
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "MISSING_PARAMETER");
+        assert_eq!(details.bad_request().unwrap().field_violations[0].field, "uid");
+    }
+
+    #[test]
+    fn pruned_positions_report_the_earliest_position() {
+        let status = ApiError::from(DomainError::PositionPruned {
+            requested: 3,
+            earliest: 10,
+        })
+        .into_status("c");
+        assert_eq!(status.code(), Code::OutOfRange);
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.metadata["earliest_position"], "10");
+    }
+
+    #[test]
+    fn internal_causes_are_not_shown() {
+        let status = ApiError::from(StorageError::Corrupt("secret detail".into())).into_status("c9");
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

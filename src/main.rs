@@ -1,0 +1,67 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use connections::{
+    app::App,
+    cli::{Cli, Command},
+    storage::db,
+    telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::Migrate(args) => migrate(&args.database_url).await,
+        Command::Serve(args) => serve(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("connections: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(database_url: &str) -> Result<(), String> {
+    let connection = db::connect(database_url).await.map_err(|e| e.to_string())?;
+    db::migrate(&connection).await.map_err(|e| e.to_string())?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn serve(args: connections::cli::ServeArgs) -> Result<(), String> {
+    let settings = args.settings()?;
+    let app = App::build(&settings).await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    app.run(listener, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,11 @@
+//! SeaORM entities, one per table.
+
+pub mod account;
+pub mod consumer;
+pub mod context_id;
+pub mod event;
+pub mod event_sequence;
+pub mod idempotency_key;
+pub mod identity;
+pub mod login_id;
+pub mod site;

@@ -1,0 +1,13 @@
+//! Storage: SeaORM entities, migrations and the repository that owns every
+//! SQL statement and transaction.
+
+pub mod db;
+pub mod entities;
+pub mod error;
+pub mod migrations;
+pub mod repository;
+pub mod secrets;
+
+pub use error::{StorageError, StorageResult};
+pub use repository::{LinkOutcome, Repository};
+pub use secrets::SessionSealer;
