@@ -90,7 +90,9 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ConnectionServiceServer::new(ConnectionApi::new(state.clone())))
+            .add_service(ConnectionServiceServer::new(ConnectionApi::new(
+                state.clone(),
+            )))
             .add_service(EventServiceServer::new(EventApi::new(state.clone())))
             .add_service(AdminServiceServer::new(AdminApi::new(state.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -10,12 +10,21 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "connections", version, about = "Removes links between accounts and their external logins, and streams the events")]
+#[command(
+    name = "connections",
+    version,
+    about = "Removes links between accounts and their external logins, and streams the events"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format; the level comes from RUST_LOG (default info).
-    #[arg(long, global = true, env = "CONNECTIONS_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONNECTIONS_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 

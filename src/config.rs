@@ -85,7 +85,9 @@ mod tests {
 
     #[test]
     fn session_keys_must_be_32_bytes_of_base64() {
-        assert!(parse_session_key(&base64::engine::general_purpose::STANDARD.encode([1u8; 32])).is_ok());
+        assert!(
+            parse_session_key(&base64::engine::general_purpose::STANDARD.encode([1u8; 32])).is_ok()
+        );
         assert!(parse_session_key("c2hvcnQ=").is_err());
         assert!(parse_session_key("not base64!").is_err());
     }

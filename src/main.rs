@@ -39,7 +39,9 @@ async fn serve(args: connections::cli::ServeArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-    app.run(listener, shutdown_signal()).await.map_err(|e| e.to_string())
+    app.run(listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Resolves on ctrl-c or SIGTERM.

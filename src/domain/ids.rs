@@ -22,7 +22,10 @@ fn checked_text(field: &'static str, value: &str, max_chars: usize) -> Result<St
         ));
     }
     if has_control(value) {
-        return Err(DomainError::invalid(field, "must not contain control characters"));
+        return Err(DomainError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     if value.trim() != value {
         return Err(DomainError::invalid(
@@ -164,7 +167,10 @@ mod tests {
         assert!(Uid::parse("uid", &"x".repeat(257)).is_err());
         assert!(Uid::parse("uid", "a\nb").is_err());
         assert!(Uid::parse("uid", " a").is_err());
-        assert_eq!(Uid::parse("uid", "u-1").map(Uid::into_string), Ok("u-1".into()));
+        assert_eq!(
+            Uid::parse("uid", "u-1").map(Uid::into_string),
+            Ok("u-1".into())
+        );
     }
 
     #[test]
@@ -186,7 +192,13 @@ mod tests {
         assert!(Vhost::parse("vhost", 0).is_err());
         assert!(Vhost::parse("vhost", -5).is_err());
         assert!(Vhost::parse("vhost", 100_000_000_000).is_err());
-        assert_eq!(Vhost::parse("vhost", MAX_ELEVEN_DIGITS).map(Vhost::get), Ok(MAX_ELEVEN_DIGITS));
-        assert_eq!(numeric_uid("uid", 42).map(Uid::into_string), Ok("42".into()));
+        assert_eq!(
+            Vhost::parse("vhost", MAX_ELEVEN_DIGITS).map(Vhost::get),
+            Ok(MAX_ELEVEN_DIGITS)
+        );
+        assert_eq!(
+            numeric_uid("uid", 42).map(Uid::into_string),
+            Ok("42".into())
+        );
     }
 }

@@ -276,7 +276,10 @@ mod tests {
 
     #[test]
     fn saml_providers_need_a_valid_name() {
-        assert_eq!(social("SAML-Okta_1").map(|p| p.name), Ok("saml-okta_1".into()));
+        assert_eq!(
+            social("SAML-Okta_1").map(|p| p.name),
+            Ok("saml-okta_1".into())
+        );
         assert!(social("saml-").is_err());
         assert!(social("saml-a b").is_err());
         assert!(social(&format!("saml-{}", "a".repeat(65))).is_err());
@@ -285,15 +288,25 @@ mod tests {
 
     #[test]
     fn unknown_and_other_family_names_are_unknown_providers() {
-        assert!(matches!(social("myspace"), Err(DomainError::UnknownProvider { .. })));
-        assert!(matches!(social("janrain"), Err(DomainError::UnknownProvider { .. })));
+        assert!(matches!(
+            social("myspace"),
+            Err(DomainError::UnknownProvider { .. })
+        ));
+        assert!(matches!(
+            social("janrain"),
+            Err(DomainError::UnknownProvider { .. })
+        ));
         let registry = ProviderRegistry::default();
-        assert!(registry
-            .resolve("p", "facebook", Some(ProviderFamily::ExternalId))
-            .is_err());
-        assert!(registry
-            .resolve("p", "Sheridan Staff", Some(ProviderFamily::ExternalId))
-            .is_ok());
+        assert!(
+            registry
+                .resolve("p", "facebook", Some(ProviderFamily::ExternalId))
+                .is_err()
+        );
+        assert!(
+            registry
+                .resolve("p", "Sheridan Staff", Some(ProviderFamily::ExternalId))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -321,7 +334,9 @@ mod tests {
     #[test]
     fn configuration_extends_the_registry() {
         let mut registry = ProviderRegistry::default();
-        registry.extend_from_spec("apple:logout, okta:external").unwrap();
+        registry
+            .extend_from_spec("apple:logout, okta:external")
+            .unwrap();
         assert!(registry.logout_requested("apple"));
         assert_eq!(registry.family_of("okta"), ProviderFamily::ExternalId);
         assert!(registry.extend_from_spec("x:weird").is_err());

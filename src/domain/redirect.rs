@@ -35,7 +35,9 @@ impl RedirectTarget {
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
         {
-            return Err(refuse("must not contain white space, control characters or backslashes"));
+            return Err(refuse(
+                "must not contain white space, control characters or backslashes",
+            ));
         }
         if let Some(rest) = value.strip_prefix('/') {
             if rest.starts_with('/') {
@@ -43,7 +45,8 @@ impl RedirectTarget {
             }
             return Ok(Self(value.to_owned()));
         }
-        let url = Url::parse(value).map_err(|_| refuse("must be a path starting with '/' or an absolute http(s) URL"))?;
+        let url = Url::parse(value)
+            .map_err(|_| refuse("must be a path starting with '/' or an absolute http(s) URL"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(refuse("only http and https URLs are allowed"));
         }
@@ -51,8 +54,10 @@ impl RedirectTarget {
             return Err(refuse("must not contain credentials"));
         }
         let origin = url.origin().ascii_serialization();
-        if !allowed_origins.iter().any(|allowed| *allowed == origin) {
-            return Err(refuse("the URL's origin is not in the site's allowed_redirect_origins"));
+        if !allowed_origins.contains(&origin) {
+            return Err(refuse(
+                "the URL's origin is not in the site's allowed_redirect_origins",
+            ));
         }
         Ok(Self(value.to_owned()))
     }
@@ -73,10 +78,15 @@ pub fn normalize_origin(value: &str) -> Result<String, DomainError> {
     let invalid = || {
         DomainError::invalid(
             FIELD,
-            format!("{value:?} is not an origin of the form scheme://host[:port] with scheme http or https"),
+            format!(
+                "{value:?} is not an origin of the form scheme://host[:port] with scheme http or https"
+            ),
         )
     };
-    if value.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+    if value
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+    {
         return Err(invalid());
     }
     let url = Url::parse(value).map_err(|_| invalid())?;
@@ -99,7 +109,10 @@ mod tests {
     use super::*;
 
     fn allowed() -> Vec<String> {
-        vec![normalize_origin("https://www.Example.com").unwrap(), normalize_origin("http://localhost:8080").unwrap()]
+        vec![
+            normalize_origin("https://www.Example.com").unwrap(),
+            normalize_origin("http://localhost:8080").unwrap(),
+        ]
     }
 
     #[test]
@@ -163,21 +176,40 @@ mod tests {
     fn empty_and_overlong_redirects_name_the_field() {
         assert_eq!(
             RedirectTarget::parse("", &allowed()),
-            Err(DomainError::MissingParameter { field: "redirect_url" })
+            Err(DomainError::MissingParameter {
+                field: "redirect_url"
+            })
         );
         let long = format!("/{}", "a".repeat(100));
         assert!(matches!(
             RedirectTarget::parse(&long, &allowed()),
-            Err(DomainError::InvalidParameter { field: "redirect_url", .. })
+            Err(DomainError::InvalidParameter {
+                field: "redirect_url",
+                ..
+            })
         ));
         assert!(RedirectTarget::parse(&format!("/{}", "a".repeat(99)), &allowed()).is_ok());
     }
 
     #[test]
     fn origins_are_normalised_and_must_be_bare() {
-        assert_eq!(normalize_origin("HTTPS://Example.COM:443"), Ok("https://example.com".into()));
-        assert_eq!(normalize_origin("http://example.com:8080"), Ok("http://example.com:8080".into()));
-        for bad in ["example.com", "ftp://x.com", "https://x.com/path", "https://x.com/", "https://u@x.com", "https://x.com?q", "javascript:x"] {
+        assert_eq!(
+            normalize_origin("HTTPS://Example.COM:443"),
+            Ok("https://example.com".into())
+        );
+        assert_eq!(
+            normalize_origin("http://example.com:8080"),
+            Ok("http://example.com:8080".into())
+        );
+        for bad in [
+            "example.com",
+            "ftp://x.com",
+            "https://x.com/path",
+            "https://x.com/",
+            "https://u@x.com",
+            "https://x.com?q",
+            "javascript:x",
+        ] {
             assert!(normalize_origin(bad).is_err(), "{bad}");
         }
     }

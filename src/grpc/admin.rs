@@ -43,7 +43,11 @@ impl AdminService for AdminApi {
         let ctx = call_context(&request);
         let result = async {
             let pb::GetSiteRequest { api_key } = request.into_inner();
-            let site = self.state.repo.site_by_api_key(&convert::api_key(&api_key)?).await?;
+            let site = self
+                .state
+                .repo
+                .site_by_api_key(&convert::api_key(&api_key)?)
+                .await?;
             Ok::<_, ApiError>(pb::GetSiteResponse {
                 site: Some(convert::site(site)),
                 call_id: ctx.call_id.clone(),
@@ -60,7 +64,11 @@ impl AdminService for AdminApi {
         let ctx = call_context(&request);
         let result = async {
             let (api_key, uid, login_ids) = convert::upsert_account(request.into_inner())?;
-            let (account, created) = self.state.repo.upsert_account(&api_key, &uid, login_ids).await?;
+            let (account, created) = self
+                .state
+                .repo
+                .upsert_account(&api_key, &uid, login_ids)
+                .await?;
             Ok::<_, ApiError>(pb::UpsertAccountResponse {
                 account: Some(convert::account(&account)),
                 created,

@@ -22,14 +22,18 @@ impl ConnectionService for ConnectionApi {
         &self,
         _request: Request<pb::RemoveConnectionRequest>,
     ) -> Result<Response<pb::RemoveConnectionResponse>, Status> {
-        Err(Status::unimplemented("RemoveConnection is not implemented yet"))
+        Err(Status::unimplemented(
+            "RemoveConnection is not implemented yet",
+        ))
     }
 
     async fn unlink_account(
         &self,
         _request: Request<pb::UnlinkAccountRequest>,
     ) -> Result<Response<pb::UnlinkAccountResponse>, Status> {
-        Err(Status::unimplemented("UnlinkAccount is not implemented yet"))
+        Err(Status::unimplemented(
+            "UnlinkAccount is not implemented yet",
+        ))
     }
 
     async fn link_connection(

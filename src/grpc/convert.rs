@@ -21,8 +21,10 @@ pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
 }
 
 fn from_timestamp(field: &'static str, ts: Timestamp) -> Result<DateTime<Utc>, DomainError> {
-    let nanos = u32::try_from(ts.nanos).map_err(|_| DomainError::invalid(field, "nanos must not be negative"))?;
-    DateTime::from_timestamp(ts.seconds, nanos).ok_or_else(|| DomainError::invalid(field, "out of range"))
+    let nanos = u32::try_from(ts.nanos)
+        .map_err(|_| DomainError::invalid(field, "nanos must not be negative"))?;
+    DateTime::from_timestamp(ts.seconds, nanos)
+        .ok_or_else(|| DomainError::invalid(field, "out of range"))
 }
 
 pub fn site(site: domain::Site) -> pb::Site {
@@ -195,15 +197,17 @@ pub fn upsert_account(
     }
     let login_ids = login_ids
         .into_iter()
-        .map(|pb::LoginId {
-                  login_id,
-                  has_password,
-              }| {
-            Ok(NewLoginId {
-                value: LoginIdValue::parse("login_ids", &login_id)?,
-                has_password,
-            })
-        })
+        .map(
+            |pb::LoginId {
+                 login_id,
+                 has_password,
+             }| {
+                Ok(NewLoginId {
+                    value: LoginIdValue::parse("login_ids", &login_id)?,
+                    has_password,
+                })
+            },
+        )
         .collect::<Result<Vec<_>, DomainError>>()?;
     Ok((api_key(&key)?, Uid::parse("uid", &uid)?, login_ids))
 }
@@ -237,7 +241,10 @@ pub fn link_connection(
                  expires_at,
              }| {
                 if access_token.len() > 8192 || refresh_token.len() > 8192 {
-                    return Err(DomainError::invalid("session", "tokens must be at most 8192 bytes"));
+                    return Err(DomainError::invalid(
+                        "session",
+                        "tokens must be at most 8192 bytes",
+                    ));
                 }
                 Ok(ProviderSession {
                     access_token,

@@ -20,7 +20,8 @@ impl EventApi {
     }
 }
 
-pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+pub type SubscribeStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventService for EventApi {
@@ -37,6 +38,8 @@ impl EventService for EventApi {
         &self,
         _request: Request<pb::CommitPositionRequest>,
     ) -> Result<Response<pb::CommitPositionResponse>, Status> {
-        Err(Status::unimplemented("CommitPosition is not implemented yet"))
+        Err(Status::unimplemented(
+            "CommitPosition is not implemented yet",
+        ))
     }
 }

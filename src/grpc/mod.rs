@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use crate::{domain::{CallContext, ProviderRegistry}, storage::Repository};
+use crate::{
+    domain::{CallContext, ProviderRegistry},
+    storage::Repository,
+};
 use status::{ApiError, CALL_ID_HEADER};
 
 /// Shared state of the gRPC services.
@@ -40,7 +43,10 @@ pub fn call_context<T>(request: &Request<T>) -> CallContext {
         .get::<Actor>()
         .map_or(ANONYMOUS_ACTOR, |a| a.0.as_str());
     let mut ctx = CallContext::new(actor);
-    ctx.traceparent = request.extensions().get::<TraceParent>().map(|t| t.0.clone());
+    ctx.traceparent = request
+        .extensions()
+        .get::<TraceParent>()
+        .map(|t| t.0.clone());
     ctx
 }
 

@@ -162,12 +162,16 @@ mod tests {
 
     #[test]
     fn rule_refusals_carry_reason_field_and_call_id() {
-        let status = ApiError::from(DomainError::MissingParameter { field: "uid" }).into_status("c1");
+        let status =
+            ApiError::from(DomainError::MissingParameter { field: "uid" }).into_status("c1");
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.metadata().get(CALL_ID_HEADER).unwrap(), "c1");
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "MISSING_PARAMETER");
-        assert_eq!(details.bad_request().unwrap().field_violations[0].field, "uid");
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "uid"
+        );
     }
 
     #[test]
@@ -184,7 +188,8 @@ mod tests {
 
     #[test]
     fn internal_causes_are_not_shown() {
-        let status = ApiError::from(StorageError::Corrupt("secret detail".into())).into_status("c9");
+        let status =
+            ApiError::from(StorageError::Corrupt("secret detail".into())).into_status("c9");
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"));
     }

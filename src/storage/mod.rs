@@ -5,6 +5,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod migrations;
+pub mod outbox;
 pub mod repository;
 pub mod secrets;
 

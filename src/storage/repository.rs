@@ -2,12 +2,15 @@
 //! under `storage`. Methods take validated domain types and return domain
 //! types; SeaORM models never leave this module tree.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
+use tokio::sync::Notify;
 
 use super::{
     entities::{account, identity, login_id, site},
@@ -15,8 +18,8 @@ use super::{
     secrets::SessionSealer,
 };
 use crate::domain::{
-    Account, ApiKey, DomainError, Identity, IdentityState, LoginId, NewIdentity, NewLoginId,
-    Site, SiteSettings, Uid, Vhost,
+    Account, ApiKey, DomainError, Identity, IdentityState, LoginId, NewIdentity, NewLoginId, Site,
+    SiteSettings, Uid, Vhost,
     account::{check_dropped_login_ids, distinct_login_ids},
 };
 
@@ -25,6 +28,8 @@ use crate::domain::{
 pub struct Repository {
     db: DatabaseConnection,
     sealer: SessionSealer,
+    /// Woken after a transaction that wrote outbox rows commits.
+    outbox_written: Arc<Notify>,
 }
 
 /// What LinkConnection did.
@@ -37,7 +42,25 @@ pub struct LinkOutcome {
 
 impl Repository {
     pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
-        Self { db, sealer }
+        Self {
+            db,
+            sealer,
+            outbox_written: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Call after committing a transaction that appended outbox rows.
+    pub fn outbox_committed(&self) {
+        self.outbox_written.notify_one();
+    }
+
+    /// What the sequencer waits on for in-process wake-ups.
+    pub fn outbox_notifier(&self) -> Arc<Notify> {
+        self.outbox_written.clone()
+    }
+
+    pub fn sealer(&self) -> &SessionSealer {
+        &self.sealer
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -216,7 +239,9 @@ impl Repository {
                     .into());
                 }
                 Some(_) => {}
-                None => insert_login_id(&txn, site.id, account_row.id, login.as_str(), false).await?,
+                None => {
+                    insert_login_id(&txn, site.id, account_row.id, login.as_str(), false).await?
+                }
             }
         }
 
@@ -432,8 +457,9 @@ pub(crate) fn site_from_model(model: site::Model) -> StorageResult<Site> {
 }
 
 pub(crate) fn identity_from_model(model: &identity::Model) -> StorageResult<Identity> {
-    let state = IdentityState::parse(&model.state)
-        .ok_or_else(|| StorageError::Corrupt(format!("identity {} state {:?}", model.id, model.state)))?;
+    let state = IdentityState::parse(&model.state).ok_or_else(|| {
+        StorageError::Corrupt(format!("identity {} state {:?}", model.id, model.state))
+    })?;
     Ok(Identity {
         id: model.id,
         provider: model.provider.clone(),

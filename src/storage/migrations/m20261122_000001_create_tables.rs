@@ -104,7 +104,11 @@ enum IdempotencyKeys {
     CreatedAt,
 }
 
-fn fk(from_table: impl IntoIden, from_col: impl IntoIden, to_table: impl IntoIden) -> ForeignKeyCreateStatement {
+fn fk(
+    from_table: impl IntoIden,
+    from_col: impl IntoIden,
+    to_table: impl IntoIden,
+) -> ForeignKeyCreateStatement {
     ForeignKey::create()
         .from(from_table, from_col)
         .to(to_table, Alias::new("id"))
@@ -140,7 +144,12 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Accounts::CreatedAt))
                     .col(timestamp_with_time_zone(Accounts::UpdatedAt))
                     .foreign_key(&mut fk(Accounts::Table, Accounts::SiteId, Sites::Table))
-                    .index(Index::create().unique().col(Accounts::SiteId).col(Accounts::Uid))
+                    .index(
+                        Index::create()
+                            .unique()
+                            .col(Accounts::SiteId)
+                            .col(Accounts::Uid),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -155,8 +164,17 @@ impl MigrationTrait for Migration {
                     .col(boolean(LoginIds::HasPassword))
                     .col(timestamp_with_time_zone(LoginIds::CreatedAt))
                     .foreign_key(&mut fk(LoginIds::Table, LoginIds::SiteId, Sites::Table))
-                    .foreign_key(&mut fk(LoginIds::Table, LoginIds::AccountId, Accounts::Table))
-                    .index(Index::create().unique().col(LoginIds::SiteId).col(LoginIds::LoginId))
+                    .foreign_key(&mut fk(
+                        LoginIds::Table,
+                        LoginIds::AccountId,
+                        Accounts::Table,
+                    ))
+                    .index(
+                        Index::create()
+                            .unique()
+                            .col(LoginIds::SiteId)
+                            .col(LoginIds::LoginId),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -185,7 +203,11 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Identities::LinkedAt))
                     .col(timestamp_with_time_zone(Identities::UpdatedAt))
                     .foreign_key(&mut fk(Identities::Table, Identities::SiteId, Sites::Table))
-                    .foreign_key(&mut fk(Identities::Table, Identities::AccountId, Accounts::Table))
+                    .foreign_key(&mut fk(
+                        Identities::Table,
+                        Identities::AccountId,
+                        Accounts::Table,
+                    ))
                     .index(
                         Index::create()
                             .unique()

@@ -1,0 +1,334 @@
+#![allow(dead_code)]
+
+//! Test harness: a real server on a random loopback port over a fresh
+//! database (a temporary SQLite file, or a new PostgreSQL database when
+//! `CONNECTIONS_TEST_POSTGRES_URL` is set), and typed gRPC clients.
+
+use std::{net::SocketAddr, sync::OnceLock};
+
+use connections::{
+    app::App,
+    config::Settings,
+    proto::v1::{
+        self as pb, admin_service_client::AdminServiceClient,
+        connection_service_client::ConnectionServiceClient,
+        event_service_client::EventServiceClient,
+    },
+};
+use sea_orm::ConnectionTrait;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+pub const POSTGRES_URL_VAR: &str = "CONNECTIONS_TEST_POSTGRES_URL";
+/// Set by `.ci/run`: a missing PostgreSQL URL is then a failure, not a skip.
+pub const REQUIRE_POSTGRES_VAR: &str = "CONNECTIONS_TEST_REQUIRE_POSTGRES";
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// The PostgreSQL backend, or None (test skipped) when not configured.
+    pub fn postgres() -> Option<Self> {
+        match std::env::var(POSTGRES_URL_VAR) {
+            Ok(url) if !url.is_empty() => Some(Self::Postgres(url)),
+            _ => {
+                assert!(
+                    std::env::var(REQUIRE_POSTGRES_VAR).is_err(),
+                    "{REQUIRE_POSTGRES_VAR} is set but {POSTGRES_URL_VAR} is not"
+                );
+                eprintln!("skipped: {POSTGRES_URL_VAR} is not set");
+                None
+            }
+        }
+    }
+
+    /// A fresh, empty database for one test: (url, temp dir keeping SQLite alive).
+    pub async fn fresh_database(&self) -> (String, Option<tempfile::TempDir>) {
+        match self {
+            Self::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                (url, Some(dir))
+            }
+            Self::Postgres(base) => (create_postgres_database(base).await, None),
+        }
+    }
+}
+
+/// Creates `ct_<pid>_<n>` on the server of `base`, after dropping databases
+/// left by test processes that are no longer running.
+async fn create_postgres_database(base: &str) -> String {
+    static CLEANED: OnceLock<()> = OnceLock::new();
+    let admin = sea_orm::Database::connect(base)
+        .await
+        .expect("connect to PostgreSQL");
+    if CLEANED.set(()).is_ok() {
+        let rows = admin
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT datname FROM pg_database WHERE datname LIKE 'ct\\_%'",
+            ))
+            .await
+            .expect("list databases");
+        for row in rows {
+            let name: String = row.try_get("", "datname").expect("datname");
+            let pid = name.split('_').nth(1).unwrap_or_default();
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
+            }
+        }
+    }
+    let name = format!(
+        "ct_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..12)
+            .unwrap_or("x")
+    );
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create test database");
+    let _ = admin.close().await;
+    let mut url = url::Url::parse(base).expect("postgres url");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// A running server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: &Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts a server after `configure` adjusted the default settings.
+    pub async fn spawn_with(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> Self {
+        let (database_url, dir) = backend.fresh_database().await;
+        let mut app = Self::spawn_on(&database_url, configure).await;
+        app._dir = dir;
+        app
+    }
+
+    /// Starts a server on an existing database (e.g. a second replica).
+    pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings::for_database(database_url);
+        configure(&mut settings);
+        let app = App::build(&settings).await.expect("build app");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            app.run(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server ran");
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        Self {
+            addr,
+            database_url: database_url.to_owned(),
+            channel,
+            shutdown: Some(tx),
+            server: Some(server),
+            _dir: None,
+        }
+    }
+
+    pub fn connections(&self) -> ConnectionServiceClient<Channel> {
+        ConnectionServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(self.channel.clone())
+    }
+
+    /// Asks the server to shut down and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+    }
+
+    pub async fn create_site(&self, api_key: &str, vhost: i64) -> pb::Site {
+        self.admin()
+            .upsert_site(pb::UpsertSiteRequest {
+                api_key: api_key.into(),
+                vhost,
+                name: format!("site {api_key}"),
+                unlink_action_enabled: true,
+                allowed_redirect_origins: vec!["https://www.example.com".into()],
+            })
+            .await
+            .expect("upsert site")
+            .into_inner()
+            .site
+            .expect("site")
+    }
+
+    /// Creates an account with `(login_id, has_password)` pairs.
+    pub async fn create_account(
+        &self,
+        api_key: &str,
+        uid: &str,
+        login_ids: &[(&str, bool)],
+    ) -> pb::Account {
+        self.admin()
+            .upsert_account(pb::UpsertAccountRequest {
+                api_key: api_key.into(),
+                uid: uid.into(),
+                login_ids: login_ids
+                    .iter()
+                    .map(|(l, p)| pb::LoginId {
+                        login_id: (*l).into(),
+                        has_password: *p,
+                    })
+                    .collect(),
+            })
+            .await
+            .expect("upsert account")
+            .into_inner()
+            .account
+            .expect("account")
+    }
+
+    /// Links `provider`/`provider_uid` (sub-provider `sub`) to the account.
+    pub async fn link(
+        &self,
+        api_key: &str,
+        uid: &str,
+        provider: &str,
+        sub: &str,
+        provider_uid: &str,
+        login_id: Option<&str>,
+    ) -> pb::LinkConnectionResponse {
+        self.connections()
+            .link_connection(pb::LinkConnectionRequest {
+                api_key: api_key.into(),
+                uid: uid.into(),
+                provider: provider.into(),
+                sub_provider: sub.into(),
+                provider_uid: provider_uid.into(),
+                login_id: login_id.map(Into::into),
+                session: Some(pb::ProviderSession {
+                    access_token: format!("secret-token-{provider_uid}"),
+                    refresh_token: String::new(),
+                    expires_at: None,
+                }),
+            })
+            .await
+            .expect("link connection")
+            .into_inner()
+    }
+
+    pub async fn account(&self, api_key: &str, uid: &str) -> pb::Account {
+        self.connections()
+            .get_account(pb::GetAccountRequest {
+                api_key: api_key.into(),
+                uid: uid.into(),
+            })
+            .await
+            .expect("get account")
+            .into_inner()
+            .account
+            .expect("account")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The ErrorInfo reason of a status (panics when there is none).
+pub fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| {
+            assert_eq!(info.domain, "connections");
+            info.reason.clone()
+        })
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
+}
+
+/// The fields named by the status's BadRequest violations.
+pub fn bad_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts code and reason, and that the call id came with the error.
+pub fn assert_refused(
+    result: Result<impl std::fmt::Debug, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = result.expect_err("the call should have been refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected_reason, "{status:?}");
+    assert!(
+        status.metadata().get("x-call-id").is_some(),
+        "no x-call-id on {status:?}"
+    );
+    status
+}
+
+/// Declares each listed `async fn name(backend: Backend)` as two tests,
+/// `name::sqlite` and `name::postgres` (skipped without a PostgreSQL URL).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(backend) = $crate::helpers::Backend::postgres() {
+                        super::$name(backend).await;
+                    }
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,7 @@
+//! Integration tests: a real server on a random loopback port, spoken to
+//! over gRPC, on SQLite always and on PostgreSQL when configured.
+
+mod admin;
+mod helpers;
+mod link_connection;
+mod server;
