@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, call_context, convert, respond, status::ApiError};
+use super::{AppState, auth::site_scope, call_context, convert, respond, status::ApiError};
 use crate::proto::v1::{self as pb, admin_service_server::AdminService};
 
 #[derive(Debug, Clone)]
@@ -23,8 +23,10 @@ impl AdminService for AdminApi {
         request: Request<pb::UpsertSiteRequest>,
     ) -> Result<Response<pb::UpsertSiteResponse>, Status> {
         let ctx = call_context(&request);
+        let scope = site_scope(&request);
         let result = async {
             let settings = convert::upsert_site(request.into_inner())?;
+            scope.check(settings.api_key.as_str())?;
             let (site, created) = self.state.repo.upsert_site(settings).await?;
             Ok::<_, ApiError>(pb::UpsertSiteResponse {
                 site: Some(convert::site(site)),
@@ -62,8 +64,10 @@ impl AdminService for AdminApi {
         request: Request<pb::UpsertAccountRequest>,
     ) -> Result<Response<pb::UpsertAccountResponse>, Status> {
         let ctx = call_context(&request);
+        let scope = site_scope(&request);
         let result = async {
             let (api_key, uid, login_ids) = convert::upsert_account(request.into_inner())?;
+            scope.check(api_key.as_str())?;
             let (account, created) = self
                 .state
                 .repo

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, call_context, convert, respond, status::ApiError};
+use super::{AppState, auth::site_scope, call_context, convert, respond, status::ApiError};
 use crate::proto::v1::{self as pb, connection_service_server::ConnectionService};
 
 #[derive(Debug, Clone)]
@@ -41,9 +41,11 @@ impl ConnectionService for ConnectionApi {
         request: Request<pb::LinkConnectionRequest>,
     ) -> Result<Response<pb::LinkConnectionResponse>, Status> {
         let ctx = call_context(&request);
+        let scope = site_scope(&request);
         let result = async {
             let (api_key, uid, new) =
                 convert::link_connection(&self.state.registry, request.into_inner())?;
+            scope.check(api_key.as_str())?;
             let outcome = self.state.repo.link_connection(&api_key, &uid, new).await?;
             Ok::<_, ApiError>(pb::LinkConnectionResponse {
                 call_id: ctx.call_id.clone(),
@@ -61,8 +63,10 @@ impl ConnectionService for ConnectionApi {
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let ctx = call_context(&request);
+        let scope = site_scope(&request);
         let result = async {
             let (api_key, uid) = convert::get_account(request.into_inner())?;
+            scope.check(api_key.as_str())?;
             let account = self.state.repo.account(&api_key, &uid).await?;
             Ok::<_, ApiError>(pb::GetAccountResponse {
                 call_id: ctx.call_id.clone(),

@@ -2,6 +2,7 @@
 //! the repository, and convert results back. Proto types end here.
 
 pub mod admin;
+pub mod auth;
 pub mod connection;
 pub mod convert;
 pub mod events;
@@ -24,10 +25,6 @@ pub struct AppState {
     pub registry: Arc<ProviderRegistry>,
 }
 
-/// The authenticated caller, put into request extensions by the auth layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor(pub String);
-
 /// The W3C traceparent of the call's span, put into request extensions by
 /// the telemetry layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,8 +37,8 @@ pub const ANONYMOUS_ACTOR: &str = "anonymous";
 pub fn call_context<T>(request: &Request<T>) -> CallContext {
     let actor = request
         .extensions()
-        .get::<Actor>()
-        .map_or(ANONYMOUS_ACTOR, |a| a.0.as_str());
+        .get::<auth::Caller>()
+        .map_or(ANONYMOUS_ACTOR, |c| c.name.as_str());
     let mut ctx = CallContext::new(actor);
     ctx.traceparent = request
         .extensions()

@@ -106,6 +106,9 @@ async fn create_postgres_database(base: &str) -> String {
 /// A running server.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The server's own repository, for tests that write at the storage level
+    /// (e.g. holding an outbox transaction open).
+    pub repo: connections::storage::Repository,
     pub database_url: String,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -131,6 +134,7 @@ impl TestApp {
         let mut settings = Settings::for_database(database_url);
         configure(&mut settings);
         let app = App::build(&settings).await.expect("build app");
+        let repo = app.state.repo.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -150,6 +154,7 @@ impl TestApp {
             .expect("connect");
         Self {
             addr,
+            repo,
             database_url: database_url.to_owned(),
             channel,
             shutdown: Some(tx),
