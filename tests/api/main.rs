@@ -6,3 +6,4 @@ mod helpers;
 mod link_connection;
 mod remove_connection;
 mod server;
+mod unlink_account;
