@@ -36,6 +36,8 @@ on_both_backends!(
     remove_connection_retry_with_the_same_request_id_acts_once,
     remove_connection_refuses_a_request_id_reused_for_another_request,
     remove_connection_never_removes_both_of_the_last_two_ways_concurrently,
+    remove_connection_concurrent_retries_of_one_request_id_act_once,
+    remove_connection_concurrent_new_cids_never_exceed_the_limit,
 );
 
 pub const KEY: &str = "3_a";
@@ -764,4 +766,60 @@ async fn remove_connection_never_removes_both_of_the_last_two_ways_concurrently(
         assert_eq!(mine[0].event_id, response.removed[0].event_id);
         assert_eq!(mine[0].uid, format!("u{n}"));
     }
+}
+
+async fn remove_connection_concurrent_retries_of_one_request_id_act_once(backend: Backend) {
+    let app = setup(&backend).await;
+    app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
+    app.link(KEY, "u1", "facebook", "", "fb1", None).await;
+    app.link(KEY, "u1", "twitter", "", "tw1", None).await;
+    let mut request = remove("u1", None);
+    request.request_id = "same".into();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = app.connections();
+            let request = request.clone();
+            tokio::spawn(async move { client.remove_connection(request).await })
+        })
+        .collect();
+    let mut responses = Vec::new();
+    for task in tasks {
+        responses.push(task.await.expect("task").expect("answered").into_inner());
+    }
+    assert!(responses.iter().all(|r| *r == responses[0]));
+    assert_eq!(responses[0].removed.len(), 2);
+    assert_eq!(outbox_events(&app).await.len(), 2);
+}
+
+async fn remove_connection_concurrent_new_cids_never_exceed_the_limit(backend: Backend) {
+    let app = setup(&backend).await;
+    let mut client = app.connections();
+    for n in 0..4 {
+        app.create_account(KEY, &format!("u{n}"), &[]).await;
+    }
+    for n in 0..98 {
+        client
+            .remove_connection(with_cid("u0", &format!("cid-{n}")))
+            .await
+            .expect("cid within the limit");
+    }
+    // Four new cids on four accounts (no shared account lock) race for the
+    // last two places.
+    let tasks: Vec<_> = (0..4)
+        .map(|n| {
+            let mut client = app.connections();
+            let request = with_cid(&format!("u{n}"), &format!("new-{n}"));
+            tokio::spawn(async move { client.remove_connection(request).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => admitted += 1,
+            Err(status) => {
+                assert_eq!(crate::helpers::reason(&status), "TOO_MANY_CONTEXT_IDS");
+            }
+        }
+    }
+    assert_eq!(admitted, 2);
 }
