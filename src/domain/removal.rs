@@ -760,6 +760,65 @@ mod tests {
     }
 
     #[test]
+    fn a_named_provider_targets_all_its_active_identities() {
+        let mut second = identity(2, "facebook", Active);
+        second.provider_uid = "other".into();
+        let acc = account(
+            &[("a@x", true)],
+            vec![
+                identity(1, "facebook", Active),
+                second,
+                identity(3, "twitter", Active),
+            ],
+        );
+        let plan =
+            plan_remove_connection(&acc, &registry(), &command(Some("facebook"), Fail)).unwrap();
+        assert_eq!(removed(&plan), [("facebook", Hard), ("facebook", Hard)]);
+    }
+
+    fn site(enabled: bool) -> Site {
+        Site {
+            id: 1,
+            api_key: "3_a".into(),
+            vhost: 1,
+            name: "s".into(),
+            unlink_action_enabled: enabled,
+            allowed_redirect_origins: vec!["https://www.example.com".into()],
+            created_at: DateTime::UNIX_EPOCH,
+            updated_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn unlink(redirect_url: &str) -> RemovalRequest {
+        RemovalRequest::UnlinkAccount(UnlinkAccountCommand {
+            vhost: Vhost::parse("vhost", 1).unwrap(),
+            uid: Uid::parse("uid", "42").unwrap(),
+            redirect_url: redirect_url.into(),
+            target: ExternalTarget::Every,
+            request_id: None,
+            dry_run: false,
+        })
+    }
+
+    #[test]
+    fn unlink_needs_the_action_enabled_before_looking_at_the_redirect() {
+        assert_eq!(
+            unlink("//evil.com").check_site(&site(false)),
+            Err(DomainError::ActionDisabled)
+        );
+        assert!(matches!(
+            unlink("//evil.com").check_site(&site(true)),
+            Err(DomainError::RedirectNotAllowed { .. })
+        ));
+        assert_eq!(
+            unlink("https://www.example.com/x")
+                .check_site(&site(true))
+                .map(|r| r.map(RedirectTarget::into_string)),
+            Ok(Some("https://www.example.com/x".into()))
+        );
+    }
+
+    #[test]
     fn fingerprints_differ_when_any_field_differs() {
         let a = RemovalRequest::RemoveConnection(command(Some("facebook"), Soft));
         let mut other = command(Some("facebook"), Soft);
