@@ -7,6 +7,7 @@ pub mod event;
 pub mod ids;
 pub mod providers;
 pub mod redirect;
+pub mod removal;
 
 pub use account::{
     Account, Identity, IdentityState, LoginId, NewIdentity, NewLoginId, ProviderSession, Site,

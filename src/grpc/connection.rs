@@ -3,7 +3,10 @@
 use tonic::{Request, Response, Status};
 
 use super::{AppState, auth::site_scope, call_context, convert, respond, status::ApiError};
-use crate::proto::v1::{self as pb, connection_service_server::ConnectionService};
+use crate::{
+    domain::removal::RemovalRequest,
+    proto::v1::{self as pb, connection_service_server::ConnectionService},
+};
 
 #[derive(Debug, Clone)]
 pub struct ConnectionApi {
@@ -20,20 +23,46 @@ impl ConnectionApi {
 impl ConnectionService for ConnectionApi {
     async fn remove_connection(
         &self,
-        _request: Request<pb::RemoveConnectionRequest>,
+        request: Request<pb::RemoveConnectionRequest>,
     ) -> Result<Response<pb::RemoveConnectionResponse>, Status> {
-        Err(Status::unimplemented(
-            "RemoveConnection is not implemented yet",
-        ))
+        let ctx = call_context(&request);
+        let scope = site_scope(&request);
+        let result = async {
+            let command = convert::remove_connection(&self.state.registry, request.into_inner())?;
+            scope.check(command.api_key.as_str())?;
+            let request = RemovalRequest::RemoveConnection(command);
+            let outcome = self
+                .state
+                .repo
+                .remove(&self.state.registry, &ctx, request)
+                .await?;
+            Ok::<_, ApiError>(convert::remove_connection_response(outcome))
+        }
+        .await;
+        respond(&ctx, result)
     }
 
     async fn unlink_account(
         &self,
-        _request: Request<pb::UnlinkAccountRequest>,
+        request: Request<pb::UnlinkAccountRequest>,
     ) -> Result<Response<pb::UnlinkAccountResponse>, Status> {
-        Err(Status::unimplemented(
-            "UnlinkAccount is not implemented yet",
-        ))
+        let ctx = call_context(&request);
+        let scope = site_scope(&request);
+        let result = async {
+            let command = convert::unlink_account(&self.state.registry, request.into_inner())?;
+            // The request names the site by vhost: find it to check the scope.
+            let lookup = self.state.repo.site_by_vhost(command.vhost).await;
+            scope.check_lookup(lookup.map_err(ApiError::from), |s| s.api_key.as_str())?;
+            let request = RemovalRequest::UnlinkAccount(command);
+            let outcome = self
+                .state
+                .repo
+                .remove(&self.state.registry, &ctx, request)
+                .await?;
+            Ok::<_, ApiError>(convert::unlink_account_response(outcome))
+        }
+        .await;
+        respond(&ctx, result)
     }
 
     async fn link_connection(

@@ -6,9 +6,15 @@ use prost_types::Timestamp;
 
 use crate::{
     domain::{
-        self, ApiKey, DomainError, LoginIdValue, NewIdentity, NewLoginId, ProviderFamily,
-        ProviderRegistry, ProviderSession, ProviderUid, SiteSettings, Uid, Vhost,
-        providers::sub_provider_for, redirect::normalize_origin,
+        self, ApiKey, ContextId, DomainError, LoginIdValue, NewIdentity, NewLoginId,
+        ProviderFamily, ProviderRegistry, ProviderSession, ProviderUid, SiteSettings, Uid, Vhost,
+        ids::{numeric_uid, optional_request_id},
+        providers::{MAX_SUB_PROVIDER_CHARS, sub_provider_for, sub_provider_name},
+        redirect::{MAX_REDIRECT_CHARS, normalize_origin},
+        removal::{
+            AccountSnapshot, ExternalTarget, LastIdentityHandling, RemovalOutcome,
+            RemoveConnectionCommand, RemovedIdentity, UnlinkAccountCommand,
+        },
     },
     proto::v1 as pb,
 };
@@ -272,4 +278,306 @@ pub fn link_connection(
 pub fn get_account(request: pb::GetAccountRequest) -> Result<(ApiKey, Uid), DomainError> {
     let pb::GetAccountRequest { api_key: key, uid } = request;
     Ok((api_key(&key)?, Uid::parse("uid", &uid)?))
+}
+
+/// `google.protobuf.Value` to JSON. Protobuf numbers are doubles; JSON has
+/// no NaN or infinity, so those are refused.
+pub fn json_from_value(
+    field: &'static str,
+    value: prost_types::Value,
+) -> Result<serde_json::Value, DomainError> {
+    use prost_types::value::Kind;
+    Ok(match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| DomainError::invalid(field, "numbers must be finite"))?,
+        Some(Kind::ListValue(list)) => serde_json::Value::Array(
+            list.values
+                .into_iter()
+                .map(|v| json_from_value(field, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Kind::StructValue(object)) => serde_json::Value::Object(
+            object
+                .fields
+                .into_iter()
+                .map(|(k, v)| Ok((k, json_from_value(field, v)?)))
+                .collect::<Result<_, DomainError>>()?,
+        ),
+    })
+}
+
+/// JSON back to `google.protobuf.Value`.
+pub fn value_from_json(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(prost_types::NullValue::NullValue.into()),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        // Every number came from a double, so as_f64 does not lose anything.
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(value_from_json).collect(),
+        }),
+        serde_json::Value::Object(object) => Kind::StructValue(prost_types::Struct {
+            fields: object
+                .into_iter()
+                .map(|(k, v)| (k, value_from_json(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A present-but-empty optional string is a mistake, not "absent": for
+/// `provider` it would otherwise silently mean "every provider".
+fn present_not_empty(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<String>, DomainError> {
+    match value {
+        Some(v) if v.is_empty() => Err(DomainError::invalid(
+            field,
+            "must not be empty; omit the field instead",
+        )),
+        other => Ok(other),
+    }
+}
+
+pub fn remove_connection(
+    registry: &ProviderRegistry,
+    request: pb::RemoveConnectionRequest,
+) -> Result<RemoveConnectionCommand, DomainError> {
+    let pb::RemoveConnectionRequest {
+        api_key: key,
+        uid,
+        provider,
+        cid,
+        remove_login_id,
+        last_identity_handling,
+        context,
+        request_id,
+        dry_run,
+    } = request;
+    let api_key = api_key(&key)?;
+    let uid = Uid::parse("uid", &uid)?;
+    let provider = present_not_empty("provider", provider)?
+        .map(|p| registry.resolve("provider", &p, Some(ProviderFamily::Social)))
+        .transpose()?
+        .map(|p| p.name);
+    let cid = present_not_empty("cid", cid)?
+        .map(|c| ContextId::parse("cid", &c))
+        .transpose()?;
+    let last_identity_handling = match pb::LastIdentityHandling::try_from(last_identity_handling) {
+        Ok(pb::LastIdentityHandling::Unspecified | pb::LastIdentityHandling::Soft) => {
+            LastIdentityHandling::Soft
+        }
+        Ok(pb::LastIdentityHandling::Remove) => LastIdentityHandling::Remove,
+        Ok(pb::LastIdentityHandling::Fail) => LastIdentityHandling::Fail,
+        Err(_) => {
+            return Err(DomainError::invalid(
+                "last_identity_handling",
+                "unknown value",
+            ));
+        }
+    };
+    let context = context.map(|c| json_from_value("context", c)).transpose()?;
+    Ok(RemoveConnectionCommand {
+        api_key,
+        uid,
+        provider,
+        cid,
+        remove_login_id,
+        last_identity_handling,
+        context,
+        request_id: optional_request_id(&request_id)?,
+        dry_run,
+    })
+}
+
+pub fn unlink_account(
+    registry: &ProviderRegistry,
+    request: pb::UnlinkAccountRequest,
+) -> Result<UnlinkAccountCommand, DomainError> {
+    const PROVIDER: &str = "external_id_provider_name";
+    const SUB_PROVIDER: &str = "sub_provider_name";
+    let pb::UnlinkAccountRequest {
+        vhost,
+        uid,
+        redirect_url,
+        external_id_provider_name,
+        sub_provider_name: sub,
+        request_id,
+        dry_run,
+    } = request;
+    let vhost = Vhost::parse("vhost", vhost)?;
+    let uid = numeric_uid("uid", uid)?;
+    if redirect_url.is_empty() {
+        return Err(DomainError::MissingParameter {
+            field: "redirect_url",
+        });
+    }
+    if redirect_url.chars().count() > MAX_REDIRECT_CHARS {
+        return Err(DomainError::invalid(
+            "redirect_url",
+            format!("must be at most {MAX_REDIRECT_CHARS} characters"),
+        ));
+    }
+    let provider = present_not_empty(PROVIDER, external_id_provider_name)?
+        .map(|p| {
+            if p.chars().count() > MAX_SUB_PROVIDER_CHARS {
+                return Err(DomainError::invalid(
+                    PROVIDER,
+                    format!("must be at most {MAX_SUB_PROVIDER_CHARS} characters"),
+                ));
+            }
+            registry.resolve(PROVIDER, &p, Some(ProviderFamily::ExternalId))
+        })
+        .transpose()?;
+    // The seed asks for lower case; accept any case and compare in lower case.
+    let sub = sub.to_lowercase();
+    if sub.is_empty() {
+        return Err(DomainError::MissingParameter {
+            field: SUB_PROVIDER,
+        });
+    }
+    if sub.chars().count() > MAX_SUB_PROVIDER_CHARS {
+        return Err(DomainError::invalid(
+            SUB_PROVIDER,
+            format!("must be at most {MAX_SUB_PROVIDER_CHARS} characters"),
+        ));
+    }
+    let target = match provider {
+        None if sub == "none" => ExternalTarget::Every,
+        None => {
+            return Err(DomainError::invalid(
+                SUB_PROVIDER,
+                "must be `none` when no external_id_provider_name is given",
+            ));
+        }
+        Some(p) if p.has_sub_providers && sub == "all" => {
+            ExternalTarget::Provider { provider: p.name }
+        }
+        Some(p) if p.has_sub_providers => ExternalTarget::SubProvider {
+            sub_provider: sub_provider_name(SUB_PROVIDER, &sub)?,
+            provider: p.name,
+        },
+        Some(p) if sub == "none" => ExternalTarget::Provider { provider: p.name },
+        Some(p) => {
+            return Err(DomainError::invalid(
+                SUB_PROVIDER,
+                format!("must be `none` for {}", p.name),
+            ));
+        }
+    };
+    Ok(UnlinkAccountCommand {
+        vhost,
+        uid,
+        redirect_url,
+        target,
+        request_id: optional_request_id(&request_id)?,
+        dry_run,
+    })
+}
+
+fn removed_identity(removed: RemovedIdentity) -> pb::RemovedIdentity {
+    let RemovedIdentity {
+        provider,
+        sub_provider,
+        provider_uid,
+        mode,
+        removed_login_ids,
+        provider_logout_requested,
+        event_id,
+    } = removed;
+    pb::RemovedIdentity {
+        provider,
+        sub_provider,
+        provider_uid,
+        mode: removal_mode(mode).into(),
+        removed_login_ids,
+        provider_logout_requested,
+        event_id,
+    }
+}
+
+fn account_snapshot(snapshot: AccountSnapshot) -> pb::Account {
+    let login_methods = snapshot.login_methods();
+    let AccountSnapshot {
+        api_key,
+        uid,
+        login_ids,
+        identities,
+        created_at,
+        updated_at,
+    } = snapshot;
+    pb::Account {
+        api_key,
+        uid,
+        login_ids: login_ids
+            .into_iter()
+            .map(|(login_id, has_password)| pb::LoginId {
+                login_id,
+                has_password,
+            })
+            .collect(),
+        identities: identities
+            .into_iter()
+            .map(|i| pb::Identity {
+                provider: i.provider,
+                sub_provider: i.sub_provider,
+                provider_uid: i.provider_uid,
+                login_id: i.login_id,
+                state: identity_state(i.state).into(),
+                has_session: i.has_session,
+                linked_at: Some(timestamp(i.linked_at)),
+                updated_at: Some(timestamp(i.updated_at)),
+            })
+            .collect(),
+        login_methods,
+        created_at: Some(timestamp(created_at)),
+        updated_at: Some(timestamp(updated_at)),
+    }
+}
+
+pub fn remove_connection_response(outcome: RemovalOutcome) -> pb::RemoveConnectionResponse {
+    let RemovalOutcome {
+        call_id,
+        time,
+        removed,
+        account,
+        context,
+        redirect_url: _,
+        dry_run,
+    } = outcome;
+    pb::RemoveConnectionResponse {
+        call_id,
+        time: Some(timestamp(time)),
+        removed: removed.into_iter().map(removed_identity).collect(),
+        account: account.map(account_snapshot),
+        context: context.map(value_from_json),
+        dry_run,
+    }
+}
+
+pub fn unlink_account_response(outcome: RemovalOutcome) -> pb::UnlinkAccountResponse {
+    let RemovalOutcome {
+        call_id,
+        time,
+        removed,
+        account: _,
+        context: _,
+        redirect_url,
+        dry_run,
+    } = outcome;
+    pb::UnlinkAccountResponse {
+        call_id,
+        time: Some(timestamp(time)),
+        removed: removed.into_iter().map(removed_identity).collect(),
+        redirect_url: redirect_url.unwrap_or_default(),
+        dry_run,
+    }
 }

@@ -6,6 +6,7 @@ pub mod entities;
 pub mod error;
 pub mod migrations;
 pub mod outbox;
+pub mod removal;
 pub mod repository;
 pub mod secrets;
 

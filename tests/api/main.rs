@@ -4,4 +4,6 @@
 mod admin;
 mod helpers;
 mod link_connection;
+mod remove_connection;
 mod server;
+mod unlink_account;

@@ -1,0 +1,369 @@
+//! The one removal transaction behind both RemoveConnection and UnlinkAccount:
+//! site checks, account lock, idempotency, plan (pure domain rules), cid
+//! accounting, apply, outbox rows, idempotency record, then commit, or roll
+//! back for a dry run or a refusal. Nothing here knows which RPC is calling
+//! beyond what `RemovalRequest` answers.
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QuerySelect,
+};
+
+use super::{
+    entities::{context_id, idempotency_key, identity, login_id, site},
+    error::{StorageError, StorageResult},
+    outbox,
+    repository::{
+        Repository, find_site_by_api_key, find_site_by_vhost, load_account, site_from_model,
+        touch_account,
+    },
+};
+use crate::domain::{
+    CallContext, ConnectionRemoved, DomainError, IdentityState, ProviderRegistry, RemovalMode,
+    removal::{AccountSnapshot, RemovalOutcome, RemovalPlan, RemovalRequest, RemovedIdentity},
+};
+
+/// A site may use at most this many distinct cids.
+pub const MAX_CONTEXT_IDS: usize = 100;
+
+/// How the transaction ended, decided inside it.
+enum Step {
+    /// Committed work: the outcome, and whether outbox rows were written.
+    Done(RemovalOutcome, bool),
+    /// Nothing to keep: a dry run or a retry answered from the stored record.
+    RollBack(RemovalOutcome),
+    /// A concurrent request stored the same request id first; answer from its
+    /// record once this transaction is rolled back.
+    KeyTaken,
+}
+
+impl Repository {
+    /// Runs one removal (either RPC) in one transaction.
+    pub async fn remove(
+        &self,
+        registry: &ProviderRegistry,
+        ctx: &CallContext,
+        request: RemovalRequest,
+    ) -> StorageResult<RemovalOutcome> {
+        let txn = self.begin_write().await?;
+        let step = self.remove_in(&txn, registry, ctx, &request).await;
+        match step {
+            Ok(Step::Done(outcome, wrote_events)) => {
+                txn.commit().await?;
+                if wrote_events {
+                    self.outbox_committed();
+                }
+                Ok(outcome)
+            }
+            Ok(Step::RollBack(outcome)) => {
+                txn.rollback().await?;
+                Ok(outcome)
+            }
+            Ok(Step::KeyTaken) => {
+                txn.rollback().await?;
+                let stored = self.stored_outcome(self.connection(), &request).await?;
+                stored.ok_or_else(|| {
+                    StorageError::Corrupt("idempotency record vanished after a conflict".into())
+                })
+            }
+            Err(err) => {
+                // A refusal or failure changes nothing; the rollback error,
+                // if any, matters less than the original one.
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn remove_in(
+        &self,
+        txn: &DatabaseTransaction,
+        registry: &ProviderRegistry,
+        ctx: &CallContext,
+        request: &RemovalRequest,
+    ) -> StorageResult<Step> {
+        let time = Utc::now();
+        let site_row = match request {
+            RemovalRequest::RemoveConnection(c) => find_site_by_api_key(txn, &c.api_key).await?,
+            RemovalRequest::UnlinkAccount(c) => find_site_by_vhost(txn, c.vhost).await?,
+        };
+        let site = site_from_model(site_row.clone())?;
+        let redirect = request.check_site(&site)?;
+        // The account lock serialises every removal of this account, so the
+        // plan below sees the state the change is applied to, and concurrent
+        // retries of one request id wait here for the first to commit.
+        let account_row = self.lock_account_row(txn, &site_row, request.uid()).await?;
+        if let Some(stored) = self.stored_outcome(txn, request).await? {
+            return Ok(Step::RollBack(stored));
+        }
+        let account = load_account(txn, &site_row, account_row.clone()).await?;
+        let plan = request.plan(&account, registry)?;
+        self.count_context_id(txn, &site_row, request).await?;
+
+        let dry_run = request.dry_run();
+        if dry_run {
+            let removed = removed_identities(&plan, None);
+            return Ok(Step::RollBack(RemovalOutcome {
+                call_id: ctx.call_id.clone(),
+                time,
+                removed,
+                account: account_snapshot(request, &plan.after),
+                context: context_of(request),
+                redirect_url: redirect.map(|r| r.into_string()),
+                dry_run,
+            }));
+        }
+
+        apply(txn, &plan, account_row.id, time).await?;
+        let events: Vec<ConnectionRemoved> = plan
+            .removals
+            .iter()
+            .map(|r| ConnectionRemoved {
+                event_id: uuid::Uuid::new_v4().to_string(),
+                occurred_at: time,
+                api_key: site.api_key.clone(),
+                vhost: site.vhost,
+                uid: account.uid.clone(),
+                provider: r.identity.provider.clone(),
+                sub_provider: r.identity.sub_provider.clone(),
+                provider_uid: r.identity.provider_uid.clone(),
+                mode: r.mode,
+                removed_login_ids: r.removed_login_ids.clone(),
+                provider_logout_requested: r.provider_logout_requested,
+                source: request.source(),
+                cid: request.cid().map(|c| c.as_str().to_owned()),
+                call_id: ctx.call_id.clone(),
+                actor: ctx.actor.clone(),
+                remaining_login_methods: plan.remaining_login_methods,
+                traceparent: ctx.traceparent.clone(),
+            })
+            .collect();
+        outbox::append(txn, &events).await?;
+
+        let account_row = if plan.is_empty() {
+            account_row
+        } else {
+            touch_account(txn, account_row, time).await?
+        };
+        let after = load_account(txn, &site_row, account_row).await?;
+        let event_ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+        let outcome = RemovalOutcome {
+            call_id: ctx.call_id.clone(),
+            time,
+            removed: removed_identities(&plan, Some(&event_ids)),
+            account: account_snapshot(request, &after),
+            context: context_of(request),
+            redirect_url: redirect.map(|r| r.into_string()),
+            dry_run,
+        };
+        if let Some(request_id) = request.request_id() {
+            let response = serde_json::to_string(&outcome)
+                .map_err(|e| StorageError::Corrupt(format!("outcome: {e}")))?;
+            let inserted = idempotency_key::ActiveModel {
+                scope: Set(request.idempotency_scope()),
+                request_id: Set(request_id.as_str().to_owned()),
+                fingerprint: Set(request.fingerprint()),
+                response: Set(response),
+                created_at: Set(time),
+            }
+            .insert(txn)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(err) if StorageError::is_unique_violation(&err) => return Ok(Step::KeyTaken),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(Step::Done(outcome, !events.is_empty()))
+    }
+
+    /// The stored first answer to this request id: the outcome when the
+    /// request is the same, `IDEMPOTENCY_KEY_REUSED` when it differs.
+    async fn stored_outcome<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        request: &RemovalRequest,
+    ) -> StorageResult<Option<RemovalOutcome>> {
+        let Some(request_id) = request.request_id() else {
+            return Ok(None);
+        };
+        let Some(record) = idempotency_key::Entity::find_by_id((
+            request.idempotency_scope(),
+            request_id.as_str().to_owned(),
+        ))
+        .one(conn)
+        .await?
+        else {
+            return Ok(None);
+        };
+        if record.fingerprint != request.fingerprint() {
+            return Err(DomainError::IdempotencyKeyReused.into());
+        }
+        serde_json::from_str(&record.response)
+            .map(Some)
+            .map_err(|e| StorageError::Corrupt(format!("idempotency record: {e}")))
+    }
+
+    /// Counts the request's cid against the site's limit of distinct cids.
+    /// Runs after the plan succeeded and inside its transaction, so only a
+    /// request that succeeds counts it; a dry run checks but does not count.
+    async fn count_context_id(
+        &self,
+        txn: &DatabaseTransaction,
+        site_row: &site::Model,
+        request: &RemovalRequest,
+    ) -> StorageResult<()> {
+        let Some(cid) = request.cid() else {
+            return Ok(());
+        };
+        let known = || async {
+            context_id::Entity::find_by_id((site_row.id, cid.as_str().to_owned()))
+                .one(txn)
+                .await
+        };
+        if known().await?.is_some() {
+            return Ok(());
+        }
+        if self.is_postgres() {
+            // Two transactions adding different new cids at 99 would both
+            // count 99 without this: the site row lock serialises them. It is
+            // taken after the account lock, as everywhere, so no cycle forms.
+            site::Entity::find_by_id(site_row.id)
+                .lock_exclusive()
+                .one(txn)
+                .await?;
+            // Another transaction may have added this very cid meanwhile.
+            if known().await?.is_some() {
+                return Ok(());
+            }
+        }
+        let used = context_id::Entity::find()
+            .filter(context_id::Column::SiteId.eq(site_row.id))
+            .count(txn)
+            .await?;
+        if usize::try_from(used).unwrap_or(usize::MAX) >= MAX_CONTEXT_IDS {
+            return Err(DomainError::TooManyContextIds {
+                limit: MAX_CONTEXT_IDS,
+            }
+            .into());
+        }
+        if !request.dry_run() {
+            context_id::ActiveModel {
+                site_id: Set(site_row.id),
+                cid: Set(cid.as_str().to_owned()),
+                created_at: Set(Utc::now()),
+            }
+            .insert(txn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the plan. Under the account lock every row the plan names exists,
+/// so a count that does not match means the data changed under the lock.
+async fn apply(
+    txn: &DatabaseTransaction,
+    plan: &RemovalPlan,
+    account_id: i64,
+    now: chrono::DateTime<Utc>,
+) -> StorageResult<()> {
+    let ids = |mode: RemovalMode| -> Vec<i64> {
+        plan.removals
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.identity.id)
+            .collect()
+    };
+    let hard = ids(RemovalMode::Hard);
+    if !hard.is_empty() {
+        let deleted = identity::Entity::delete_many()
+            .filter(identity::Column::AccountId.eq(account_id))
+            .filter(identity::Column::Id.is_in(hard.clone()))
+            .exec(txn)
+            .await?
+            .rows_affected;
+        expect_rows("identities deleted", hard.len(), deleted)?;
+    }
+    let soft = ids(RemovalMode::Soft);
+    if !soft.is_empty() {
+        let updated = identity::Entity::update_many()
+            .col_expr(
+                identity::Column::State,
+                sea_orm::sea_query::Expr::value(IdentityState::SoftRemoved.as_str()),
+            )
+            .col_expr(
+                identity::Column::Session,
+                sea_orm::sea_query::Expr::value(None::<Vec<u8>>),
+            )
+            .col_expr(
+                identity::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(now),
+            )
+            .filter(identity::Column::AccountId.eq(account_id))
+            .filter(identity::Column::Id.is_in(soft.clone()))
+            .exec(txn)
+            .await?
+            .rows_affected;
+        expect_rows("identities soft-removed", soft.len(), updated)?;
+    }
+    if !plan.login_ids_to_delete.is_empty() {
+        let deleted = login_id::Entity::delete_many()
+            .filter(login_id::Column::AccountId.eq(account_id))
+            .filter(login_id::Column::LoginId.is_in(plan.login_ids_to_delete.clone()))
+            .exec(txn)
+            .await?
+            .rows_affected;
+        expect_rows("login IDs deleted", plan.login_ids_to_delete.len(), deleted)?;
+    }
+    Ok(())
+}
+
+fn expect_rows(what: &str, expected: usize, actual: u64) -> StorageResult<()> {
+    if u64::try_from(expected).ok() == Some(actual) {
+        Ok(())
+    } else {
+        Err(StorageError::Corrupt(format!(
+            "{what}: expected {expected}, got {actual}"
+        )))
+    }
+}
+
+/// The response entries; `event_ids` is `None` on a dry run (no events).
+fn removed_identities(plan: &RemovalPlan, event_ids: Option<&[String]>) -> Vec<RemovedIdentity> {
+    plan.removals
+        .iter()
+        .enumerate()
+        .map(|(n, r)| RemovedIdentity {
+            provider: r.identity.provider.clone(),
+            sub_provider: r.identity.sub_provider.clone(),
+            provider_uid: r.identity.provider_uid.clone(),
+            mode: r.mode,
+            removed_login_ids: r.removed_login_ids.clone(),
+            provider_logout_requested: r.provider_logout_requested,
+            event_id: event_ids
+                .and_then(|ids| ids.get(n))
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// RemoveConnection reports the account after the change; UnlinkAccount does not.
+fn account_snapshot(
+    request: &RemovalRequest,
+    account: &crate::domain::Account,
+) -> Option<AccountSnapshot> {
+    match request {
+        RemovalRequest::RemoveConnection(_) => Some(AccountSnapshot::of(account)),
+        RemovalRequest::UnlinkAccount(_) => None,
+    }
+}
+
+fn context_of(request: &RemovalRequest) -> Option<serde_json::Value> {
+    match request {
+        RemovalRequest::RemoveConnection(c) => c.context.clone(),
+        RemovalRequest::UnlinkAccount(_) => None,
+    }
+}
