@@ -70,7 +70,7 @@ def main() -> int:
         elif "-format-error" in cmd:
             script.append(f"out=$({cmd} 2>&1); rc=$?")
             script.append(f"{{ [ $rc -ne 0 ] && echo \"$out\" | grep -q '\"reason\"'; }} || {{ echo \"$out\"; echo 'FAIL (expected an error with a reason) {label}'; exit 1; }}")
-            script.append(f"echo \"ok   {label} -> $(echo \"$out\" | grep -o '\"reason\":\"[A-Z_]*\"' | head -1)\"")
+            script.append(f"echo 'ok   {label}' \"-> $(echo \"$out\" | grep -o '\"reason\":\"[A-Z_]*\"' | head -1)\"")
         else:
             script.append(f"out=$({cmd} 2>&1); rc=$?")
             script.append(f"[ $rc -eq 0 ] || {{ echo \"$out\"; echo 'FAIL {label}'; exit 1; }}")
