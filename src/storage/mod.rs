@@ -8,7 +8,9 @@ pub mod migrations;
 pub mod outbox;
 pub mod repository;
 pub mod secrets;
+pub mod tokens;
 
 pub use error::{StorageError, StorageResult};
 pub use repository::{LinkOutcome, Repository};
 pub use secrets::SessionSealer;
+pub use tokens::{StoredToken, TokenStore};
