@@ -433,6 +433,21 @@ mod tests {
     }
 
     #[test]
+    fn the_authenticated_caller_becomes_the_actor() {
+        let mut request = Request::new(());
+        assert_eq!(super::super::call_context(&request).actor, "anonymous");
+        request.extensions_mut().insert(Caller {
+            name: "billing-service".into(),
+            sites: SiteScope::All,
+        });
+        assert_eq!(
+            super::super::call_context(&request).actor,
+            "billing-service"
+        );
+        assert_eq!(site_scope(&request), SiteScope::All);
+    }
+
+    #[test]
     fn restricted_callers_cannot_tell_unknown_from_forbidden_sites() {
         let scope = SiteScope::Only(["3_a".to_owned()].into());
         let unknown: Result<String, ApiError> = Err(DomainError::SiteNotFound.into());

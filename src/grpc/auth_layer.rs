@@ -336,7 +336,7 @@ where
                     if let Some(caller) = caller {
                         request.extensions_mut().insert(caller);
                     }
-                    let response = inner.call(request).await?;
+                    let response = too_large_as_resource_exhausted(inner.call(request).await?);
                     Ok(match permit {
                         Some(permit) => response.map(|body| {
                             Body::new(GuardedBody {
@@ -350,6 +350,25 @@ where
                 Err(err) => Ok(refuse(err, &path)),
             }
         })
+    }
+}
+
+/// tonic refuses a request over `max_decoding_message_size` with
+/// OUT_OF_RANGE and no details; callers get RESOURCE_EXHAUSTED with an
+/// ErrorInfo and a call id instead, like every other limit.
+fn too_large_as_resource_exhausted(response: Response<Body>) -> Response<Body> {
+    match tonic::Status::from_header_map(response.headers()) {
+        Some(status)
+            if status.code() == tonic::Code::OutOfRange
+                && status.message().contains("message length too large") =>
+        {
+            let call_id = uuid::Uuid::new_v4().simple().to_string();
+            tracing::info!(call_id, reason = "RESOURCE_EXHAUSTED", "request too large");
+            ApiError::ResourceExhausted("the request message is too large".into())
+                .into_status(&call_id)
+                .into_http()
+        }
+        _ => response,
     }
 }
 
@@ -385,5 +404,145 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::storage::db;
+
+    /// A body that never ends, like a live Subscribe stream.
+    struct Endless;
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+            Poll::Pending
+        }
+    }
+
+    /// Answers with an endless body and the caller's name in a header.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<Request<Body>> for Echo {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Body>) -> Self::Future {
+            let mut response = Response::new(Body::new(Endless));
+            if let Some(caller) = request.extensions().get::<Caller>() {
+                response
+                    .headers_mut()
+                    .insert("x-caller", caller.name.parse().unwrap());
+            }
+            std::future::ready(Ok(response))
+        }
+    }
+
+    async fn security(
+        mode: AccessMode,
+        settings: SecuritySettings,
+    ) -> (Arc<Security>, TokenStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let connection = db::connect(&url).await.unwrap();
+        db::migrate(&connection).await.unwrap();
+        let tokens = TokenStore::new(connection);
+        let security = Arc::new(Security::new(tokens.clone(), mode, &settings));
+        (security, tokens, dir)
+    }
+
+    fn call(path: &str, token: Option<&str>) -> Request<Body> {
+        let mut builder = Request::builder().uri(path);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    fn status_of(response: &Response<Body>) -> Option<Code> {
+        tonic::Status::from_header_map(response.headers()).map(|s| s.code())
+    }
+
+    #[tokio::test]
+    async fn stream_permits_are_held_until_the_response_body_is_dropped() {
+        let settings = SecuritySettings {
+            max_streams_per_caller: 2,
+            rate_limit_per_second: 0.0,
+            token_cache_ttl: Duration::from_secs(60),
+            ..SecuritySettings::default()
+        };
+        let (security, _tokens, _dir) = security(AccessMode::Open, settings).await;
+        let mut service = security.layer().layer(Echo);
+        let subscribe = "/connections.v1.EventService/Subscribe";
+        let first = service.call(call(subscribe, None)).await.unwrap();
+        let second = service.call(call(subscribe, None)).await.unwrap();
+        assert_eq!(status_of(&first), None);
+        assert_eq!(status_of(&second), None);
+        let third = service.call(call(subscribe, None)).await.unwrap();
+        assert_eq!(status_of(&third), Some(Code::ResourceExhausted));
+        // Unary calls are not bounded.
+        let unary = service
+            .call(call("/connections.v1.EventService/CommitPosition", None))
+            .await
+            .unwrap();
+        assert_eq!(status_of(&unary), None);
+        drop(first);
+        let again = service.call(call(subscribe, None)).await.unwrap();
+        assert_eq!(
+            status_of(&again),
+            None,
+            "the ended stream gave its permit back"
+        );
+        drop(second);
+        drop(again);
+    }
+
+    #[tokio::test]
+    async fn admitted_callers_reach_the_service_with_their_name() {
+        let settings = SecuritySettings {
+            token_cache_ttl: Duration::ZERO,
+            ..SecuritySettings::default()
+        };
+        let (security, tokens, _dir) = security(AccessMode::Authenticated, settings).await;
+        let token = super::super::auth::generate_token();
+        tokens
+            .create("billing", &hash_token(&token), "*", "connections.read")
+            .await
+            .unwrap();
+        let mut service = security.layer().layer(Echo);
+        let get = "/connections.v1.ConnectionService/GetAccount";
+        let ok = service.call(call(get, Some(&token))).await.unwrap();
+        assert_eq!(status_of(&ok), None);
+        assert_eq!(ok.headers()["x-caller"], "billing");
+        let anonymous = service.call(call(get, None)).await.unwrap();
+        assert_eq!(status_of(&anonymous), Some(Code::Unauthenticated));
+        let write = service
+            .call(call(
+                "/connections.v1.ConnectionService/RemoveConnection",
+                Some(&token),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(status_of(&write), Some(Code::PermissionDenied));
+        let health = service
+            .call(call("/grpc.health.v1.Health/Check", None))
+            .await
+            .unwrap();
+        assert_eq!(status_of(&health), None);
     }
 }

@@ -4,4 +4,5 @@
 mod admin;
 mod helpers;
 mod link_connection;
+mod security;
 mod server;
