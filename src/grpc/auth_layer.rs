@@ -64,6 +64,9 @@ pub struct Security {
     /// Token hash -> (looked up at, grant if active).
     cache: Mutex<HashMap<String, (Instant, Option<Grant>)>>,
     rate: Option<RateLimiter>,
+    /// Failed authentications per peer address: a peer that keeps sending
+    /// bad tokens is refused before its tokens are looked up.
+    failures: Option<RateLimiter>,
     streams: Option<StreamLimiter>,
 }
 
@@ -76,6 +79,9 @@ impl Security {
             ttl: settings.token_cache_ttl,
             cache: Mutex::new(HashMap::new()),
             rate: (settings.rate_limit_per_second > 0.0).then(|| {
+                RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
+            }),
+            failures: (settings.rate_limit_per_second > 0.0).then(|| {
                 RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
             }),
             streams: (settings.max_streams_per_caller > 0)
@@ -207,7 +213,25 @@ impl Security {
             let key = peer.map_or_else(|| "anonymous".to_owned(), |ip| format!("peer:{ip}"));
             return Ok((None, key));
         }
-        let grant = self.authenticate(header).await?;
+        let peer_key = peer.map(|ip| format!("peer:{ip}"));
+        let failures = self.failures.as_ref().zip(peer_key.as_deref());
+        if let Some((failures, peer_key)) = failures
+            && !failures.has_capacity(peer_key)
+        {
+            return Err(ApiError::RateLimited(
+                "too many failed authentications: slow down and retry later".into(),
+            ));
+        }
+        let grant = match self.authenticate(header).await {
+            Ok(grant) => grant,
+            Err(err) => {
+                if let (Some((failures, peer_key)), ApiError::Unauthenticated(_)) = (failures, &err)
+                {
+                    failures.try_acquire(peer_key);
+                }
+                return Err(err);
+            }
+        };
         let allowed = match access {
             Access::Open | Access::AnyCaller => true,
             Access::Requires(permission) => grant.permissions.contains(&permission),

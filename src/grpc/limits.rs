@@ -44,6 +44,18 @@ impl RateLimiter {
         self.try_acquire_at(key, Instant::now())
     }
 
+    /// Whether `key` could take a token now, without taking it.
+    pub fn has_capacity(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buckets
+            .get(key)
+            .is_none_or(|b| refill(*b, now, self.per_second, self.burst).tokens >= 1.0)
+    }
+
     fn try_acquire_at(&self, key: &str, now: Instant) -> bool {
         let mut buckets = self
             .buckets

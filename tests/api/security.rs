@@ -340,6 +340,15 @@ async fn callers_over_the_rate_limit_are_refused_with_rate_limited(backend: Back
         })
         .await
         .expect("health is not rate limited");
+    // A peer sending bad tokens is slowed down before they are looked up.
+    for _ in 0..3 {
+        let bad = connections::grpc::auth::generate_token();
+        let result = app.admin().get_site(bearer(get_site("3_a"), &bad)).await;
+        assert_refused(result, Code::Unauthenticated, "UNAUTHENTICATED");
+    }
+    let bad = connections::grpc::auth::generate_token();
+    let result = app.admin().get_site(bearer(get_site("3_a"), &bad)).await;
+    assert_refused(result, Code::ResourceExhausted, "RATE_LIMITED");
 }
 
 async fn oversized_requests_are_resource_exhausted(backend: Backend) {
