@@ -62,7 +62,7 @@ impl App {
         let connection = db::connect(settings.database_url.expose()).await?;
         db::migrate(&connection).await?;
         let sealer = match &settings.session_key {
-            Some(key) => SessionSealer::new(key),
+            Some(key) => SessionSealer::new(&key.0),
             None => SessionSealer::ephemeral(),
         };
         let tls = settings.security.tls.as_ref().map(load_tls).transpose()?;

@@ -34,7 +34,7 @@ pub struct Settings {
     pub database_url: Secret,
     pub registry: Arc<ProviderRegistry>,
     /// AES-256 key for provider session data; random per process when absent.
-    pub session_key: Option<[u8; 32]>,
+    pub session_key: Option<SessionKey>,
     /// Authentication, TLS and abuse limits.
     pub security: SecuritySettings,
 }
@@ -97,12 +97,23 @@ impl Default for Settings {
     }
 }
 
+/// The AES-256 key sealing provider sessions; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
 /// Parses a base64-encoded 32-byte key.
-pub fn parse_session_key(value: &str) -> Result<[u8; 32], String> {
+pub fn parse_session_key(value: &str) -> Result<SessionKey, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value.trim())
         .map_err(|_| "the session key must be base64".to_owned())?;
     <[u8; 32]>::try_from(bytes.as_slice())
+        .map(SessionKey)
         .map_err(|_| format!("the session key must be 32 bytes, got {}", bytes.len()))
 }
 
@@ -123,6 +134,11 @@ mod tests {
     fn secrets_do_not_print() {
         let s = Secret::new("postgres://u:hunter2@h/db");
         assert_eq!(format!("{s:?}"), "<redacted>");
+        let settings = Settings {
+            session_key: Some(SessionKey([42; 32])),
+            ..Settings::default()
+        };
+        assert!(!format!("{settings:?}").contains("42"));
     }
 
     #[test]
