@@ -360,6 +360,9 @@ where
                     if let Some(caller) = caller {
                         request.extensions_mut().insert(caller);
                     }
+                    // Handlers and inner layers never see the token, so
+                    // nothing after this point can log it.
+                    request.headers_mut().remove(http::header::AUTHORIZATION);
                     let response = too_large_as_resource_exhausted(inner.call(request).await?);
                     Ok(match permit {
                         Some(permit) => response.map(|body| {
@@ -468,6 +471,11 @@ mod tests {
 
         fn call(&mut self, request: Request<Body>) -> Self::Future {
             let mut response = Response::new(Body::new(Endless));
+            if request.headers().contains_key("authorization") {
+                response
+                    .headers_mut()
+                    .insert("x-saw-token", "yes".parse().unwrap());
+            }
             if let Some(caller) = request.extensions().get::<Caller>() {
                 response
                     .headers_mut()
@@ -553,6 +561,7 @@ mod tests {
         let ok = service.call(call(get, Some(&token))).await.unwrap();
         assert_eq!(status_of(&ok), None);
         assert_eq!(ok.headers()["x-caller"], "billing");
+        assert!(!ok.headers().contains_key("x-saw-token"));
         let anonymous = service.call(call(get, None)).await.unwrap();
         assert_eq!(status_of(&anonymous), Some(Code::Unauthenticated));
         let write = service
