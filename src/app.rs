@@ -1,16 +1,23 @@
 //! Wiring: connect and migrate the database, build the services, and serve
 //! them on a listener the caller bound, until the shutdown future resolves.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    config::Settings,
-    grpc::{AppState, admin::AdminApi, connection::ConnectionApi, events::EventApi},
+    config::{SecuritySettings, Settings, TlsSettings},
+    grpc::{
+        AppState,
+        admin::AdminApi,
+        auth::{AccessMode, startup_access_mode},
+        auth_layer::Security,
+        connection::ConnectionApi,
+        events::EventApi,
+    },
     proto::{
         self,
         v1::{
@@ -19,7 +26,7 @@ use crate::{
             event_service_server::EventServiceServer,
         },
     },
-    storage::{Repository, SessionSealer, db},
+    storage::{Repository, SessionSealer, TokenStore, db},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +51,9 @@ const SERVICE_NAMES: &[&str] = &[
 /// A built application: database connected and migrated, services ready.
 pub struct App {
     pub state: AppState,
+    security: SecuritySettings,
+    /// Loaded at build time so that a bad certificate fails before serving.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl App {
@@ -52,14 +62,17 @@ impl App {
         let connection = db::connect(settings.database_url.expose()).await?;
         db::migrate(&connection).await?;
         let sealer = match &settings.session_key {
-            Some(key) => SessionSealer::new(key),
+            Some(key) => SessionSealer::new(&key.0),
             None => SessionSealer::ephemeral(),
         };
+        let tls = settings.security.tls.as_ref().map(load_tls).transpose()?;
         Ok(Self {
             state: AppState {
                 repo: Repository::new(connection, sealer),
                 registry: settings.registry.clone(),
             },
+            security: settings.security.clone(),
+            tls,
         })
     }
 
@@ -70,6 +83,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let local: Option<SocketAddr> = listener.local_addr().ok();
+        let security = self.security_layer(local).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_serving(&health, true).await;
         let health_task = spawn_health_watch(self.state.clone(), health.clone());
@@ -85,22 +99,92 @@ impl App {
             set_serving(&health_for_shutdown, false).await;
         };
 
+        let max_message = self.security.max_message_bytes;
+        let mut server = Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls)?;
+        }
         tracing::info!(address = ?local, "serving gRPC");
-        let result = Server::builder()
+        if security.mode() == AccessMode::Open {
+            warn_open_mode(local);
+        }
+        let result = server
+            .layer(security.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ConnectionServiceServer::new(ConnectionApi::new(
-                state.clone(),
-            )))
-            .add_service(EventServiceServer::new(EventApi::new(state.clone())))
-            .add_service(AdminServiceServer::new(AdminApi::new(state.clone())))
+            .add_service(
+                ConnectionServiceServer::new(ConnectionApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                EventServiceServer::new(EventApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         health_task.abort();
         state.repo.connection().clone().close().await.ok();
         result.map_err(AppError::from)
     }
+}
+
+impl App {
+    /// Decides open or authenticated mode for the bound address (refusing
+    /// open mode off loopback) and builds the security layer's state.
+    async fn security_layer(&self, local: Option<SocketAddr>) -> Result<Arc<Security>, AppError> {
+        let tokens = TokenStore::new(self.state.repo.connection().clone());
+        let tokens_exist = tokens
+            .any_active()
+            .await
+            .map_err(|e| AppError::Config(format!("cannot read API tokens: {e}")))?;
+        let local = local.ok_or_else(|| AppError::Config("listener has no address".into()))?;
+        let mode = startup_access_mode(local, tokens_exist).map_err(AppError::Config)?;
+        match mode {
+            AccessMode::Open => warn_open_mode(Some(local)),
+            AccessMode::Authenticated => {
+                tracing::info!("API tokens exist: callers must authenticate");
+                if self.tls.is_none() && !local.ip().is_loopback() {
+                    tracing::warn!(
+                        address = %local,
+                        "serving without TLS off loopback: bearer tokens travel in clear text; \
+                         use --tls-cert/--tls-key or a TLS-terminating proxy"
+                    );
+                }
+            }
+        }
+        Ok(Arc::new(Security::new(tokens, mode, &self.security)))
+    }
+}
+
+fn warn_open_mode(local: Option<SocketAddr>) {
+    tracing::warn!(
+        address = ?local,
+        "OPEN MODE: no API tokens exist, so every local caller may call every RPC \
+         unauthenticated (actor `anonymous`). Allowed on loopback only. Create a token with \
+         `connections token create` to require authentication."
+    );
+}
+
+/// Reads the PEM files of the TLS settings.
+fn load_tls(tls: &TlsSettings) -> Result<ServerTlsConfig, AppError> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| AppError::Config(format!("cannot read {what} {}: {e}", path.display())))
+    };
+    let identity = Identity::from_pem(
+        read(&tls.cert, "TLS certificate")?,
+        read(&tls.key, "TLS key")?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok(config)
 }
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {

@@ -1,11 +1,12 @@
-//! The command line: `connections serve` and `connections migrate`.
+//! The command line: `connections serve`, `connections migrate` and
+//! `connections token` (API tokens).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    config::{self, Secret, Settings},
+    config::{self, Secret, SecuritySettings, Settings, TlsSettings},
     storage::db::DEFAULT_DATABASE_URL,
 };
 
@@ -40,6 +41,100 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Manage API tokens (callers, their sites and permissions).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once (only its hash is stored).
+    Create(TokenCreateArgs),
+    /// List tokens: id, caller, sites, permissions, created, revoked.
+    List(DatabaseArgs),
+    /// Revoke every active token of a caller, or one token by id.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Name of the caller; becomes the `actor` of its events.
+    #[arg(long)]
+    pub caller: String,
+    /// Comma-separated api_keys the token may act on, or `*` for all sites.
+    #[arg(long)]
+    pub sites: String,
+    /// Comma-separated: connections.write, connections.read, events.subscribe, admin.
+    #[arg(long)]
+    pub permissions: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "which")]
+pub struct TokenRevokeArgs {
+    /// Revoke every active token of this caller.
+    #[arg(long, group = "which")]
+    pub caller: Option<String>,
+    /// Revoke the token with this id (see `token list`).
+    #[arg(long, group = "which")]
+    pub id: Option<i64>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// TLS and abuse limits of `serve`.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, env = "CONNECTIONS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "CONNECTIONS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "CONNECTIONS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Requests per second per caller (0 = no limit).
+    #[arg(long, env = "CONNECTIONS_RATE_LIMIT", default_value_t = SecuritySettings::default().rate_limit_per_second)]
+    pub rate_limit: f64,
+    /// Requests a caller may send in a burst before --rate-limit applies.
+    #[arg(long, env = "CONNECTIONS_RATE_BURST", default_value_t = SecuritySettings::default().rate_limit_burst)]
+    pub rate_burst: u32,
+    /// Largest accepted request message in bytes.
+    #[arg(long, env = "CONNECTIONS_MAX_MESSAGE_BYTES", default_value_t = SecuritySettings::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Concurrent Subscribe streams per caller (0 = no bound).
+    #[arg(long, env = "CONNECTIONS_MAX_STREAMS_PER_CALLER", default_value_t = SecuritySettings::default().max_streams_per_caller)]
+    pub max_streams_per_caller: usize,
+    /// Seconds a token lookup is cached: how soon new and revoked tokens take effect.
+    #[arg(long, env = "CONNECTIONS_TOKEN_CACHE_SECONDS", default_value_t = 2)]
+    pub token_cache_seconds: u64,
+}
+
+impl SecurityArgs {
+    pub fn settings(&self) -> Result<SecuritySettings, String> {
+        if !(self.rate_limit.is_finite() && self.rate_limit >= 0.0) {
+            return Err("--rate-limit must be a number >= 0".into());
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        Ok(SecuritySettings {
+            tls,
+            rate_limit_per_second: self.rate_limit,
+            rate_limit_burst: self.rate_burst,
+            max_message_bytes: self.max_message_bytes,
+            max_streams_per_caller: self.max_streams_per_caller,
+            token_cache_ttl: Duration::from_secs(self.token_cache_seconds),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +157,8 @@ pub struct ServeArgs {
     /// Base64 32-byte AES key for provider session data at rest.
     #[arg(long, env = "CONNECTIONS_SESSION_KEY", hide_env_values = true)]
     pub session_key: Option<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 impl ServeArgs {
@@ -75,6 +172,7 @@ impl ServeArgs {
                 .as_deref()
                 .map(config::parse_session_key)
                 .transpose()?,
+            security: self.security.settings()?,
         })
     }
 }

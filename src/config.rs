@@ -1,6 +1,6 @@
 //! Typed settings. Secrets sit in a type whose Debug and Display never print them.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine;
 
@@ -34,7 +34,48 @@ pub struct Settings {
     pub database_url: Secret,
     pub registry: Arc<ProviderRegistry>,
     /// AES-256 key for provider session data; random per process when absent.
-    pub session_key: Option<[u8; 32]>,
+    pub session_key: Option<SessionKey>,
+    /// Authentication, TLS and abuse limits.
+    pub security: SecuritySettings,
+}
+
+/// TLS, token cache and abuse limits (see `grpc::auth_layer`).
+#[derive(Debug, Clone)]
+pub struct SecuritySettings {
+    pub tls: Option<TlsSettings>,
+    /// Requests per second per caller (token bucket); 0 turns the limit off.
+    pub rate_limit_per_second: f64,
+    /// Requests a caller may send at once before the rate applies.
+    pub rate_limit_burst: u32,
+    /// Largest accepted request message, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent Subscribe streams per caller; 0 turns the bound off.
+    pub max_streams_per_caller: usize,
+    /// How long a token lookup (and "do tokens exist") is cached: the delay
+    /// before a revocation or a first token takes effect.
+    pub token_cache_ttl: Duration,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            rate_limit_per_second: 200.0,
+            rate_limit_burst: 400,
+            max_message_bytes: 64 * 1024,
+            max_streams_per_caller: 16,
+            token_cache_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+/// PEM files for TLS; with `client_ca`, clients must present a certificate
+/// signed by it (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -45,6 +86,7 @@ impl Settings {
             database_url: Secret::new(database_url),
             registry: Arc::new(ProviderRegistry::default()),
             session_key: None,
+            security: SecuritySettings::default(),
         }
     }
 }
@@ -55,12 +97,23 @@ impl Default for Settings {
     }
 }
 
+/// The AES-256 key sealing provider sessions; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
 /// Parses a base64-encoded 32-byte key.
-pub fn parse_session_key(value: &str) -> Result<[u8; 32], String> {
+pub fn parse_session_key(value: &str) -> Result<SessionKey, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value.trim())
         .map_err(|_| "the session key must be base64".to_owned())?;
     <[u8; 32]>::try_from(bytes.as_slice())
+        .map(SessionKey)
         .map_err(|_| format!("the session key must be 32 bytes, got {}", bytes.len()))
 }
 
@@ -81,6 +134,11 @@ mod tests {
     fn secrets_do_not_print() {
         let s = Secret::new("postgres://u:hunter2@h/db");
         assert_eq!(format!("{s:?}"), "<redacted>");
+        let settings = Settings {
+            session_key: Some(SessionKey([42; 32])),
+            ..Settings::default()
+        };
+        assert!(!format!("{settings:?}").contains("42"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `connections` command line (`serve`, `migrate`).
+//! - [`cli`]: the `connections` command line (`serve`, `migrate`, `token`).
+//! - [`token_admin`]: what `connections token create|list|revoke` does.
 //! - [`config`]: typed settings built from flags and environment variables.
 //! - [`app`]: wires database, services, reflection and health; runs the server.
 //! - [`telemetry`]: the tracing subscriber.
@@ -13,7 +14,8 @@
 //! - [`storage`]: SeaORM entities, migrations and the repository that owns
 //!   every SQL statement and transaction.
 //! - [`grpc`]: thin tonic adapters; proto types end there. Errors become
-//!   statuses in `grpc::status` only.
+//!   statuses in `grpc::status` only. `grpc::auth_layer` authenticates
+//!   callers (bearer tokens), checks permissions and applies abuse limits.
 //! - [`proto`]: code generated from `proto/connections/v1`.
 
 pub mod app;
@@ -23,6 +25,7 @@ pub mod domain;
 pub mod grpc;
 pub mod storage;
 pub mod telemetry;
+pub mod token_admin;
 
 /// Generated protobuf and gRPC code.
 pub mod proto {

@@ -11,10 +11,17 @@ use connections::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // Token commands print a secret on stdout: keep log lines out of it.
+    if !matches!(cli.command, Command::Token(_)) {
+        telemetry::init(cli.log_format);
+    }
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url).await,
         Command::Serve(args) => serve(args).await,
+        Command::Token(command) => {
+            connections::token_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
+                .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,13 +43,12 @@ impl AdminService for AdminApi {
         request: Request<pb::GetSiteRequest>,
     ) -> Result<Response<pb::GetSiteResponse>, Status> {
         let ctx = call_context(&request);
+        let scope = site_scope(&request);
         let result = async {
             let pb::GetSiteRequest { api_key } = request.into_inner();
-            let site = self
-                .state
-                .repo
-                .site_by_api_key(&convert::api_key(&api_key)?)
-                .await?;
+            let api_key = convert::api_key(&api_key)?;
+            scope.check(api_key.as_str())?;
+            let site = self.state.repo.site_by_api_key(&api_key).await?;
             Ok::<_, ApiError>(pb::GetSiteResponse {
                 site: Some(convert::site(site)),
                 call_id: ctx.call_id.clone(),

@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_layer;
 pub mod connection;
 pub mod convert;
 pub mod events;
+pub mod limits;
 pub mod status;
 
 use std::sync::Arc;

@@ -27,6 +27,9 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller's request rate is over its limit.
+    #[error("{0}")]
+    RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -115,6 +118,7 @@ impl ApiError {
             Self::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             Self::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             Self::ResourceExhausted(_) => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+            Self::RateLimited(_) => (Code::ResourceExhausted, "RATE_LIMITED"),
             Self::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
         }
     }
@@ -142,6 +146,7 @@ impl ApiError {
             Self::Unauthenticated(message)
             | Self::PermissionDenied(message)
             | Self::ResourceExhausted(message)
+            | Self::RateLimited(message)
             | Self::Unavailable(message) => (
                 message.clone(),
                 ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),

@@ -9,7 +9,9 @@ pub mod outbox;
 pub mod removal;
 pub mod repository;
 pub mod secrets;
+pub mod tokens;
 
 pub use error::{StorageError, StorageResult};
 pub use repository::{LinkOutcome, Repository};
 pub use secrets::SessionSealer;
+pub use tokens::{StoredToken, TokenStore};

@@ -17,7 +17,10 @@ use connections::{
 };
 use sea_orm::ConnectionTrait;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    transport::{Channel, ClientTlsConfig},
+};
 use tonic_types::StatusExt;
 
 pub const POSTGRES_URL_VAR: &str = "CONNECTIONS_TEST_POSTGRES_URL";
@@ -131,6 +134,27 @@ impl TestApp {
 
     /// Starts a server on an existing database (e.g. a second replica).
     pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_on_tls(database_url, configure, None).await
+    }
+
+    /// Starts a TLS server (configured by `configure`); `app.channel` speaks
+    /// TLS with `client` to the name `localhost`.
+    pub async fn spawn_tls(
+        backend: &Backend,
+        configure: impl FnOnce(&mut Settings),
+        client: ClientTlsConfig,
+    ) -> Self {
+        let (database_url, dir) = backend.fresh_database().await;
+        let mut app = Self::spawn_on_tls(&database_url, configure, Some(client)).await;
+        app._dir = dir;
+        app
+    }
+
+    async fn spawn_on_tls(
+        database_url: &str,
+        configure: impl FnOnce(&mut Settings),
+        client: Option<ClientTlsConfig>,
+    ) -> Self {
         let mut settings = Settings::for_database(database_url);
         configure(&mut settings);
         let app = App::build(&settings).await.expect("build app");
@@ -147,11 +171,20 @@ impl TestApp {
             .await
             .expect("server ran");
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = match client {
+            None => Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+            Some(tls) => Channel::from_shared(format!("https://localhost:{}", addr.port()))
+                .expect("uri")
+                .tls_config(tls)
+                .expect("client TLS config")
+                .connect()
+                .await
+                .expect("connect over TLS"),
+        };
         Self {
             addr,
             repo,
@@ -256,6 +289,20 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Creates an API token as `connections token create` does; returns it.
+    pub async fn create_token(&self, caller: &str, sites: &str, permissions: &str) -> String {
+        use connections::grpc::auth;
+        let token = auth::generate_token();
+        let sites = auth::format_sites(&auth::parse_sites(sites).expect("sites"));
+        let permissions =
+            auth::format_permissions(&auth::parse_permissions(permissions).expect("permissions"));
+        connections::storage::TokenStore::new(self.repo.connection().clone())
+            .create(caller, &auth::hash_token(&token), &sites, &permissions)
+            .await
+            .expect("create token");
+        token
+    }
+
     pub async fn account(&self, api_key: &str, uid: &str) -> pb::Account {
         self.connections()
             .get_account(pb::GetAccountRequest {
@@ -276,6 +323,16 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    request
 }
 
 /// The ErrorInfo reason of a status (panics when there is none).

@@ -5,5 +5,6 @@ mod admin;
 mod helpers;
 mod link_connection;
 mod remove_connection;
+mod security;
 mod server;
 mod unlink_account;

@@ -1,6 +1,7 @@
 //! SeaORM entities, one per table.
 
 pub mod account;
+pub mod api_token;
 pub mod consumer;
 pub mod context_id;
 pub mod event;

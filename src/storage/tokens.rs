@@ -1,0 +1,145 @@
+//! SQL for API tokens. Tokens arrive here already hashed: the token itself
+//! never reaches the database. Sites and permissions are stored as text and
+//! parsed by `grpc::auth`.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, sea_query::Expr,
+};
+
+use super::{
+    entities::api_token,
+    error::{StorageError, StorageResult},
+};
+
+/// A stored token, without its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub id: i64,
+    pub caller: String,
+    /// `*` or comma-separated api_keys.
+    pub sites: String,
+    /// Comma-separated permission names.
+    pub permissions: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<api_token::Model> for StoredToken {
+    fn from(model: api_token::Model) -> Self {
+        let api_token::Model {
+            id,
+            caller,
+            token_hash: _,
+            sites,
+            permissions,
+            created_at,
+            revoked_at,
+        } = model;
+        Self {
+            id,
+            caller,
+            sites,
+            permissions,
+            created_at,
+            revoked_at,
+        }
+    }
+}
+
+/// An active token found by its hash, with the stored hash for a
+/// constant-time comparison by the caller.
+#[derive(Debug, Clone)]
+pub struct TokenMatch {
+    pub token: StoredToken,
+    pub token_hash: String,
+}
+
+/// Handle to the `api_tokens` table; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TokenStore {
+    db: DatabaseConnection,
+}
+
+impl TokenStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Stores a new token's hash; returns its id.
+    pub async fn create(
+        &self,
+        caller: &str,
+        token_hash: &str,
+        sites: &str,
+        permissions: &str,
+    ) -> StorageResult<i64> {
+        let model = api_token::ActiveModel {
+            caller: Set(caller.to_owned()),
+            token_hash: Set(token_hash.to_owned()),
+            sites: Set(sites.to_owned()),
+            permissions: Set(permissions.to_owned()),
+            created_at: Set(Utc::now()),
+            revoked_at: Set(None),
+            ..Default::default()
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(model.id)
+    }
+
+    /// Every token, active or revoked, oldest first.
+    pub async fn list(&self) -> StorageResult<Vec<StoredToken>> {
+        Ok(api_token::Entity::find()
+            .order_by_asc(api_token::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(StoredToken::from)
+            .collect())
+    }
+
+    /// The active token with this hash, if any.
+    pub async fn active_by_hash(&self, token_hash: &str) -> StorageResult<Option<TokenMatch>> {
+        Ok(api_token::Entity::find()
+            .filter(api_token::Column::TokenHash.eq(token_hash))
+            .filter(api_token::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await?
+            .map(|model| TokenMatch {
+                token_hash: model.token_hash.clone(),
+                token: model.into(),
+            }))
+    }
+
+    /// Whether any token is active: decides between open and authenticated mode.
+    pub async fn any_active(&self) -> StorageResult<bool> {
+        Ok(api_token::Entity::find()
+            .filter(api_token::Column::RevokedAt.is_null())
+            .count(&self.db)
+            .await?
+            > 0)
+    }
+
+    /// Revokes every active token of `caller`; returns how many.
+    pub async fn revoke_caller(&self, caller: &str) -> StorageResult<u64> {
+        self.revoke(api_token::Column::Caller.eq(caller)).await
+    }
+
+    /// Revokes the token with this id if it is active; returns 0 or 1.
+    pub async fn revoke_id(&self, id: i64) -> StorageResult<u64> {
+        self.revoke(api_token::Column::Id.eq(id)).await
+    }
+
+    async fn revoke(&self, condition: sea_orm::sea_query::SimpleExpr) -> StorageResult<u64> {
+        let result = api_token::Entity::update_many()
+            .col_expr(api_token::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(condition)
+            .filter(api_token::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(result.rows_affected)
+    }
+}

@@ -1,0 +1,146 @@
+//! `connections token create|list|revoke`: managing API tokens from the
+//! command line. A new token is printed once, on stdout, and never again:
+//! only its SHA-256 is stored, and nothing else prints it.
+
+use std::io::Write;
+
+use crate::{
+    cli::TokenCommand,
+    grpc::auth::{
+        format_permissions, format_sites, generate_token, hash_token, parse_permissions,
+        parse_sites,
+    },
+    storage::{TokenStore, db},
+};
+
+/// Runs a token command; `out` gets the token (create) or the table (list),
+/// `err` the human notes.
+pub async fn run(
+    command: TokenCommand,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<(), String> {
+    let database_url = match &command {
+        TokenCommand::Create(args) => &args.database.database_url,
+        TokenCommand::List(args) => &args.database_url,
+        TokenCommand::Revoke(args) => &args.database.database_url,
+    };
+    let connection = db::connect(database_url)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    db::migrate(&connection)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    let store = TokenStore::new(connection.clone());
+    let result = match command {
+        TokenCommand::Create(args) => {
+            create(
+                &store,
+                &args.caller,
+                &args.sites,
+                &args.permissions,
+                out,
+                err,
+            )
+            .await
+        }
+        TokenCommand::List(_) => list(&store, out).await,
+        TokenCommand::Revoke(args) => revoke(&store, args.caller, args.id, err).await,
+    };
+    connection.close().await.ok();
+    result
+}
+
+fn io(e: std::io::Error) -> String {
+    format!("cannot write output: {e}")
+}
+
+fn valid_caller(caller: &str) -> Result<&str, String> {
+    let caller = caller.trim();
+    if caller.is_empty() || caller.len() > 100 || caller.chars().any(char::is_control) {
+        return Err("--caller must be 1 to 100 printable characters".into());
+    }
+    Ok(caller)
+}
+
+async fn create(
+    store: &TokenStore,
+    caller: &str,
+    sites: &str,
+    permissions: &str,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<(), String> {
+    let caller = valid_caller(caller)?;
+    let sites = format_sites(&parse_sites(sites)?);
+    let permissions = format_permissions(&parse_permissions(permissions)?);
+    let first = !store.any_active().await.map_err(|e| e.to_string())?;
+    let token = generate_token();
+    let id = store
+        .create(caller, &hash_token(&token), &sites, &permissions)
+        .await
+        .map_err(|e| e.to_string())?;
+    writeln!(out, "{token}").map_err(io)?;
+    writeln!(
+        err,
+        "created token {id} for caller {caller:?} (sites: {sites}; permissions: {permissions}). \
+         It is shown only this once: store it now."
+    )
+    .map_err(io)?;
+    if first {
+        writeln!(
+            err,
+            "this is the first active token: running servers now require authentication"
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+async fn list(store: &TokenStore, out: &mut impl Write) -> Result<(), String> {
+    let tokens = store.list().await.map_err(|e| e.to_string())?;
+    writeln!(
+        out,
+        "{:<6} {:<24} {:<28} {:<40} {:<20} REVOKED",
+        "ID", "CALLER", "SITES", "PERMISSIONS", "CREATED"
+    )
+    .map_err(io)?;
+    for token in tokens {
+        let revoked = token.revoked_at.map_or_else(
+            || "-".to_owned(),
+            |at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        );
+        writeln!(
+            out,
+            "{:<6} {:<24} {:<28} {:<40} {:<20} {revoked}",
+            token.id,
+            token.caller,
+            token.sites,
+            token.permissions,
+            token.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+async fn revoke(
+    store: &TokenStore,
+    caller: Option<String>,
+    id: Option<i64>,
+    err: &mut impl Write,
+) -> Result<(), String> {
+    let revoked = match (caller, id) {
+        (Some(caller), _) => store
+            .revoke_caller(valid_caller(&caller)?)
+            .await
+            .map_err(|e| e.to_string())?,
+        (None, Some(id)) => store.revoke_id(id).await.map_err(|e| e.to_string())?,
+        (None, None) => return Err("name a --caller or an --id".into()),
+    };
+    if revoked == 0 {
+        return Err("no active token matched: nothing revoked".into());
+    }
+    writeln!(err, "revoked {revoked} token(s)").map_err(io)?;
+    Ok(())
+}
