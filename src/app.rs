@@ -20,6 +20,7 @@ use crate::{
         },
     },
     storage::{Repository, SessionSealer, db},
+    telemetry::{self, TelemetryLayer},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ const SERVICE_NAMES: &[&str] = &[
 /// A built application: database connected and migrated, services ready.
 pub struct App {
     pub state: AppState,
+    /// Bound in `build` so that a port taken is a start-up error.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl App {
@@ -55,12 +58,26 @@ impl App {
             Some(key) => SessionSealer::new(key),
             None => SessionSealer::ephemeral(),
         };
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                AppError::Config(format!("cannot listen for metrics on {addr}: {e}"))
+            })?),
+            None => None,
+        };
         Ok(Self {
             state: AppState {
                 repo: Repository::new(connection, sealer),
                 registry: settings.registry.clone(),
             },
+            metrics_listener,
         })
+    }
+
+    /// The address of the metrics endpoint, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then drains calls and returns.
@@ -77,6 +94,14 @@ impl App {
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
+        let metrics_task = self.metrics_listener.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "serving metrics at /metrics");
+            tokio::spawn(telemetry::metrics_http::serve(
+                listener,
+                std::future::pending(),
+            ))
+        });
+
         let state = self.state;
         let health_for_shutdown = health.clone();
         let shutdown = async move {
@@ -87,6 +112,7 @@ impl App {
 
         tracing::info!(address = ?local, "serving gRPC");
         let result = Server::builder()
+            .layer(TelemetryLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -98,6 +124,9 @@ impl App {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         health_task.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         state.repo.connection().clone().close().await.ok();
         result.map_err(AppError::from)
     }

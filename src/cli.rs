@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Base64 32-byte AES key for provider session data at rest.
     #[arg(long, env = "CONNECTIONS_SESSION_KEY", hide_env_values = true)]
     pub session_key: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -75,6 +78,7 @@ impl ServeArgs {
                 .as_deref()
                 .map(config::parse_session_key)
                 .transpose()?,
+            metrics_listen: self.metrics_listen,
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct Settings {
     pub registry: Arc<ProviderRegistry>,
     /// AES-256 key for provider session data; random per process when absent.
     pub session_key: Option<[u8; 32]>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when None.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -45,6 +47,7 @@ impl Settings {
             database_url: Secret::new(database_url),
             registry: Arc::new(ProviderRegistry::default()),
             session_key: None,
+            metrics_listen: None,
         }
     }
 }

@@ -11,11 +11,19 @@ use connections::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let telemetry = match telemetry::init(&telemetry::TelemetryConfig::new(cli.log_format)) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("connections: telemetry: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url).await,
         Command::Serve(args) => serve(args).await,
     };
+    // Sends the spans and metrics still buffered.
+    telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

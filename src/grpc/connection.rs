@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, auth::site_scope, call_context, convert, respond, status::ApiError};
+use super::{
+    AppState, auth::site_scope, call_context, convert, record_site, respond, status::ApiError,
+};
 use crate::proto::v1::{self as pb, connection_service_server::ConnectionService};
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,7 @@ impl ConnectionService for ConnectionApi {
         let result = async {
             let (api_key, uid, new) =
                 convert::link_connection(&self.state.registry, request.into_inner())?;
+            record_site(api_key.as_str());
             scope.check(api_key.as_str())?;
             let outcome = self.state.repo.link_connection(&api_key, &uid, new).await?;
             Ok::<_, ApiError>(pb::LinkConnectionResponse {
@@ -66,6 +69,7 @@ impl ConnectionService for ConnectionApi {
         let scope = site_scope(&request);
         let result = async {
             let (api_key, uid) = convert::get_account(request.into_inner())?;
+            record_site(api_key.as_str());
             scope.check(api_key.as_str())?;
             let account = self.state.repo.account(&api_key, &uid).await?;
             Ok::<_, ApiError>(pb::GetAccountResponse {
