@@ -5,3 +5,4 @@ mod admin;
 mod helpers;
 mod link_connection;
 mod server;
+mod trace_context;
