@@ -111,14 +111,17 @@ impl Histogram {
 /// Calls and latency of one RPC.
 #[derive(Debug)]
 struct RpcStats {
+    /// The `rpc` label: the RPC, or `other` past the cap.
+    label: String,
     /// Calls by gRPC code (index = the code's number, 0..=16).
     calls: [AtomicU64; 17],
     duration: Histogram,
 }
 
 impl RpcStats {
-    fn new() -> Self {
+    fn new(label: &str) -> Self {
         Self {
+            label: label.to_owned(),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             duration: Histogram::new(RPC_BUCKETS),
         }
@@ -153,7 +156,7 @@ impl RpcMetrics {
             rpc
         };
         map.entry(key.to_owned())
-            .or_insert_with(|| Arc::new(RpcStats::new()))
+            .or_insert_with(|| Arc::new(RpcStats::new(key)))
             .clone()
     }
 
@@ -283,7 +286,7 @@ pub fn record_rpc(rpc: &str, code: Code, elapsed: Duration) {
         otel.rpc_duration.record(
             seconds,
             &[
-                KeyValue::new("rpc", rpc.to_owned()),
+                KeyValue::new("rpc", stats.label.clone()),
                 KeyValue::new("code", code_name(code)),
             ],
         );

@@ -271,3 +271,68 @@ impl Visit for TextVisitor<'_> {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_logs_show_call_fields_but_not_otel_ones() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_target(false)
+            .fmt_fields(TextFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = "svc/M",
+                otel.kind = "server",
+                rpc = "svc/M",
+                site = tracing::field::Empty
+            );
+            let _entered = span.enter();
+            span.record("site", "3_a");
+            tracing::info!(latency_ms = 1.5, "rpc finished");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(r#"rpc{rpc="svc/M" site="3_a"}: rpc finished latency_ms=1.5"#),
+            "{text}"
+        );
+        assert!(!text.contains("otel."), "{text}");
+    }
+
+    #[test]
+    fn otlp_export_needs_an_endpoint() {
+        let mut config = TelemetryConfig::new(LogFormat::Text);
+        // The CI environment sets no OTEL_EXPORTER_OTLP_* variables.
+        if !env_set("OTEL_EXPORTER_OTLP_ENDPOINT") && !env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        {
+            assert!(!otlp_enabled(&config, "TRACES"));
+        }
+        config.otlp_endpoint = Some("http://127.0.0.1:4317".into());
+        if !std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v == "true") {
+            assert!(otlp_enabled(&config, "TRACES"));
+        }
+    }
+}
