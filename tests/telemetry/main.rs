@@ -47,6 +47,8 @@ const WAIT: Duration = Duration::from_secs(20);
 #[derive(Default)]
 struct Received {
     spans: Vec<Span>,
+    /// `service.name` of each exported batch of spans.
+    service_names: Vec<String>,
     metric_names: Vec<String>,
 }
 
@@ -63,13 +65,20 @@ impl TraceService for Collector {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let spans = request
-            .into_inner()
-            .resource_spans
-            .into_iter()
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans);
-        self.received.lock().unwrap().spans.extend(spans);
+        let mut received = self.received.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service_name = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(|v| format!("{v:?}"));
+            received.service_names.extend(service_name);
+            let spans = resource_spans.scope_spans.into_iter().flat_map(|s| s.spans);
+            received.spans.extend(spans);
+        }
+        drop(received);
         self.arrived.notify_one();
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
@@ -288,6 +297,12 @@ fn an_incoming_traceparent_is_continued_and_exported() {
             })
             .await;
         assert_eq!(db_span.parent_span_id, rpc_span.span_id);
+        let service_names = env.collector.received.lock().unwrap().service_names.clone();
+        assert!(
+            !service_names.is_empty()
+                && service_names.iter().all(|n| n.contains("\"connections\"")),
+            "{service_names:?}"
+        );
     });
 }
 
