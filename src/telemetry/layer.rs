@@ -23,7 +23,7 @@ use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics;
-use crate::grpc::{CallId, TraceParent};
+use crate::grpc::{CallId, TraceParent, status::CALL_ID_HEADER};
 
 /// Response header carrying the call span's traceparent back to the caller.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
@@ -77,6 +77,7 @@ where
             reason = Empty,
         );
         let traceparent = start_trace(&span, request.headers());
+        let call_id_header = HeaderValue::from_str(&call_id.0).ok();
         request.extensions_mut().insert(call_id);
         request
             .extensions_mut()
@@ -95,8 +96,16 @@ where
                 };
                 finish(&rpc, code, started.elapsed());
                 result.map(|mut response| {
+                    let headers = response.headers_mut();
                     if let Ok(value) = HeaderValue::from_str(&traceparent) {
-                        response.headers_mut().insert(TRACEPARENT_HEADER, value);
+                        headers.insert(TRACEPARENT_HEADER, value);
+                    }
+                    // Handlers set it already; this covers statuses made
+                    // before a handler ran (unknown method, refused caller).
+                    if let Some(value) = call_id_header
+                        && !headers.contains_key(CALL_ID_HEADER)
+                    {
+                        headers.insert(CALL_ID_HEADER, value);
                     }
                     response
                 })
@@ -292,7 +301,9 @@ mod tests {
     async fn an_incoming_traceparent_is_continued_with_a_new_span_id() {
         let (seen, response) = call(&[("traceparent", PARENT)], None).await;
         let (call_id, traceparent) = seen.lock().unwrap().clone().unwrap();
-        assert_eq!(call_id.unwrap().0.len(), 32);
+        let call_id = call_id.unwrap().0;
+        assert_eq!(call_id.len(), 32);
+        assert_eq!(response.headers()[CALL_ID_HEADER], call_id.as_str());
         let traceparent = traceparent.unwrap().0;
         let (ours, theirs) = (parts(&traceparent), parts(PARENT));
         assert_eq!(ours.len(), 4);

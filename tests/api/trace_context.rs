@@ -14,6 +14,7 @@ use crate::{
 on_both_backends!(
     a_traceparent_is_continued_and_returned_with_the_call_id,
     calls_without_a_traceparent_get_a_fresh_trace,
+    statuses_made_before_any_handler_carry_a_call_id,
 );
 
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -121,4 +122,21 @@ async fn calls_without_a_traceparent_get_a_fresh_trace(backend: Backend) {
         seen.push(trace_id);
     }
     assert_ne!(seen[0], seen[1], "each call starts its own trace");
+}
+
+async fn statuses_made_before_any_handler_carry_a_call_id(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(
+            Request::new(pb::GetAccountRequest::default()),
+            http::uri::PathAndQuery::from_static("/connections.v1.ConnectionService/NoSuchMethod"),
+            tonic_prost::ProstCodec::<pb::GetAccountRequest, pb::GetAccountResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    let call_id = status.metadata().get("x-call-id").unwrap();
+    assert_eq!(call_id.len(), 32);
 }
