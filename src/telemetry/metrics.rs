@@ -364,7 +364,7 @@ pub fn render_prometheus() -> String {
         }
     }
 
-    out.push_str("# HELP connections_rpc_duration_seconds Time to handle a gRPC call (to the response headers for streams).\n");
+    out.push_str("# HELP connections_rpc_duration_seconds Time from a gRPC call's start to its end (a stream's whole life).\n");
     out.push_str("# TYPE connections_rpc_duration_seconds histogram\n");
     for (rpc, stats) in &rpcs {
         stats.duration.render(

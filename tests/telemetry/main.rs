@@ -181,7 +181,13 @@ impl Env {
                 if let Some(value) = found(&self.collector.received.lock().unwrap()) {
                     return value;
                 }
-                self.collector.arrived.notified().await;
+                // Woken by the next export; flushed again after a while in
+                // case the span ended after this flush.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    self.collector.arrived.notified(),
+                )
+                .await;
             }
         })
         .await
