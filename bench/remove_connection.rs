@@ -38,7 +38,9 @@ async fn start(database_url: &str) -> (Channel, tokio::sync::oneshot::Sender<()>
     // Measure the service, not the per-caller rate limit.
     settings.security.rate_limit_per_second = 0.0;
     let app = App::build(&settings).await.expect("build");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -105,7 +107,12 @@ async fn seed(channel: &Channel, accounts: usize) {
 }
 
 /// Removes `provider` from every account in `accounts`, `concurrency` calls at a time.
-async fn run(channel: &Channel, accounts: std::ops::Range<usize>, provider: &str, concurrency: usize) -> (Vec<Duration>, Duration) {
+async fn run(
+    channel: &Channel,
+    accounts: std::ops::Range<usize>,
+    provider: &str,
+    concurrency: usize,
+) -> (Vec<Duration>, Duration) {
     let queue: Queue = Arc::new(Mutex::new(accounts.rev().collect()));
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -155,7 +162,10 @@ async fn bench_backend(name: &str, database_url: &str, accounts: usize) {
     let (channel, stop) = start(database_url).await;
     seed(&channel, accounts).await;
     println!("\n{name}: RemoveConnection (HARD, one event each), {accounts} accounts per run");
-    println!("{:>11} {:>10} {:>10} {:>10} {:>10} {:>12}", "concurrency", "p50 ms", "p90 ms", "p99 ms", "max ms", "calls/s");
+    println!(
+        "{:>11} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "concurrency", "p50 ms", "p90 ms", "p99 ms", "max ms", "calls/s"
+    );
     let mut base = None;
     for (concurrency, provider) in LEVELS {
         let (latencies, elapsed) = run(&channel, 0..accounts, provider, concurrency).await;
@@ -172,7 +182,11 @@ async fn bench_backend(name: &str, database_url: &str, accounts: usize) {
         );
         match base {
             None => base = Some(rate),
-            Some(b) => println!("{:>11} throughput ratio vs concurrency 1: {:.2}x", "", rate / b),
+            Some(b) => println!(
+                "{:>11} throughput ratio vs concurrency 1: {:.2}x",
+                "",
+                rate / b
+            ),
         }
     }
     let _ = stop.send(());
@@ -188,7 +202,10 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(400);
     let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("bench.db").display()
+    );
     bench_backend("SQLite", &sqlite, accounts).await;
 
     if let Ok(base) = std::env::var("CONNECTIONS_TEST_POSTGRES_URL") {

@@ -27,6 +27,7 @@ use crate::{
         },
     },
     storage::{Repository, SessionSealer, TokenStore, db},
+    telemetry::{self, TelemetryLayer},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,8 @@ pub struct App {
     security: SecuritySettings,
     /// Loaded at build time so that a bad certificate fails before serving.
     tls: Option<ServerTlsConfig>,
+    /// Bound in `build` so that a port taken is a start-up error.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl App {
@@ -66,6 +69,12 @@ impl App {
             None => SessionSealer::ephemeral(),
         };
         let tls = settings.security.tls.as_ref().map(load_tls).transpose()?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                AppError::Config(format!("cannot listen for metrics on {addr}: {e}"))
+            })?),
+            None => None,
+        };
         Ok(Self {
             state: AppState {
                 repo: Repository::new(connection, sealer),
@@ -73,7 +82,15 @@ impl App {
             },
             security: settings.security.clone(),
             tls,
+            metrics_listener,
         })
+    }
+
+    /// The address of the metrics endpoint, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then drains calls and returns.
@@ -90,6 +107,14 @@ impl App {
 
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+
+        let metrics_task = self.metrics_listener.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "serving metrics at /metrics");
+            tokio::spawn(telemetry::metrics_http::serve(
+                listener,
+                std::future::pending(),
+            ))
+        });
 
         let state = self.state;
         let health_for_shutdown = health.clone();
@@ -109,6 +134,7 @@ impl App {
             warn_open_mode(local);
         }
         let result = server
+            .layer(TelemetryLayer)
             .layer(security.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -128,6 +154,9 @@ impl App {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         health_task.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         state.repo.connection().clone().close().await.ok();
         result.map_err(AppError::from)
     }

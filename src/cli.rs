@@ -159,6 +159,9 @@ pub struct ServeArgs {
     pub session_key: Option<String>,
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -173,6 +176,7 @@ impl ServeArgs {
                 .map(config::parse_session_key)
                 .transpose()?,
             security: self.security.settings()?,
+            metrics_listen: self.metrics_listen,
         })
     }
 }

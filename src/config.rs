@@ -35,6 +35,8 @@ pub struct Settings {
     pub registry: Arc<ProviderRegistry>,
     /// AES-256 key for provider session data; random per process when absent.
     pub session_key: Option<SessionKey>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when None.
+    pub metrics_listen: Option<SocketAddr>,
     /// Authentication, TLS and abuse limits.
     pub security: SecuritySettings,
 }
@@ -87,6 +89,7 @@ impl Settings {
             registry: Arc::new(ProviderRegistry::default()),
             session_key: None,
             security: SecuritySettings::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`token_admin`]: what `connections token create|list|revoke` does.
 //! - [`config`]: typed settings built from flags and environment variables.
 //! - [`app`]: wires database, services, reflection and health; runs the server.
-//! - [`telemetry`]: the tracing subscriber.
+//! - [`telemetry`]: logs, traces and metrics: the subscriber, the per-call
+//!   layer (call id, span, trace context), OTLP export, `/metrics`.
 //! - [`domain`]: the rules (validation, provider registry, ways to log in);
 //!   plain Rust with no I/O.
 //! - [`storage`]: SeaORM entities, migrations and the repository that owns

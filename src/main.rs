@@ -12,9 +12,17 @@ use connections::{
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Token commands print a secret on stdout: keep log lines out of it.
-    if !matches!(cli.command, Command::Token(_)) {
-        telemetry::init(cli.log_format);
-    }
+    let telemetry = if matches!(cli.command, Command::Token(_)) {
+        None
+    } else {
+        match telemetry::init(&telemetry::TelemetryConfig::new(cli.log_format)) {
+            Ok(telemetry) => Some(telemetry),
+            Err(err) => {
+                eprintln!("connections: telemetry: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url).await,
         Command::Serve(args) => serve(args).await,
@@ -23,6 +31,10 @@ async fn main() -> ExitCode {
                 .await
         }
     };
+    // Sends the spans and metrics still buffered.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, auth::site_scope, call_context, convert, respond, status::ApiError};
+use super::{
+    AppState, auth::site_scope, call_context, convert, record_site, respond, status::ApiError,
+};
 use crate::proto::v1::{self as pb, admin_service_server::AdminService};
 
 #[derive(Debug, Clone)]
@@ -26,6 +28,7 @@ impl AdminService for AdminApi {
         let scope = site_scope(&request);
         let result = async {
             let settings = convert::upsert_site(request.into_inner())?;
+            record_site(settings.api_key.as_str());
             scope.check(settings.api_key.as_str())?;
             let (site, created) = self.state.repo.upsert_site(settings).await?;
             Ok::<_, ApiError>(pb::UpsertSiteResponse {
@@ -47,6 +50,7 @@ impl AdminService for AdminApi {
         let result = async {
             let pb::GetSiteRequest { api_key } = request.into_inner();
             let api_key = convert::api_key(&api_key)?;
+            record_site(api_key.as_str());
             scope.check(api_key.as_str())?;
             let site = self.state.repo.site_by_api_key(&api_key).await?;
             Ok::<_, ApiError>(pb::GetSiteResponse {
@@ -66,6 +70,7 @@ impl AdminService for AdminApi {
         let scope = site_scope(&request);
         let result = async {
             let (api_key, uid, login_ids) = convert::upsert_account(request.into_inner())?;
+            record_site(api_key.as_str());
             scope.check(api_key.as_str())?;
             let (account, created) = self
                 .state

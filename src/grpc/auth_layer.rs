@@ -37,6 +37,7 @@ use tonic::{
 use tower::{Layer, Service};
 
 use super::{
+    CallId,
     auth::{
         Access, AccessMode, BOUNDED_STREAM_PATHS, Caller, Grant, access_for_path, bearer_token,
         hash_token, hashes_match, parse_permissions, parse_sites,
@@ -343,6 +344,11 @@ where
         let security = self.security.clone();
         Box::pin(async move {
             let path = request.uri().path().to_owned();
+            // The telemetry layer's call id, so refusals match their log span.
+            let call_id = request
+                .extensions()
+                .get::<CallId>()
+                .map_or_else(|| CallId::generate().0, |id| id.0.clone());
             let access = access_for_path(&path);
             if access == Access::Open {
                 return inner.call(request).await;
@@ -363,7 +369,8 @@ where
                     // Handlers and inner layers never see the token, so
                     // nothing after this point can log it.
                     request.headers_mut().remove(http::header::AUTHORIZATION);
-                    let response = too_large_as_resource_exhausted(inner.call(request).await?);
+                    let response =
+                        too_large_as_resource_exhausted(inner.call(request).await?, &call_id);
                     Ok(match permit {
                         Some(permit) => response.map(|body| {
                             Body::new(GuardedBody {
@@ -374,7 +381,7 @@ where
                         None => response,
                     })
                 }
-                Err(err) => Ok(refuse(err, &path)),
+                Err(err) => Ok(refuse(err, &path, &call_id)),
             }
         })
     }
@@ -383,16 +390,15 @@ where
 /// tonic refuses a request over `max_decoding_message_size` with
 /// OUT_OF_RANGE and no details; callers get RESOURCE_EXHAUSTED with an
 /// ErrorInfo and a call id instead, like every other limit.
-fn too_large_as_resource_exhausted(response: Response<Body>) -> Response<Body> {
+fn too_large_as_resource_exhausted(response: Response<Body>, call_id: &str) -> Response<Body> {
     match tonic::Status::from_header_map(response.headers()) {
         Some(status)
             if status.code() == tonic::Code::OutOfRange
                 && status.message().contains("message length too large") =>
         {
-            let call_id = uuid::Uuid::new_v4().simple().to_string();
             tracing::info!(call_id, reason = "RESOURCE_EXHAUSTED", "request too large");
             ApiError::ResourceExhausted("the request message is too large".into())
-                .into_status(&call_id)
+                .into_status(call_id)
                 .into_http()
         }
         _ => response,
@@ -400,11 +406,10 @@ fn too_large_as_resource_exhausted(response: Response<Body>) -> Response<Body> {
 }
 
 /// A refusal as a gRPC response (trailers-only), with ErrorInfo and call id.
-fn refuse(err: ApiError, path: &str) -> Response<Body> {
-    let call_id = uuid::Uuid::new_v4().simple().to_string();
+fn refuse(err: ApiError, path: &str, call_id: &str) -> Response<Body> {
     let (_, reason) = err.code_and_reason();
     tracing::info!(call_id, rpc = path, reason, "call refused");
-    err.into_status(&call_id).into_http()
+    err.into_status(call_id).into_http()
 }
 
 /// A response body holding a stream permit until the body is dropped, i.e.

@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, auth::site_scope, call_context, convert, respond, status::ApiError};
+use super::{
+    AppState, auth::site_scope, call_context, convert, record_site, respond, status::ApiError,
+};
 use crate::{
     domain::removal::RemovalRequest,
     proto::v1::{self as pb, connection_service_server::ConnectionService},
@@ -29,6 +31,7 @@ impl ConnectionService for ConnectionApi {
         let scope = site_scope(&request);
         let result = async {
             let command = convert::remove_connection(&self.state.registry, request.into_inner())?;
+            record_site(command.api_key.as_str());
             scope.check(command.api_key.as_str())?;
             let request = RemovalRequest::RemoveConnection(command);
             let outcome = self
@@ -50,6 +53,7 @@ impl ConnectionService for ConnectionApi {
         let scope = site_scope(&request);
         let result = async {
             let command = convert::unlink_account(&self.state.registry, request.into_inner())?;
+            record_site(command.vhost.get());
             // The request names the site by vhost: find it to check the scope.
             let lookup = self.state.repo.site_by_vhost(command.vhost).await;
             scope.check_lookup(lookup.map_err(ApiError::from), |s| s.api_key.as_str())?;
@@ -74,6 +78,7 @@ impl ConnectionService for ConnectionApi {
         let result = async {
             let (api_key, uid, new) =
                 convert::link_connection(&self.state.registry, request.into_inner())?;
+            record_site(api_key.as_str());
             scope.check(api_key.as_str())?;
             let outcome = self.state.repo.link_connection(&api_key, &uid, new).await?;
             Ok::<_, ApiError>(pb::LinkConnectionResponse {
@@ -95,6 +100,7 @@ impl ConnectionService for ConnectionApi {
         let scope = site_scope(&request);
         let result = async {
             let (api_key, uid) = convert::get_account(request.into_inner())?;
+            record_site(api_key.as_str());
             scope.check(api_key.as_str())?;
             let account = self.state.repo.account(&api_key, &uid).await?;
             Ok::<_, ApiError>(pb::GetAccountResponse {

@@ -32,16 +32,37 @@ pub struct AppState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceParent(pub String);
 
+/// The call's id, made by the telemetry layer so that its span, its logs,
+/// the response and the events all name the call the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallId(pub String);
+
+impl CallId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+/// Names the call's site (api_key, or vhost for UnlinkAccount) in the call's
+/// span, once the handler has parsed it. Cheap; does nothing outside a call.
+pub fn record_site(site: impl std::fmt::Display) {
+    tracing::Span::current().record("site", tracing::field::display(site));
+}
+
 /// Name used for the actor when the server runs without authentication.
 pub const ANONYMOUS_ACTOR: &str = "anonymous";
 
-/// Starts a call: a fresh call id, the caller and the trace context.
+/// Starts a call: the call id (the telemetry layer's, or a fresh one when
+/// the handler is called without it), the caller and the trace context.
 pub fn call_context<T>(request: &Request<T>) -> CallContext {
     let actor = request
         .extensions()
         .get::<auth::Caller>()
         .map_or(ANONYMOUS_ACTOR, |c| c.name.as_str());
     let mut ctx = CallContext::new(actor);
+    if let Some(call_id) = request.extensions().get::<CallId>() {
+        ctx.call_id.clone_from(&call_id.0);
+    }
     ctx.traceparent = request
         .extensions()
         .get::<TraceParent>()
@@ -59,6 +80,12 @@ pub fn respond<T>(ctx: &CallContext, result: Result<T, ApiError>) -> Result<Resp
             }
             Ok(response)
         }
-        Err(err) => Err(err.into_status(&ctx.call_id)),
+        Err(err) => {
+            // The reason goes into the call's span; the telemetry layer
+            // adds the code (it also sees statuses made outside handlers).
+            let (_, reason) = err.code_and_reason();
+            tracing::Span::current().record("reason", tracing::field::display(reason));
+            Err(err.into_status(&ctx.call_id))
+        }
     }
 }

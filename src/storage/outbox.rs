@@ -11,6 +11,7 @@ use crate::domain::ConnectionRemoved;
 
 /// Appends events in the caller's transaction. After that transaction
 /// commits, call `Repository::outbox_committed` so the sequencer wakes at once.
+#[tracing::instrument(skip_all, name = "db.outbox_append", fields(events = events.len()))]
 pub async fn append<C: ConnectionTrait>(
     conn: &C,
     events: &[ConnectionRemoved],

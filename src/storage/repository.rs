@@ -40,6 +40,8 @@ pub struct LinkOutcome {
     pub account: Account,
 }
 
+// Database spans (`db.*`, children of the call's span) use `skip_all`:
+// arguments can carry provider session tokens, which are never logged.
 impl Repository {
     pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
         Self {
@@ -74,6 +76,7 @@ impl Repository {
     /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: a
     /// deferred transaction that upgrades to a write can fail with SQLITE_BUSY
     /// even with a busy timeout.
+    #[tracing::instrument(skip_all, name = "db.begin_write")]
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
         self.db
             .begin_with_options(TransactionOptions {
@@ -89,6 +92,7 @@ impl Repository {
         self.db.ping().await
     }
 
+    #[tracing::instrument(skip_all, name = "db.upsert_site")]
     pub async fn upsert_site(&self, settings: SiteSettings) -> StorageResult<(Site, bool)> {
         let txn = self.begin_write().await?;
         let now = Utc::now();
@@ -150,14 +154,17 @@ impl Repository {
         Ok((site_from_model(model)?, created))
     }
 
+    #[tracing::instrument(skip_all, name = "db.site_by_api_key")]
     pub async fn site_by_api_key(&self, api_key: &ApiKey) -> StorageResult<Site> {
         site_from_model(find_site_by_api_key(&self.db, api_key).await?)
     }
 
+    #[tracing::instrument(skip_all, name = "db.site_by_vhost")]
     pub async fn site_by_vhost(&self, vhost: Vhost) -> StorageResult<Site> {
         site_from_model(find_site_by_vhost(&self.db, vhost).await?)
     }
 
+    #[tracing::instrument(skip_all, name = "db.upsert_account")]
     pub async fn upsert_account(
         &self,
         api_key: &ApiKey,
@@ -202,12 +209,14 @@ impl Repository {
         Ok((account, created))
     }
 
+    #[tracing::instrument(skip_all, name = "db.account")]
     pub async fn account(&self, api_key: &ApiKey, uid: &Uid) -> StorageResult<Account> {
         let site = find_site_by_api_key(&self.db, api_key).await?;
         let row = find_account(&self.db, &site, uid).await?;
         load_account(&self.db, &site, row).await
     }
 
+    #[tracing::instrument(skip_all, name = "db.link_connection")]
     pub async fn link_connection(
         &self,
         api_key: &ApiKey,

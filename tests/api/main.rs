@@ -7,4 +7,5 @@ mod link_connection;
 mod remove_connection;
 mod security;
 mod server;
+mod trace_context;
 mod unlink_account;
