@@ -10,6 +10,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     config::Settings,
+    events::{self, EventTasks, Shutdown},
     grpc::{AppState, admin::AdminApi, connection::ConnectionApi, events::EventApi},
     proto::{
         self,
@@ -44,6 +45,13 @@ const SERVICE_NAMES: &[&str] = &[
 /// A built application: database connected and migrated, services ready.
 pub struct App {
     pub state: AppState,
+    /// Sequencer, fan-out and pruner, started by `run`.
+    event_tasks: EventTasks,
+    /// Raised when shutdown starts: ends Subscribe streams and background tasks.
+    stop: tokio::sync::watch::Sender<bool>,
+    shutdown: Shutdown,
+    /// How long shutdown waits for calls and streams before giving up on them.
+    drain_timeout: Duration,
 }
 
 impl App {
@@ -55,11 +63,20 @@ impl App {
             Some(key) => SessionSealer::new(key),
             None => SessionSealer::ephemeral(),
         };
+        let repo = Repository::new(connection, sealer);
+        let (stop, shutdown) = Shutdown::new();
+        let (hub, event_tasks) =
+            events::build(repo.clone(), settings.events.clone(), shutdown.clone());
         Ok(Self {
             state: AppState {
-                repo: Repository::new(connection, sealer),
+                repo,
                 registry: settings.registry.clone(),
+                events: hub,
             },
+            event_tasks,
+            stop,
+            shutdown,
+            drain_timeout: settings.events.drain_timeout,
         })
     }
 
@@ -77,12 +94,23 @@ impl App {
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
-        let state = self.state;
+        let Self {
+            state,
+            event_tasks,
+            stop,
+            shutdown: stopping,
+            drain_timeout,
+        } = self;
+        let background = event_tasks.start(stopping.clone());
+        let stop = std::sync::Arc::new(stop);
+        let stop_after_serving = stop.clone();
         let health_for_shutdown = health.clone();
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: draining calls");
             set_serving(&health_for_shutdown, false).await;
+            // Streams never end by themselves: tell them to.
+            stop.send_replace(true);
         };
 
         tracing::info!(address = ?local, "serving gRPC");
@@ -95,9 +123,31 @@ impl App {
             )))
             .add_service(EventServiceServer::new(EventApi::new(state.clone())))
             .add_service(AdminServiceServer::new(AdminApi::new(state.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        // A client that never reads could hold the drain open forever.
+        let drain_limit = async {
+            stopping.raised().await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        let result = tokio::select! {
+            result = result => result,
+            () = drain_limit => {
+                tracing::warn!(?drain_timeout, "calls still open after the drain timeout; closing");
+                Ok(())
+            }
+        };
         health_task.abort();
+        stop_after_serving.send_replace(true);
+        for task in background {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("an event task did not stop in time");
+                abort.abort();
+            }
+        }
         state.repo.connection().clone().close().await.ok();
         result.map_err(AppError::from)
     }

@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Base64 32-byte AES key for provider session data at rest.
     #[arg(long, env = "CONNECTIONS_SESSION_KEY", hide_env_values = true)]
     pub session_key: Option<String>,
+    /// How long sequenced events are kept: `7d`, `24h`, `30m`, `90s`.
+    #[arg(long, env = "CONNECTIONS_EVENT_RETENTION", default_value = "7d", value_parser = config::parse_duration)]
+    pub event_retention: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -75,6 +78,10 @@ impl ServeArgs {
                 .as_deref()
                 .map(config::parse_session_key)
                 .transpose()?,
+            events: config::EventSettings {
+                retention: self.event_retention,
+                ..config::EventSettings::default()
+            },
         })
     }
 }
