@@ -85,3 +85,32 @@ impl ServeArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from([&["connections", "serve"], args].concat())
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(serve) => serve.settings(),
+            Command::Migrate(_) => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn event_retention_defaults_to_a_week_and_takes_units() {
+        let default = serve(&[]).unwrap();
+        assert_eq!(
+            default.events.retention,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        let short = serve(&["--event-retention", "36h"]).unwrap();
+        assert_eq!(
+            short.events.retention,
+            std::time::Duration::from_secs(36 * 3600)
+        );
+        assert!(serve(&["--event-retention", "soon"]).is_err());
+    }
+}

@@ -49,6 +49,27 @@ pub fn spawn(repo: Repository, hub: EventHub, plan: Plan) -> mpsc::Receiver<Item
     rx
 }
 
+/// Where a live event falls relative to the positions already examined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seam {
+    /// Already read from the table (the overlap at the seam): skip it.
+    Seen,
+    /// The very next position: deliver it (if it matches).
+    Next,
+    /// Something between was missed: go back to the table.
+    Gap,
+}
+
+fn seam(scanned: u64, position: u64) -> Seam {
+    if position <= scanned {
+        Seam::Seen
+    } else if position == scanned + 1 {
+        Seam::Next
+    } else {
+        Seam::Gap
+    }
+}
+
 /// Why the task stopped.
 enum Stop {
     /// Client gone, shutdown, or an error already sent.
@@ -144,20 +165,18 @@ impl Task {
                 () = self.hub.shutdown.raised() => return Err(Stop::Done),
                 () = self.tx.closed() => return Err(Stop::Done),
                 received = live.recv() => match received {
-                    Ok(event) => {
-                        if event.position <= self.scanned {
-                            continue;
-                        }
-                        if event.position != self.scanned + 1 {
-                            return Ok(());
-                        }
+                    Ok(event) => match seam(self.scanned, event.position) {
+                        Seam::Seen => continue,
+                        Seam::Gap => return Ok(()),
+                        Seam::Next => {
                         self.scanned = event.position;
                         if self.filter.matches(&event.event) {
                             self.send(Ok(StreamItem::Event(Box::new((*event).clone()))))
                                 .await?;
                             idle.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
                         }
-                    }
+                        }
+                    },
                     Err(RecvError::Lagged(missed)) => {
                         tracing::debug!(missed, "subscriber lagged; reading the table");
                         return Ok(());
@@ -183,5 +202,19 @@ impl Task {
             sent = self.tx.send(item) => sent.map_err(|_| Stop::Done),
             () = self.hub.shutdown.raised() => Err(Stop::Done),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_events_at_the_seam_are_skipped_delivered_or_send_us_back() {
+        assert_eq!(seam(10, 9), Seam::Seen);
+        assert_eq!(seam(10, 10), Seam::Seen);
+        assert_eq!(seam(10, 11), Seam::Next);
+        assert_eq!(seam(10, 12), Seam::Gap);
+        assert_eq!(seam(0, 1), Seam::Next);
     }
 }
