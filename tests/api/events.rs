@@ -467,6 +467,16 @@ async fn two_replicas_share_one_database(backend: Backend) {
     assert_eq!(positions(&on_a_events), [1, 2, 3]);
     assert_eq!(on_a_events[2].event_id, written[0].event_id);
     assert_eq!(next_event(&mut on_b).await.position, 3);
+
+    // The first replica (most likely the sequencer) goes away: the other
+    // takes over the sequencing.
+    a.stop().await;
+    let written = write_n(&b, 1).await;
+    let after_failover = next_event(&mut on_b).await;
+    assert_eq!(
+        (after_failover.position, after_failover.event_id),
+        (4, written[0].event_id.clone())
+    );
     b.stop().await;
 }
 
