@@ -97,6 +97,19 @@ impl Repository {
     /// PostgreSQL the `event_sequence` row lock makes a second sequencer wait
     /// (and then see these stamps), and the head is notified on commit.
     pub async fn stamp_pending_events(&self, batch: u64) -> StorageResult<Option<u64>> {
+        // A cheap read first (partial index), so that an idle poll takes no
+        // write lock (SQLite) or row lock (PostgreSQL).
+        let pending = event::Entity::find()
+            .select_only()
+            .column(event::Column::Id)
+            .filter(event::Column::Position.is_null())
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(self.connection())
+            .await?;
+        if pending.is_none() {
+            return Ok(None);
+        }
         let txn = self.begin_write().await?;
         let backend = txn.get_database_backend();
         let state = read_sequence(&txn, true).await?;
