@@ -316,7 +316,8 @@ pub struct SequencerLease {
 impl SequencerLease {
     /// Whether the lock's connection still answers (else leadership is lost).
     pub async fn is_alive(&mut self) -> bool {
-        self.conn.ping().await.is_ok()
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(5), self.conn.ping());
+        matches!(ping.await, Ok(Ok(())))
     }
 
     pub async fn release(self) {
