@@ -10,6 +10,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     config::{SecuritySettings, Settings, TlsSettings},
+    events::{self, EventTasks, Shutdown},
     grpc::{
         AppState,
         admin::AdminApi,
@@ -57,6 +58,13 @@ pub struct App {
     tls: Option<ServerTlsConfig>,
     /// Bound in `build` so that a port taken is a start-up error.
     metrics_listener: Option<TcpListener>,
+    /// Sequencer, fan-out and pruner, started by `run`.
+    event_tasks: EventTasks,
+    /// Raised when shutdown starts: ends Subscribe streams and background tasks.
+    stop: tokio::sync::watch::Sender<bool>,
+    shutdown: Shutdown,
+    /// How long shutdown waits for calls and streams before giving up on them.
+    drain_timeout: Duration,
 }
 
 impl App {
@@ -75,14 +83,23 @@ impl App {
             })?),
             None => None,
         };
+        let repo = Repository::new(connection, sealer);
+        let (stop, shutdown) = Shutdown::new();
+        let (hub, event_tasks) =
+            events::build(repo.clone(), settings.events.clone(), shutdown.clone());
         Ok(Self {
             state: AppState {
-                repo: Repository::new(connection, sealer),
+                repo,
                 registry: settings.registry.clone(),
+                events: hub,
             },
             security: settings.security.clone(),
             tls,
             metrics_listener,
+            event_tasks,
+            stop,
+            shutdown,
+            drain_timeout: settings.events.drain_timeout,
         })
     }
 
@@ -108,25 +125,39 @@ impl App {
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
-        let metrics_task = self.metrics_listener.map(|listener| {
+        let Self {
+            state,
+            security: security_settings,
+            tls,
+            metrics_listener,
+            event_tasks,
+            stop,
+            shutdown: stopping,
+            drain_timeout,
+        } = self;
+        let metrics_task = metrics_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "serving metrics at /metrics");
             tokio::spawn(telemetry::metrics_http::serve(
                 listener,
                 std::future::pending(),
             ))
         });
-
-        let state = self.state;
+        let background = event_tasks.start(stopping.clone());
+        let stop = Arc::new(stop);
+        let stop_after_serving = stop.clone();
         let health_for_shutdown = health.clone();
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: draining calls");
             set_serving(&health_for_shutdown, false).await;
+            // Streams never end by themselves: tell them to.
+            stop.send_replace(true);
         };
 
-        let max_message = self.security.max_message_bytes;
-        let mut server = Server::builder();
-        if let Some(tls) = self.tls {
+        let max_message = security_settings.max_message_bytes;
+        // Nagle's algorithm would hold small responses back for a delayed ACK.
+        let mut server = Server::builder().tcp_nodelay(true);
+        if let Some(tls) = tls {
             server = server.tls_config(tls)?;
         }
         tracing::info!(address = ?local, "serving gRPC");
@@ -151,11 +182,33 @@ impl App {
                 AdminServiceServer::new(AdminApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        // A client that never reads could hold the drain open forever.
+        let drain_limit = async {
+            stopping.raised().await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        let result = tokio::select! {
+            result = result => result,
+            () = drain_limit => {
+                tracing::warn!(?drain_timeout, "calls still open after the drain timeout; closing");
+                Ok(())
+            }
+        };
         health_task.abort();
         if let Some(task) = metrics_task {
             task.abort();
+        }
+        stop_after_serving.send_replace(true);
+        for task in background {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("an event task did not stop in time");
+                abort.abort();
+            }
         }
         state.repo.connection().clone().close().await.ok();
         result.map_err(AppError::from)

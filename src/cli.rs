@@ -162,6 +162,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How long sequenced events are kept: `7d`, `24h`, `30m`, `90s`.
+    #[arg(long, env = "CONNECTIONS_EVENT_RETENTION", default_value = "7d", value_parser = config::parse_duration)]
+    pub event_retention: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -177,6 +180,39 @@ impl ServeArgs {
                 .transpose()?,
             security: self.security.settings()?,
             metrics_listen: self.metrics_listen,
+            events: config::EventSettings {
+                retention: self.event_retention,
+                ..config::EventSettings::default()
+            },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from([&["connections", "serve"], args].concat())
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(serve) => serve.settings(),
+            Command::Migrate(_) | Command::Token(_) => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn event_retention_defaults_to_a_week_and_takes_units() {
+        let default = serve(&[]).unwrap();
+        assert_eq!(
+            default.events.retention,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        let short = serve(&["--event-retention", "36h"]).unwrap();
+        assert_eq!(
+            short.events.retention,
+            std::time::Duration::from_secs(36 * 3600)
+        );
+        assert!(serve(&["--event-retention", "soon"]).is_err());
     }
 }

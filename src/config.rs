@@ -39,6 +39,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Authentication, TLS and abuse limits.
     pub security: SecuritySettings,
+    pub events: EventSettings,
 }
 
 /// TLS, token cache and abuse limits (see `grpc::auth_layer`).
@@ -71,6 +72,36 @@ impl Default for SecuritySettings {
     }
 }
 
+/// Tuning of the event machinery (sequencer, fan-out, retention, streams).
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// Sequenced events older than this are pruned.
+    pub retention: Duration,
+    /// How often the pruner runs.
+    pub prune_interval: Duration,
+    /// Safety-net poll of the sequencer and fan-out; wake-ups are pushed.
+    pub poll_interval: Duration,
+    /// How often a replica that is not the sequencer tries to become it.
+    pub leader_retry: Duration,
+    /// Heartbeat interval when a subscriber asks for the server default.
+    pub default_heartbeat: Duration,
+    /// How long shutdown waits for open streams and calls to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            leader_retry: Duration::from_secs(2),
+            default_heartbeat: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// PEM files for TLS; with `client_ca`, clients must present a certificate
 /// signed by it (mutual TLS).
 #[derive(Debug, Clone)]
@@ -78,6 +109,32 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+}
+
+/// Parses a duration such as `7d`, `24h`, `30m` or `90s` (a bare number is seconds).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?}: expected a number followed by d, h, m or s"))?;
+    let seconds_per_unit = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("{value:?}: the unit must be d, h, m or s")),
+    };
+    let seconds = number
+        .checked_mul(seconds_per_unit)
+        .ok_or_else(|| format!("{value:?} is too long"))?;
+    if seconds == 0 {
+        return Err(format!("{value:?} must be positive"));
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 impl Settings {
@@ -90,6 +147,7 @@ impl Settings {
             session_key: None,
             security: SecuritySettings::default(),
             metrics_listen: None,
+            events: EventSettings::default(),
         }
     }
 }
@@ -151,5 +209,17 @@ mod tests {
         );
         assert!(parse_session_key("c2hvcnQ=").is_err());
         assert!(parse_session_key("not base64!").is_err());
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        for bad in ["", "d", "7w", "-1d", "0s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -14,6 +14,8 @@
 //!   plain Rust with no I/O.
 //! - [`storage`]: SeaORM entities, migrations and the repository that owns
 //!   every SQL statement and transaction.
+//! - [`events`]: the outbox's sequencer, per-replica live fan-out, Subscribe
+//!   stream tasks and retention.
 //! - [`grpc`]: thin tonic adapters; proto types end there. Errors become
 //!   statuses in `grpc::status` only. `grpc::auth_layer` authenticates
 //!   callers (bearer tokens), checks permissions and applies abuse limits.
@@ -23,6 +25,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod storage;
 pub mod telemetry;

@@ -1,6 +1,8 @@
 //! The `ConnectionRemoved` event as the domain knows it: what the outbox
 //! stores and subscribers receive. It never holds provider session data.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -54,4 +56,202 @@ pub struct ConnectionRemoved {
 pub struct SequencedEvent {
     pub position: u64,
     pub event: ConnectionRemoved,
+}
+
+/// What a subscriber wants to receive. `None` means "no restriction"; an
+/// empty set means "nothing" (a caller scoped to no site).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Already restricted to the caller's site scope.
+    pub api_keys: Option<BTreeSet<String>>,
+    /// Canonical (lower-case) provider names.
+    pub providers: Option<BTreeSet<String>>,
+    pub sources: Option<BTreeSet<EventSource>>,
+}
+
+impl EventFilter {
+    /// The same test as the SQL filter, for events that arrive live.
+    pub fn matches(&self, event: &ConnectionRemoved) -> bool {
+        self.api_keys
+            .as_ref()
+            .is_none_or(|keys| keys.contains(&event.api_key))
+            && self
+                .providers
+                .as_ref()
+                .is_none_or(|p| p.contains(&event.provider))
+            && self
+                .sources
+                .as_ref()
+                .is_none_or(|s| s.contains(&event.source))
+    }
+}
+
+impl PartialOrd for EventSource {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EventSource {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(api_key: &str, provider: &str, source: EventSource) -> ConnectionRemoved {
+        ConnectionRemoved {
+            event_id: "e".into(),
+            occurred_at: Utc::now(),
+            api_key: api_key.into(),
+            vhost: 1,
+            uid: "u".into(),
+            provider: provider.into(),
+            sub_provider: String::new(),
+            provider_uid: "p".into(),
+            mode: RemovalMode::Hard,
+            removed_login_ids: vec![],
+            provider_logout_requested: false,
+            source,
+            cid: None,
+            call_id: "c".into(),
+            actor: "a".into(),
+            remaining_login_methods: 1,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn an_empty_filter_matches_everything() {
+        let filter = EventFilter::default();
+        assert!(filter.matches(&sample("k", "facebook", EventSource::UnlinkAccount)));
+    }
+
+    #[test]
+    fn every_restriction_must_match() {
+        let filter = EventFilter {
+            api_keys: Some(["k1".to_owned()].into()),
+            providers: Some(["facebook".to_owned()].into()),
+            sources: Some([EventSource::RemoveConnection].into()),
+        };
+        assert!(filter.matches(&sample("k1", "facebook", EventSource::RemoveConnection)));
+        assert!(!filter.matches(&sample("k2", "facebook", EventSource::RemoveConnection)));
+        assert!(!filter.matches(&sample("k1", "google", EventSource::RemoveConnection)));
+        assert!(!filter.matches(&sample("k1", "facebook", EventSource::UnlinkAccount)));
+    }
+
+    #[test]
+    fn a_scope_of_no_site_matches_nothing() {
+        let filter = EventFilter {
+            api_keys: Some(BTreeSet::new()),
+            ..EventFilter::default()
+        };
+        assert!(!filter.matches(&sample("k1", "facebook", EventSource::RemoveConnection)));
+    }
+}
+
+/// Where a subscription starts, as requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFrom {
+    Beginning,
+    Now,
+    AfterPosition(u64),
+    /// After the consumer's committed position (`committed`: none yet means
+    /// from the beginning).
+    Consumer {
+        committed: Option<u64>,
+    },
+}
+
+/// One item of a subscription stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    Event(Box<SequencedEvent>),
+    Heartbeat {
+        head_position: u64,
+        time: DateTime<Utc>,
+    },
+    CaughtUp {
+        head_position: u64,
+    },
+}
+
+/// The cursor (last position not wanted) a subscription starts after, given
+/// the head and the pruning horizon. Positions up to `pruned_through` are gone:
+/// resuming after one of them would silently skip events.
+pub fn start_cursor(
+    start: &StartFrom,
+    head: u64,
+    pruned_through: u64,
+) -> Result<u64, super::DomainError> {
+    let resume = |position: u64| {
+        if position < pruned_through {
+            Err(super::DomainError::PositionPruned {
+                requested: position,
+                earliest: pruned_through + 1,
+            })
+        } else {
+            Ok(position)
+        }
+    };
+    match *start {
+        StartFrom::Beginning | StartFrom::Consumer { committed: None } => Ok(0),
+        StartFrom::Now => Ok(head),
+        StartFrom::AfterPosition(p) if p > head => Err(super::DomainError::invalid(
+            "after_position",
+            format!("{p} is beyond the head position {head}"),
+        )),
+        StartFrom::AfterPosition(p) | StartFrom::Consumer { committed: Some(p) } => resume(p),
+    }
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+    use crate::domain::DomainError;
+
+    #[test]
+    fn starts_resolve_against_head_and_horizon() {
+        assert_eq!(start_cursor(&StartFrom::Beginning, 9, 4), Ok(0));
+        assert_eq!(start_cursor(&StartFrom::Now, 9, 4), Ok(9));
+        assert_eq!(start_cursor(&StartFrom::AfterPosition(4), 9, 4), Ok(4));
+        assert_eq!(start_cursor(&StartFrom::AfterPosition(9), 9, 4), Ok(9));
+        assert_eq!(
+            start_cursor(&StartFrom::Consumer { committed: None }, 9, 4),
+            Ok(0)
+        );
+        assert_eq!(
+            start_cursor(&StartFrom::Consumer { committed: Some(7) }, 9, 4),
+            Ok(7)
+        );
+    }
+
+    #[test]
+    fn resuming_inside_the_pruned_range_is_refused() {
+        assert_eq!(
+            start_cursor(&StartFrom::AfterPosition(3), 9, 4),
+            Err(DomainError::PositionPruned {
+                requested: 3,
+                earliest: 5
+            })
+        );
+        assert!(matches!(
+            start_cursor(&StartFrom::Consumer { committed: Some(0) }, 9, 4),
+            Err(DomainError::PositionPruned { earliest: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn positions_beyond_the_head_are_invalid() {
+        assert!(matches!(
+            start_cursor(&StartFrom::AfterPosition(10), 9, 0),
+            Err(DomainError::InvalidParameter {
+                field: "after_position",
+                ..
+            })
+        ));
+    }
 }

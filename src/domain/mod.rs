@@ -15,7 +15,9 @@ pub use account::{
 };
 pub use call::CallContext;
 pub use error::DomainError;
-pub use event::{ConnectionRemoved, EventSource, RemovalMode, SequencedEvent};
+pub use event::{
+    ConnectionRemoved, EventFilter, EventSource, RemovalMode, SequencedEvent, StartFrom, StreamItem,
+};
 pub use ids::{ApiKey, ConsumerName, ContextId, LoginIdValue, ProviderUid, RequestId, Uid, Vhost};
 pub use providers::{Provider, ProviderFamily, ProviderRegistry};
 pub use redirect::RedirectTarget;

@@ -581,3 +581,209 @@ pub fn unlink_account_response(outcome: RemovalOutcome) -> pb::UnlinkAccountResp
         dry_run,
     }
 }
+
+/// A Subscribe request, parsed: where to start, what to receive, how often
+/// to send heartbeats (None: the server default).
+#[derive(Debug, Clone)]
+pub struct SubscribeParams {
+    pub start: SubscribeStart,
+    pub filter: domain::EventFilter,
+    pub heartbeat: Option<std::time::Duration>,
+}
+
+/// The start before the consumer's checkpoint is looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeStart {
+    Beginning,
+    Now,
+    AfterPosition(u64),
+    Consumer(domain::ConsumerName),
+}
+
+/// Largest accepted `heartbeat_seconds`.
+pub const MAX_HEARTBEAT_SECONDS: u32 = 3600;
+
+pub fn subscribe(
+    request: pb::SubscribeRequest,
+    registry: &ProviderRegistry,
+) -> Result<SubscribeParams, DomainError> {
+    let pb::SubscribeRequest {
+        start_from,
+        after_position,
+        consumer,
+        api_keys,
+        providers,
+        sources,
+        heartbeat_seconds,
+    } = request;
+    let consumer = if consumer.is_empty() {
+        None
+    } else {
+        Some(domain::ConsumerName::parse("consumer", &consumer)?)
+    };
+    let start_from = pb::StartFrom::try_from(start_from)
+        .map_err(|_| DomainError::invalid("start_from", "unknown value"))?;
+    if after_position != 0 && start_from != pb::StartFrom::AfterPosition {
+        return Err(DomainError::invalid(
+            "after_position",
+            "only allowed with START_FROM_AFTER_POSITION",
+        ));
+    }
+    let start = match (start_from, consumer) {
+        (pb::StartFrom::Beginning, _) => SubscribeStart::Beginning,
+        (pb::StartFrom::Now, _) | (pb::StartFrom::Unspecified, None) => SubscribeStart::Now,
+        (pb::StartFrom::AfterPosition, _) => SubscribeStart::AfterPosition(after_position),
+        (pb::StartFrom::Unspecified, Some(name)) => SubscribeStart::Consumer(name),
+    };
+    let api_keys = api_keys
+        .iter()
+        .map(|k| ApiKey::parse_key("api_keys", k).map(ApiKey::into_string))
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    let providers = providers
+        .iter()
+        .map(|p| registry.resolve("providers", p, None).map(|p| p.name))
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    let sources = sources
+        .into_iter()
+        .map(|s| match pb::EventSource::try_from(s) {
+            Ok(pb::EventSource::RemoveConnection) => Ok(domain::EventSource::RemoveConnection),
+            Ok(pb::EventSource::UnlinkAccount) => Ok(domain::EventSource::UnlinkAccount),
+            Ok(pb::EventSource::Unspecified) | Err(_) => Err(DomainError::invalid(
+                "sources",
+                format!("unknown event source {s}"),
+            )),
+        })
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    let heartbeat = match heartbeat_seconds {
+        0 => None,
+        s if s <= MAX_HEARTBEAT_SECONDS => Some(std::time::Duration::from_secs(u64::from(s))),
+        _ => {
+            return Err(DomainError::invalid(
+                "heartbeat_seconds",
+                format!("must be between 1 and {MAX_HEARTBEAT_SECONDS} (0: server default)"),
+            ));
+        }
+    };
+    Ok(SubscribeParams {
+        start,
+        filter: domain::EventFilter {
+            api_keys: (!api_keys.is_empty()).then_some(api_keys),
+            providers: (!providers.is_empty()).then_some(providers),
+            sources: (!sources.is_empty()).then_some(sources),
+        },
+        heartbeat,
+    })
+}
+
+pub fn stream_item(item: domain::StreamItem) -> pb::SubscribeResponse {
+    use pb::subscribe_response::Message;
+    let message = match item {
+        domain::StreamItem::Event(sequenced) => Message::Event(event(*sequenced)),
+        domain::StreamItem::Heartbeat {
+            head_position,
+            time,
+        } => Message::Heartbeat(pb::Heartbeat {
+            head_position,
+            time: Some(timestamp(time)),
+        }),
+        domain::StreamItem::CaughtUp { head_position } => {
+            Message::CaughtUp(pb::CaughtUp { head_position })
+        }
+    };
+    pb::SubscribeResponse {
+        message: Some(message),
+    }
+}
+
+pub fn commit_position(
+    request: pb::CommitPositionRequest,
+) -> Result<(domain::ConsumerName, u64), DomainError> {
+    let pb::CommitPositionRequest { consumer, position } = request;
+    Ok((
+        domain::ConsumerName::parse("consumer", &consumer)?,
+        position,
+    ))
+}
+
+#[cfg(test)]
+mod subscribe_tests {
+    use super::*;
+
+    fn parse(request: pb::SubscribeRequest) -> Result<SubscribeParams, DomainError> {
+        subscribe(request, &ProviderRegistry::default())
+    }
+
+    #[test]
+    fn an_unspecified_start_follows_the_consumer() {
+        let now = parse(pb::SubscribeRequest::default()).unwrap();
+        assert_eq!(now.start, SubscribeStart::Now);
+        assert_eq!(now.filter, domain::EventFilter::default());
+        let consumer = parse(pb::SubscribeRequest {
+            consumer: "billing".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            matches!(consumer.start, SubscribeStart::Consumer(ref n) if n.as_str() == "billing")
+        );
+    }
+
+    #[test]
+    fn filters_are_canonical() {
+        let params = parse(pb::SubscribeRequest {
+            providers: vec!["Messenger".into(), "FACEBOOK".into()],
+            sources: vec![pb::EventSource::UnlinkAccount.into()],
+            api_keys: vec!["3_a".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            params.filter.providers,
+            Some(["facebook".to_owned(), "microsoft".to_owned()].into())
+        );
+        assert_eq!(
+            params.filter.sources,
+            Some([domain::EventSource::UnlinkAccount].into())
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let field = |request| parse(request).unwrap_err().field();
+        assert_eq!(
+            field(pb::SubscribeRequest {
+                heartbeat_seconds: 3601,
+                ..Default::default()
+            }),
+            Some("heartbeat_seconds")
+        );
+        assert_eq!(
+            field(pb::SubscribeRequest {
+                sources: vec![0],
+                ..Default::default()
+            }),
+            Some("sources")
+        );
+        assert_eq!(
+            field(pb::SubscribeRequest {
+                providers: vec!["nope".into()],
+                ..Default::default()
+            }),
+            Some("providers")
+        );
+        assert_eq!(
+            field(pb::SubscribeRequest {
+                after_position: 3,
+                ..Default::default()
+            }),
+            Some("after_position")
+        );
+        assert_eq!(
+            field(pb::SubscribeRequest {
+                start_from: 42,
+                ..Default::default()
+            }),
+            Some("start_from")
+        );
+    }
+}

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
     domain::{CallContext, ProviderRegistry},
+    events::EventHub,
     storage::Repository,
 };
 use status::{ApiError, CALL_ID_HEADER};
@@ -25,6 +26,8 @@ use status::{ApiError, CALL_ID_HEADER};
 pub struct AppState {
     pub repo: Repository,
     pub registry: Arc<ProviderRegistry>,
+    /// Live events and the shutdown signal for Subscribe streams.
+    pub events: EventHub,
 }
 
 /// The W3C traceparent of the call's span, put into request extensions by

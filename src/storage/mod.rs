@@ -4,6 +4,7 @@
 pub mod db;
 pub mod entities;
 pub mod error;
+pub mod events;
 pub mod migrations;
 pub mod outbox;
 pub mod removal;

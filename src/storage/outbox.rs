@@ -1,5 +1,7 @@
 //! Writing the outbox: one row per `ConnectionRemoved`, inside the caller's
 //! transaction, with no position (the sequencer stamps positions after commit).
+//! On PostgreSQL the append also queues a `NOTIFY connections_outbox`, which
+//! the database delivers only if and when the transaction commits.
 
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
 
@@ -36,6 +38,8 @@ pub async fn append<C: ConnectionTrait>(
         })
         .collect::<StorageResult<Vec<_>>>()?;
     event::Entity::insert_many(rows).exec(conn).await?;
+    // Wakes the sequencer of every replica when the transaction commits.
+    super::events::notify_outbox(conn).await?;
     Ok(())
 }
 

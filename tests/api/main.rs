@@ -2,6 +2,7 @@
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
 mod admin;
+mod events;
 mod helpers;
 mod link_connection;
 mod remove_connection;

@@ -1,0 +1,106 @@
+//! The sequencer: stamps committed outbox rows with dense positions, in id
+//! order, in short transactions of its own, so writers never wait for each
+//! other and a reader of `position > cursor` can never skip a row that
+//! committed late (it simply gets a later position).
+//!
+//! One sequencer runs per database. On SQLite the single writer makes that
+//! true of every stamping transaction anyway. On PostgreSQL the replica that
+//! holds a session advisory lock leads; the others retry now and then, so
+//! leadership moves when the leader dies. The stamping transaction also locks
+//! the `event_sequence` row, so even two sequencers could not double-stamp.
+
+use std::sync::Arc;
+
+use tokio::{sync::Notify, time::MissedTickBehavior};
+
+use super::{Listener, Shutdown, pause};
+use crate::{
+    config::EventSettings,
+    storage::{Repository, events::OUTBOX_CHANNEL, events::SequencerLease},
+    telemetry::metrics,
+};
+
+/// Rows stamped per transaction.
+const STAMP_BATCH: u64 = 1000;
+
+/// Runs until shutdown. `sequenced` is woken after every stamping commit.
+pub async fn run(
+    repo: Repository,
+    settings: EventSettings,
+    sequenced: Arc<Notify>,
+    shutdown: Shutdown,
+) {
+    if !repo.is_postgres() {
+        lead(&repo, &settings, &sequenced, &shutdown, None).await;
+        return;
+    }
+    loop {
+        match repo.try_sequencer_lease().await {
+            Ok(Some(lease)) => {
+                tracing::info!("this replica is the event sequencer");
+                lead(&repo, &settings, &sequenced, &shutdown, Some(lease)).await;
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot try the sequencer lock"),
+        }
+        if pause(settings.leader_retry, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Stamps on every wake-up until shutdown or until the lease is lost.
+async fn lead(
+    repo: &Repository,
+    settings: &EventSettings,
+    sequenced: &Notify,
+    shutdown: &Shutdown,
+    mut lease: Option<SequencerLease>,
+) {
+    let written = repo.outbox_notifier();
+    let mut listener = Listener::new(repo.clone(), OUTBOX_CHANNEL);
+    let mut poll = tokio::time::interval(settings.poll_interval);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        stamp_all(repo, sequenced).await;
+        tokio::select! {
+            () = shutdown.raised() => break,
+            () = written.notified() => {}
+            () = listener.wait() => {}
+            _ = poll.tick() => {
+                if let Some(held) = &mut lease
+                    && !held.is_alive().await
+                {
+                    tracing::warn!("lost the sequencer lock's connection");
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(held) = lease {
+        held.release().await;
+    }
+}
+
+async fn stamp_all(repo: &Repository, sequenced: &Notify) {
+    match repo.count_unsequenced_events().await {
+        Ok(pending) => metrics::events().set_unsequenced(pending),
+        Err(err) => tracing::debug!(error = %err, "cannot count unsequenced events"),
+    }
+    loop {
+        match repo.stamp_pending_events(STAMP_BATCH).await {
+            Ok(Some(head)) => {
+                tracing::debug!(head, "sequenced events");
+                sequenced.notify_one();
+            }
+            Ok(None) => {
+                metrics::events().set_unsequenced(0);
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "sequencing failed; will retry");
+                return;
+            }
+        }
+    }
+}

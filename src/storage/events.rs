@@ -1,0 +1,385 @@
+//! SQL of the event machinery: stamping positions, reading sequenced events,
+//! consumer checkpoints, pruning, the sequencer's leader lease and the
+//! PostgreSQL notification channels.
+//!
+//! Positions are stamped by one sequencer at a time in its own short
+//! transaction, serialised by the `event_sequence` row lock (PostgreSQL) or
+//! SQLite's single writer, so the positions visible in the table always form
+//! a gap-free prefix: a reader of `position > cursor` can never skip one.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, Value,
+    sqlx::{
+        Connection as _, PgConnection,
+        postgres::{PgListener, PgNotification},
+    },
+};
+
+use super::{
+    Repository,
+    entities::event,
+    error::{StorageError, StorageResult},
+    outbox,
+};
+use crate::domain::{DomainError, EventFilter, SequencedEvent};
+
+/// PostgreSQL channel writers notify after appending outbox rows.
+pub const OUTBOX_CHANNEL: &str = "connections_outbox";
+/// PostgreSQL channel the sequencer notifies (payload: the new head).
+pub const EVENTS_CHANNEL: &str = "connections_events";
+/// Session advisory lock key held by the sequencer leader ("connseq").
+const SEQUENCER_LOCK_KEY: i64 = 0x0063_6f6e_6e73_6571;
+
+/// The counter row: head and pruning horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SequenceState {
+    /// Highest position ever stamped (survives pruning).
+    pub last_position: u64,
+    /// Every position up to this one has been pruned.
+    pub pruned_through: u64,
+}
+
+/// Writes `$n` placeholders as the backend wants them.
+fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = match backend {
+        DbBackend::Sqlite => sql.replace('$', "?"),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+async fn read_sequence<C: ConnectionTrait>(conn: &C, lock: bool) -> StorageResult<SequenceState> {
+    let backend = conn.get_database_backend();
+    let sql = if lock && backend == DbBackend::Postgres {
+        "SELECT last_position, pruned_through FROM event_sequence WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT last_position, pruned_through FROM event_sequence WHERE id = 1"
+    };
+    let row = conn
+        .query_one_raw(statement(backend, sql, vec![]))
+        .await?
+        .ok_or_else(|| StorageError::Corrupt("event_sequence row is missing".into()))?;
+    Ok(SequenceState {
+        last_position: to_u64(row.try_get("", "last_position")?),
+        pruned_through: to_u64(row.try_get("", "pruned_through")?),
+    })
+}
+
+/// Keeps the longest prefix (in position order) of `(position, occurred_at)`
+/// whose events are all older than `cutoff`; returns its last position.
+/// Pruning a prefix keeps "everything up to `pruned_through` is gone" true
+/// even though `occurred_at` is not monotonic in position.
+pub fn prunable_prefix(rows: &[(u64, DateTime<Utc>)], cutoff: DateTime<Utc>) -> Option<u64> {
+    rows.iter()
+        .take_while(|(_, at)| *at < cutoff)
+        .last()
+        .map(|(p, _)| *p)
+}
+
+impl Repository {
+    /// Head and pruning horizon.
+    pub async fn sequence_state(&self) -> StorageResult<SequenceState> {
+        read_sequence(self.connection(), false).await
+    }
+
+    /// Stamps up to `batch` committed, unstamped events in id order with the
+    /// next positions. Returns the new head when it stamped anything. On
+    /// PostgreSQL the `event_sequence` row lock makes a second sequencer wait
+    /// (and then see these stamps), and the head is notified on commit.
+    /// Outbox rows committed but not yet given a position (partial index).
+    pub async fn count_unsequenced_events(&self) -> StorageResult<u64> {
+        let count = event::Entity::find()
+            .filter(event::Column::Position.is_null())
+            .count(self.connection())
+            .await?;
+        Ok(count)
+    }
+
+    pub async fn stamp_pending_events(&self, batch: u64) -> StorageResult<Option<u64>> {
+        // A cheap read first (partial index), so that an idle poll takes no
+        // write lock (SQLite) or row lock (PostgreSQL).
+        let pending = event::Entity::find()
+            .select_only()
+            .column(event::Column::Id)
+            .filter(event::Column::Position.is_null())
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(self.connection())
+            .await?;
+        if pending.is_none() {
+            return Ok(None);
+        }
+        let txn = self.begin_write().await?;
+        let backend = txn.get_database_backend();
+        let state = read_sequence(&txn, true).await?;
+        let stamped = txn
+            .execute_raw(statement(
+                backend,
+                "WITH pending AS (
+                     SELECT id, row_number() OVER (ORDER BY id) AS rn
+                     FROM events WHERE position IS NULL ORDER BY id LIMIT $1)
+                 UPDATE events SET position = $2 + pending.rn
+                 FROM pending WHERE events.id = pending.id",
+                vec![to_i64(batch).into(), to_i64(state.last_position).into()],
+            ))
+            .await?
+            .rows_affected();
+        if stamped == 0 {
+            return Ok(None);
+        }
+        let head = state.last_position + stamped;
+        txn.execute_raw(statement(
+            backend,
+            "UPDATE event_sequence SET last_position = $1 WHERE id = 1",
+            vec![to_i64(head).into()],
+        ))
+        .await?;
+        if backend == DbBackend::Postgres {
+            txn.execute_raw(statement(
+                backend,
+                "SELECT pg_notify($1, $2)",
+                vec![EVENTS_CHANNEL.into(), head.to_string().into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(Some(head))
+    }
+
+    /// Up to `limit` sequenced events with `position > after` that match
+    /// `filter`, in position order.
+    pub async fn events_after(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: u64,
+    ) -> StorageResult<Vec<SequencedEvent>> {
+        let mut query = event::Entity::find().filter(event::Column::Position.gt(to_i64(after)));
+        if let Some(keys) = &filter.api_keys {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            query = query.filter(event::Column::ApiKey.is_in(keys.iter().cloned()));
+        }
+        if let Some(providers) = &filter.providers {
+            query = query.filter(event::Column::Provider.is_in(providers.iter().cloned()));
+        }
+        if let Some(sources) = &filter.sources {
+            query = query.filter(event::Column::Source.is_in(sources.iter().map(|s| s.as_str())));
+        }
+        let rows = query
+            .order_by_asc(event::Column::Position)
+            .limit(limit)
+            .all(self.connection())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let position = row.position.map(to_u64).ok_or_else(|| {
+                    StorageError::Corrupt(format!("event {} has no position", row.id))
+                })?;
+                Ok(SequencedEvent {
+                    position,
+                    event: outbox::decode(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A consumer's committed position, if it ever committed one.
+    pub async fn consumer_position(&self, name: &str) -> StorageResult<Option<u64>> {
+        let backend = self.connection().get_database_backend();
+        let row = self
+            .connection()
+            .query_one_raw(statement(
+                backend,
+                "SELECT position FROM consumers WHERE name = $1",
+                vec![name.into()],
+            ))
+            .await?;
+        row.map(|r| r.try_get::<i64>("", "position").map(to_u64))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Stores `position` as the consumer's checkpoint unless it already has a
+    /// higher one; returns the stored position. A position beyond the head
+    /// is refused.
+    pub async fn commit_consumer_position(&self, name: &str, position: u64) -> StorageResult<u64> {
+        let head = self.sequence_state().await?.last_position;
+        if position > head {
+            return Err(DomainError::invalid(
+                "position",
+                format!("{position} is beyond the head position {head}"),
+            )
+            .into());
+        }
+        let backend = self.connection().get_database_backend();
+        let greatest = match backend {
+            DbBackend::Postgres => "GREATEST",
+            _ => "MAX",
+        };
+        let sql = format!(
+            "INSERT INTO consumers (name, position, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET
+                 position = {greatest}(consumers.position, excluded.position),
+                 updated_at = excluded.updated_at
+             RETURNING position"
+        );
+        let row = self
+            .connection()
+            .query_one_raw(statement(
+                backend,
+                &sql,
+                vec![name.into(), to_i64(position).into(), Utc::now().into()],
+            ))
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("upsert returned no row".into()))?;
+        Ok(to_u64(row.try_get("", "position")?))
+    }
+
+    /// Deletes up to `batch` of the oldest sequenced events, as long as each
+    /// occurred before `cutoff`, and moves `pruned_through`. Returns how many
+    /// events were deleted.
+    pub async fn prune_events(&self, cutoff: DateTime<Utc>, batch: u64) -> StorageResult<u64> {
+        let rows = event::Entity::find()
+            .select_only()
+            .column(event::Column::Position)
+            .column(event::Column::OccurredAt)
+            .filter(event::Column::Position.is_not_null())
+            .order_by_asc(event::Column::Position)
+            .limit(batch)
+            .into_tuple::<(Option<i64>, DateTime<Utc>)>()
+            .all(self.connection())
+            .await?;
+        let rows: Vec<(u64, DateTime<Utc>)> = rows
+            .into_iter()
+            .filter_map(|(p, at)| p.map(|p| (to_u64(p), at)))
+            .collect();
+        let Some(through) = prunable_prefix(&rows, cutoff) else {
+            return Ok(0);
+        };
+        let txn = self.begin_write().await?;
+        let backend = txn.get_database_backend();
+        let deleted = txn
+            .execute_raw(statement(
+                backend,
+                "DELETE FROM events WHERE position IS NOT NULL AND position <= $1",
+                vec![to_i64(through).into()],
+            ))
+            .await?
+            .rows_affected();
+        txn.execute_raw(statement(
+            backend,
+            "UPDATE event_sequence SET pruned_through = $1 WHERE id = 1 AND pruned_through < $1",
+            vec![to_i64(through).into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Opens a LISTEN connection on `channel` (PostgreSQL only).
+    pub async fn listen(&self, channel: &str) -> Result<PgListener, DbErr> {
+        let pool = self.connection().get_postgres_connection_pool();
+        let mut listener = PgListener::connect_with(pool).await.map_err(sqlx_err)?;
+        listener.listen(channel).await.map_err(sqlx_err)?;
+        Ok(listener)
+    }
+
+    /// Tries to become the database's sequencer (PostgreSQL only): a session
+    /// advisory lock on a connection of its own, released when it closes.
+    pub async fn try_sequencer_lease(&self) -> Result<Option<SequencerLease>, DbErr> {
+        let pool = self.connection().get_postgres_connection_pool();
+        let mut conn = pool.acquire().await.map_err(sqlx_err)?.detach();
+        let locked: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SEQUENCER_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(sqlx_err)?;
+        if locked {
+            Ok(Some(SequencerLease { conn }))
+        } else {
+            conn.close().await.ok();
+            Ok(None)
+        }
+    }
+}
+
+/// Leadership of the sequencer on PostgreSQL: holds the advisory lock for as
+/// long as its connection lives.
+#[derive(Debug)]
+pub struct SequencerLease {
+    conn: PgConnection,
+}
+
+impl SequencerLease {
+    /// Whether the lock's connection still answers (else leadership is lost).
+    pub async fn is_alive(&mut self) -> bool {
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(5), self.conn.ping());
+        matches!(ping.await, Ok(Ok(())))
+    }
+
+    pub async fn release(self) {
+        self.conn.close().await.ok();
+    }
+}
+
+/// Waits for the next notification. `Ok(None)` means the connection was lost
+/// and notifications may have been missed: re-read the table.
+pub async fn next_notification(listener: &mut PgListener) -> Result<Option<PgNotification>, DbErr> {
+    listener.try_recv().await.map_err(sqlx_err)
+}
+
+fn sqlx_err(err: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into()))
+}
+
+/// Sends the "outbox written" notification inside a writer's transaction
+/// (PostgreSQL delivers it at commit). A no-op on SQLite.
+pub async fn notify_outbox<C: ConnectionTrait>(conn: &C) -> Result<(), DbErr> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_raw(statement(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, '')",
+            vec![OUTBOX_CHANNEL.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_stops_at_the_first_event_that_is_too_young() {
+        let old = Utc::now() - chrono::Duration::days(10);
+        let cutoff = Utc::now() - chrono::Duration::days(7);
+        let young = Utc::now();
+        assert_eq!(
+            prunable_prefix(&[(1, old), (2, old), (3, young), (4, old)], cutoff),
+            Some(2)
+        );
+        assert_eq!(prunable_prefix(&[(1, young), (2, old)], cutoff), None);
+        assert_eq!(prunable_prefix(&[], cutoff), None);
+    }
+
+    #[test]
+    fn placeholders_follow_the_backend() {
+        let s = statement(DbBackend::Sqlite, "SELECT $1, $2", vec![1.into(), 2.into()]);
+        assert_eq!(s.sql, "SELECT ?1, ?2");
+        let p = statement(DbBackend::Postgres, "SELECT $1", vec![1.into()]);
+        assert_eq!(p.sql, "SELECT $1");
+    }
+}
