@@ -66,6 +66,7 @@ def main() -> int:
         elif "Subscribe" in cmd:
             script.append(f"out=$(timeout 3 {cmd} 2>&1); rc=$?")
             script.append(f"[ $rc -eq 124 ] || {{ echo \"$out\"; echo 'FAIL (stream ended early) {label}'; exit 1; }}")
+            script.append(f"echo \"$out\" | grep -q caughtUp || {{ echo \"$out\"; echo 'FAIL (no caughtUp) {label}'; exit 1; }}")
             script.append(f"echo 'ok   {label}'")
         elif "-format-error" in cmd:
             script.append(f"out=$({cmd} 2>&1); rc=$?")
