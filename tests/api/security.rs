@@ -409,6 +409,8 @@ async fn session_tokens_never_reach_logs_responses_or_the_database(backend: Back
     app.create_site("3_a", 1).await;
     app.create_account("3_a", "u1", &[("a@x.com", true)]).await;
     app.create_account("3_a", "u2", &[("b@x.com", true)]).await;
+    // No password: removing its one identity is a SOFT removal.
+    app.create_account("3_a", "u3", &[]).await;
     let api_token = app
         .create_token("linker", "3_a", "connections.write,connections.read")
         .await;
@@ -485,6 +487,78 @@ async fn session_tokens_never_reach_logs_responses_or_the_database(backend: Back
             "session stored in clear"
         );
     }
+
+    // Removals wipe the session (HARD deletes the row; SOFT keeps the
+    // mapping without it), and neither responses nor events carry it.
+    let linked = app
+        .connections()
+        .link_connection(bearer(
+            pb::LinkConnectionRequest {
+                provider_uid: "tw-secret-holder".into(),
+                ..link("u3", "twitter")
+            },
+            &api_token,
+        ))
+        .await
+        .expect("link u3");
+    seen.push(format!("{linked:?}"));
+    let reader = app.create_token("reader", "3_a", "events.subscribe").await;
+    let mut stream = app
+        .events()
+        .subscribe(bearer(
+            pb::SubscribeRequest {
+                start_from: pb::StartFrom::Beginning.into(),
+                ..Default::default()
+            },
+            &reader,
+        ))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    for (uid, provider) in [("u1", "facebook"), ("u3", "twitter")] {
+        let removed = app
+            .connections()
+            .remove_connection(bearer(
+                pb::RemoveConnectionRequest {
+                    api_key: "3_a".into(),
+                    uid: uid.into(),
+                    provider: Some(provider.into()),
+                    ..Default::default()
+                },
+                &api_token,
+            ))
+            .await
+            .expect("remove");
+        seen.push(format!("{removed:?}"));
+    }
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("no event in time")
+            .expect("stream failed")
+            .expect("stream ended");
+        if let Some(pb::subscribe_response::Message::Event(event)) = message.message {
+            events.push(event);
+        }
+    }
+    assert_eq!(events[1].mode(), pb::RemovalMode::Soft);
+    for text in events.iter().map(|e| format!("{e:?}")).chain(seen) {
+        for needle in [&secret, &refresh, &api_token] {
+            assert!(!text.contains(needle.as_str()), "leaked in {text}");
+        }
+    }
+    let sessions = app
+        .repo
+        .connection()
+        .query_all_raw(sea_orm::Statement::from_string(
+            app.repo.connection().get_database_backend(),
+            "SELECT id FROM identities WHERE session IS NOT NULL",
+        ))
+        .await
+        .expect("read identities");
+    assert!(sessions.is_empty(), "a removal left session data behind");
+
     let logs = String::from_utf8_lossy(
         &logs
             .lock()
