@@ -18,6 +18,7 @@ use connections::{
     proto::v1::{
         self as pb, admin_service_client::AdminServiceClient,
         connection_service_client::ConnectionServiceClient,
+        event_service_client::EventServiceClient, subscribe_response::Message,
     },
     telemetry::{self, Telemetry, TelemetryConfig},
 };
@@ -411,6 +412,87 @@ fn metrics_are_served_as_prometheus_text_and_exported() {
         })
         .await;
     });
+}
+
+#[test]
+fn event_metrics_follow_removals_and_subscribers() {
+    let env = env();
+    env.runtime.block_on(async {
+        let channel = env.channel().await;
+        create_site_and_account(&channel, "3_events", 7003).await;
+        let mut connections = ConnectionServiceClient::new(channel.clone());
+        connections
+            .link_connection(pb::LinkConnectionRequest {
+                api_key: "3_events".into(),
+                uid: "u1".into(),
+                provider: "facebook".into(),
+                sub_provider: String::new(),
+                provider_uid: "fb-metrics".into(),
+                login_id: None,
+                session: None,
+            })
+            .await
+            .unwrap();
+        let mut stream = EventServiceClient::new(channel)
+            .subscribe(pb::SubscribeRequest {
+                start_from: pb::StartFrom::Now.into(),
+                api_keys: vec!["3_events".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(matches!(next(&mut stream).await, Message::CaughtUp(_)));
+        let gauge = |body: &str, name: &str| -> f64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        let (_, body) = http_get(env.metrics, "/metrics").await;
+        assert!(gauge(&body, "connections_subscribers") >= 1.0, "{body}");
+
+        connections
+            .remove_connection(pb::RemoveConnectionRequest {
+                api_key: "3_events".into(),
+                uid: "u1".into(),
+                provider: Some("facebook".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Message::Event(event) = next(&mut stream).await else {
+            panic!("expected the removal's event");
+        };
+        let (_, body) = http_get(env.metrics, "/metrics").await;
+        assert!(
+            gauge(&body, "connections_events_head_position") >= event.position as f64,
+            "{body}"
+        );
+        assert!(
+            gauge(&body, "connections_events_delivered_total") >= 1.0,
+            "{body}"
+        );
+        assert!(
+            gauge(&body, "connections_events_sequencing_lag_seconds_count") >= 1.0,
+            "{body}"
+        );
+        assert_eq!(
+            gauge(&body, "connections_outbox_unsequenced"),
+            0.0,
+            "{body}"
+        );
+    });
+}
+
+async fn next(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> Message {
+    tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("no message in time")
+        .unwrap()
+        .unwrap()
+        .message
+        .unwrap()
 }
 
 /// A bare HTTP/1.1 GET: (status line and headers, body).
