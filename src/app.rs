@@ -4,8 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -155,11 +154,14 @@ impl App {
         };
 
         let max_message = security_settings.max_message_bytes;
-        // Nagle's algorithm would hold small responses back for a delayed ACK.
-        let mut server = Server::builder().tcp_nodelay(true);
+        let mut server = Server::builder();
         if let Some(tls) = tls {
             server = server.tls_config(tls)?;
         }
+        // Nagle's algorithm would hold small responses back for a delayed
+        // ACK (~40 ms per sequential call); the builder's own nodelay setting
+        // does not apply to a listener passed in.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         tracing::info!(address = ?local, "serving gRPC");
         if security.mode() == AccessMode::Open {
             warn_open_mode(local);
@@ -182,7 +184,7 @@ impl App {
                 AdminServiceServer::new(AdminApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+            .serve_with_incoming_shutdown(incoming, shutdown);
         // A client that never reads could hold the drain open forever.
         let drain_limit = async {
             stopping.raised().await;
