@@ -34,6 +34,8 @@ use crate::{
 pub enum AppError {
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
@@ -84,8 +86,15 @@ impl App {
         };
         let repo = Repository::new(connection, sealer);
         let (stop, shutdown) = Shutdown::new();
-        let (hub, event_tasks) =
-            events::build(repo.clone(), settings.events.clone(), shutdown.clone());
+        // Read before serving: the fan-out broadcasts every position after
+        // this head, and streams opened before it starts rely on that.
+        let head = repo.sequence_state().await?.last_position;
+        let (hub, event_tasks) = events::build(
+            repo.clone(),
+            settings.events.clone(),
+            shutdown.clone(),
+            head,
+        );
         Ok(Self {
             state: AppState {
                 repo,

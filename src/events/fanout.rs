@@ -11,7 +11,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use super::{Listener, Shutdown, pause};
+use super::{Listener, Shutdown};
 use crate::{
     config::EventSettings,
     domain::{EventFilter, SequencedEvent},
@@ -30,19 +30,10 @@ pub async fn run(
     head: watch::Sender<u64>,
     shutdown: Shutdown,
 ) {
-    // Start at the current head: older events are served from the table.
-    let mut published = loop {
-        match repo.sequence_state().await {
-            Ok(state) => break state.last_position,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the event head; retrying");
-                if pause(settings.poll_interval, &shutdown).await {
-                    return;
-                }
-            }
-        }
-    };
-    head.send_replace(published);
+    // Start at the head read before the server began serving (older events
+    // are served from the table); streams opened since then expect every
+    // later position on the live channel.
+    let mut published = *head.borrow();
     let mut listener = Listener::new(repo.clone(), EVENTS_CHANNEL);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);

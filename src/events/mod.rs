@@ -94,13 +94,17 @@ pub struct EventTasks {
 }
 
 /// Creates the hub (for the gRPC services) and the tasks that feed it.
+/// `head` is the last sequenced position when the server starts: the
+/// fan-out publishes every later one, so a stream that read the table up to
+/// the hub's head can never miss one between the table and the live channel.
 pub fn build(
     repo: Repository,
     settings: EventSettings,
     shutdown: Shutdown,
+    head: u64,
 ) -> (EventHub, EventTasks) {
     let (live, _) = broadcast::channel(LIVE_CAPACITY);
-    let (head_tx, head_rx) = watch::channel(0);
+    let (head_tx, head_rx) = watch::channel(head);
     let hub = EventHub {
         live: live.clone(),
         head: head_rx,

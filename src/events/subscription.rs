@@ -195,6 +195,12 @@ impl Task {
                     Err(RecvError::Closed) => return Err(Stop::Done),
                 },
                 () = &mut idle => {
+                    // Never expected, but cheap to heal: if the live channel
+                    // skipped something, the table has it.
+                    if self.hub.head() > self.scanned {
+                        tracing::warn!(scanned = self.scanned, head = self.hub.head(), "stream behind the head while idle; re-reading the table");
+                        return Ok(());
+                    }
                     self.send(Ok(StreamItem::Heartbeat {
                         head_position: self.hub.head().max(self.scanned),
                         time: Utc::now(),
