@@ -38,6 +38,9 @@ impl EventApi {
     ) -> Result<subscription::Plan, ApiError> {
         let params = convert::subscribe(request, &self.state.registry)?;
         let filter = restrict_to_scope(params.filter, scope)?;
+        if let Some(keys) = &filter.api_keys {
+            super::record_site(keys.iter().cloned().collect::<Vec<_>>().join(","));
+        }
         let repo = &self.state.repo;
         let start = match params.start {
             SubscribeStart::Beginning => StartFrom::Beginning,
