@@ -172,9 +172,6 @@ impl App {
         // does not apply to a listener passed in.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         tracing::info!(address = ?local, "serving gRPC");
-        if security.mode() == AccessMode::Open {
-            warn_open_mode(local);
-        }
         let result = server
             .layer(TelemetryLayer)
             .layer(security.layer())

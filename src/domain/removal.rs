@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Account, ApiKey, ContextId, DomainError, EventSource, Identity, IdentityState, ProviderFamily,
-    ProviderRegistry, RedirectTarget, RemovalMode, RequestId, Site, Uid, Vhost,
+    Account, ApiKey, CallContext, ConnectionRemoved, ContextId, DomainError, EventSource, Identity,
+    IdentityState, ProviderFamily, ProviderRegistry, RedirectTarget, RemovalMode, RequestId, Site,
+    Uid, Vhost,
 };
 
 /// How RemoveConnection treats a request that removes the last ways to log in.
@@ -185,6 +186,22 @@ impl RemovalRequest {
         }
     }
 
+    /// RemoveConnection reports the account after the change; UnlinkAccount does not.
+    pub fn account_snapshot(&self, account: &Account) -> Option<AccountSnapshot> {
+        match self {
+            Self::RemoveConnection(_) => Some(AccountSnapshot::of(account)),
+            Self::UnlinkAccount(_) => None,
+        }
+    }
+
+    /// The caller's context, echoed back (RemoveConnection only).
+    pub fn context(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::RemoveConnection(c) => c.context.clone(),
+            Self::UnlinkAccount(_) => None,
+        }
+    }
+
     /// Plans the removal on the locked account snapshot.
     pub fn plan(
         &self,
@@ -223,6 +240,58 @@ pub struct RemovalPlan {
 impl RemovalPlan {
     pub fn is_empty(&self) -> bool {
         self.removals.is_empty()
+    }
+
+    /// One `ConnectionRemoved` per removed identity, as the outbox stores it.
+    pub fn events(
+        &self,
+        request: &RemovalRequest,
+        site: &Site,
+        ctx: &CallContext,
+        time: DateTime<Utc>,
+    ) -> Vec<ConnectionRemoved> {
+        self.removals
+            .iter()
+            .map(|r| ConnectionRemoved {
+                event_id: uuid::Uuid::new_v4().to_string(),
+                occurred_at: time,
+                api_key: site.api_key.clone(),
+                vhost: site.vhost,
+                uid: request.uid().as_str().to_owned(),
+                provider: r.identity.provider.clone(),
+                sub_provider: r.identity.sub_provider.clone(),
+                provider_uid: r.identity.provider_uid.clone(),
+                mode: r.mode,
+                removed_login_ids: r.removed_login_ids.clone(),
+                provider_logout_requested: r.provider_logout_requested,
+                source: request.source(),
+                cid: request.cid().map(|c| c.as_str().to_owned()),
+                call_id: ctx.call_id.clone(),
+                actor: ctx.actor.clone(),
+                remaining_login_methods: self.remaining_login_methods,
+                traceparent: ctx.traceparent.clone(),
+            })
+            .collect()
+    }
+
+    /// The response entries; `event_ids` is `None` on a dry run (no events).
+    pub fn removed(&self, event_ids: Option<&[String]>) -> Vec<RemovedIdentity> {
+        self.removals
+            .iter()
+            .enumerate()
+            .map(|(n, r)| RemovedIdentity {
+                provider: r.identity.provider.clone(),
+                sub_provider: r.identity.sub_provider.clone(),
+                provider_uid: r.identity.provider_uid.clone(),
+                mode: r.mode,
+                removed_login_ids: r.removed_login_ids.clone(),
+                provider_logout_requested: r.provider_logout_requested,
+                event_id: event_ids
+                    .and_then(|ids| ids.get(n))
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect()
     }
 
     fn build(

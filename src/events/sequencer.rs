@@ -74,6 +74,12 @@ async fn lead(
                     tracing::warn!("lost the sequencer lock's connection");
                     return;
                 }
+                // Sampled here, not on every write's wake-up: the backlog
+                // only stays above zero when stamping is failing or behind.
+                match repo.count_unsequenced_events().await {
+                    Ok(pending) => metrics::events().set_unsequenced(pending),
+                    Err(err) => tracing::debug!(error = %err, "cannot count unsequenced events"),
+                }
             }
         }
     }
@@ -83,10 +89,6 @@ async fn lead(
 }
 
 async fn stamp_all(repo: &Repository, sequenced: &Notify) {
-    match repo.count_unsequenced_events().await {
-        Ok(pending) => metrics::events().set_unsequenced(pending),
-        Err(err) => tracing::debug!(error = %err, "cannot count unsequenced events"),
-    }
     loop {
         match repo.stamp_pending_events(STAMP_BATCH).await {
             Ok(Some(head)) => {

@@ -20,8 +20,8 @@ use super::{
     },
 };
 use crate::domain::{
-    CallContext, ConnectionRemoved, DomainError, IdentityState, ProviderRegistry, RemovalMode,
-    removal::{AccountSnapshot, RemovalOutcome, RemovalPlan, RemovalRequest, RemovedIdentity},
+    CallContext, DomainError, IdentityState, ProviderRegistry, RemovalMode,
+    removal::{RemovalOutcome, RemovalPlan, RemovalRequest},
 };
 
 /// A site may use at most this many distinct cids.
@@ -103,42 +103,20 @@ impl Repository {
 
         let dry_run = request.dry_run();
         if dry_run {
-            let removed = removed_identities(&plan, None);
+            let removed = plan.removed(None);
             return Ok(Step::RollBack(RemovalOutcome {
                 call_id: ctx.call_id.clone(),
                 time,
                 removed,
-                account: account_snapshot(request, &plan.after),
-                context: context_of(request),
+                account: request.account_snapshot(&plan.after),
+                context: request.context(),
                 redirect_url: redirect.map(|r| r.into_string()),
                 dry_run,
             }));
         }
 
         apply(txn, &plan, account_row.id, time).await?;
-        let events: Vec<ConnectionRemoved> = plan
-            .removals
-            .iter()
-            .map(|r| ConnectionRemoved {
-                event_id: uuid::Uuid::new_v4().to_string(),
-                occurred_at: time,
-                api_key: site.api_key.clone(),
-                vhost: site.vhost,
-                uid: account.uid.clone(),
-                provider: r.identity.provider.clone(),
-                sub_provider: r.identity.sub_provider.clone(),
-                provider_uid: r.identity.provider_uid.clone(),
-                mode: r.mode,
-                removed_login_ids: r.removed_login_ids.clone(),
-                provider_logout_requested: r.provider_logout_requested,
-                source: request.source(),
-                cid: request.cid().map(|c| c.as_str().to_owned()),
-                call_id: ctx.call_id.clone(),
-                actor: ctx.actor.clone(),
-                remaining_login_methods: plan.remaining_login_methods,
-                traceparent: ctx.traceparent.clone(),
-            })
-            .collect();
+        let events = plan.events(request, &site, ctx, time);
         outbox::append(txn, &events).await?;
 
         let account_row = if plan.is_empty() {
@@ -151,9 +129,9 @@ impl Repository {
         let outcome = RemovalOutcome {
             call_id: ctx.call_id.clone(),
             time,
-            removed: removed_identities(&plan, Some(&event_ids)),
-            account: account_snapshot(request, &after),
-            context: context_of(request),
+            removed: plan.removed(Some(&event_ids)),
+            account: request.account_snapshot(&after),
+            context: request.context(),
             redirect_url: redirect.map(|r| r.into_string()),
             dry_run,
         };
@@ -327,43 +305,5 @@ fn expect_rows(what: &str, expected: usize, actual: u64) -> StorageResult<()> {
         Err(StorageError::Corrupt(format!(
             "{what}: expected {expected}, got {actual}"
         )))
-    }
-}
-
-/// The response entries; `event_ids` is `None` on a dry run (no events).
-fn removed_identities(plan: &RemovalPlan, event_ids: Option<&[String]>) -> Vec<RemovedIdentity> {
-    plan.removals
-        .iter()
-        .enumerate()
-        .map(|(n, r)| RemovedIdentity {
-            provider: r.identity.provider.clone(),
-            sub_provider: r.identity.sub_provider.clone(),
-            provider_uid: r.identity.provider_uid.clone(),
-            mode: r.mode,
-            removed_login_ids: r.removed_login_ids.clone(),
-            provider_logout_requested: r.provider_logout_requested,
-            event_id: event_ids
-                .and_then(|ids| ids.get(n))
-                .cloned()
-                .unwrap_or_default(),
-        })
-        .collect()
-}
-
-/// RemoveConnection reports the account after the change; UnlinkAccount does not.
-fn account_snapshot(
-    request: &RemovalRequest,
-    account: &crate::domain::Account,
-) -> Option<AccountSnapshot> {
-    match request {
-        RemovalRequest::RemoveConnection(_) => Some(AccountSnapshot::of(account)),
-        RemovalRequest::UnlinkAccount(_) => None,
-    }
-}
-
-fn context_of(request: &RemovalRequest) -> Option<serde_json::Value> {
-    match request {
-        RemovalRequest::RemoveConnection(c) => c.context.clone(),
-        RemovalRequest::UnlinkAccount(_) => None,
     }
 }
