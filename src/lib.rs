@@ -38,6 +38,8 @@ pub mod proto {
         tonic::include_proto!("connections.v1");
     }
 
+    pub mod codec;
+
     /// Encoded descriptors of `proto/`, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/connections_descriptor.bin"));

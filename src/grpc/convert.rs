@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
+pub use crate::proto::codec::{event, event_source, removal_mode, timestamp};
 use crate::{
     domain::{
         self, ApiKey, ContextId, DomainError, LoginIdValue, NewIdentity, NewLoginId,
@@ -18,13 +19,6 @@ use crate::{
     },
     proto::v1 as pb,
 };
-
-pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: time.timestamp(),
-        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
 
 fn from_timestamp(field: &'static str, ts: Timestamp) -> Result<DateTime<Utc>, DomainError> {
     let nanos = u32::try_from(ts.nanos)
@@ -91,63 +85,6 @@ pub fn account(account: &domain::Account) -> pb::Account {
         login_methods: account.login_methods(),
         created_at: Some(timestamp(account.created_at)),
         updated_at: Some(timestamp(account.updated_at)),
-    }
-}
-
-pub fn removal_mode(mode: domain::RemovalMode) -> pb::RemovalMode {
-    match mode {
-        domain::RemovalMode::Hard => pb::RemovalMode::Hard,
-        domain::RemovalMode::Soft => pb::RemovalMode::Soft,
-    }
-}
-
-pub fn event_source(source: domain::EventSource) -> pb::EventSource {
-    match source {
-        domain::EventSource::RemoveConnection => pb::EventSource::RemoveConnection,
-        domain::EventSource::UnlinkAccount => pb::EventSource::UnlinkAccount,
-    }
-}
-
-pub fn event(sequenced: domain::SequencedEvent) -> pb::ConnectionRemoved {
-    let domain::SequencedEvent { position, event } = sequenced;
-    let domain::ConnectionRemoved {
-        event_id,
-        occurred_at,
-        api_key,
-        vhost,
-        uid,
-        provider,
-        sub_provider,
-        provider_uid,
-        mode,
-        removed_login_ids,
-        provider_logout_requested,
-        source,
-        cid,
-        call_id,
-        actor,
-        remaining_login_methods,
-        traceparent,
-    } = event;
-    pb::ConnectionRemoved {
-        position,
-        event_id,
-        occurred_at: Some(timestamp(occurred_at)),
-        api_key,
-        vhost,
-        uid,
-        provider,
-        sub_provider,
-        provider_uid,
-        mode: removal_mode(mode).into(),
-        removed_login_ids,
-        provider_logout_requested,
-        source: event_source(source).into(),
-        cid: cid.unwrap_or_default(),
-        call_id,
-        actor,
-        remaining_login_methods,
-        traceparent: traceparent.unwrap_or_default(),
     }
 }
 
