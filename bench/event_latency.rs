@@ -33,7 +33,7 @@ async fn start(database_url: &str) -> Server {
     let app = App::build(&Settings::for_database(database_url))
         .await
         .expect("build app");
-    let repo = app.state.repo.clone();
+    let repo = app.repo().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -8,15 +8,12 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::T
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    access::{AccessMode, Gate, startup_access_mode},
     config::{SecuritySettings, Settings, TlsSettings},
     events::{self, EventTasks, Shutdown},
     grpc::{
-        AppState,
-        admin::AdminApi,
-        auth::{AccessMode, startup_access_mode},
-        auth_layer::Security,
-        connection::ConnectionApi,
-        events::EventApi,
+        admin::AdminApi, auth_layer::SecurityLayer, call_layer::TelemetryLayer,
+        connection::ConnectionApi, events::EventApi,
     },
     proto::{
         self,
@@ -26,14 +23,13 @@ use crate::{
             event_service_server::EventServiceServer,
         },
     },
-    storage::{Repository, SessionSealer, TokenStore, db},
-    telemetry::{self, TelemetryLayer},
+    service::Services,
+    storage::{Repository, SessionSealer, StorageError, db},
+    telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("database: {0}")]
-    Database(#[from] sea_orm::DbErr),
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
     #[error("reflection: {0}")]
@@ -53,7 +49,8 @@ const SERVICE_NAMES: &[&str] = &[
 
 /// A built application: database connected and migrated, services ready.
 pub struct App {
-    pub state: AppState,
+    pub services: Services,
+    repo: Repository,
     security: SecuritySettings,
     /// Loaded at build time so that a bad certificate fails before serving.
     tls: Option<ServerTlsConfig>,
@@ -71,8 +68,10 @@ pub struct App {
 impl App {
     /// Connects to the database and runs migrations.
     pub async fn build(settings: &Settings) -> Result<Self, AppError> {
-        let connection = db::connect(settings.database_url.expose()).await?;
-        db::migrate(&connection).await?;
+        let connection = db::connect(settings.database_url.expose())
+            .await
+            .map_err(StorageError::from)?;
+        db::migrate(&connection).await.map_err(StorageError::from)?;
         let sealer = match &settings.session_key {
             Some(key) => SessionSealer::new(&key.0),
             None => SessionSealer::ephemeral(),
@@ -94,13 +93,11 @@ impl App {
             settings.events.clone(),
             shutdown.clone(),
             head,
+            telemetry::metrics::events(),
         );
         Ok(Self {
-            state: AppState {
-                repo,
-                registry: settings.registry.clone(),
-                events: hub,
-            },
+            services: Services::new(repo.clone(), settings.registry.clone(), hub),
+            repo,
             security: settings.security.clone(),
             tls,
             metrics_listener,
@@ -109,6 +106,11 @@ impl App {
             shutdown,
             drain_timeout: settings.events.drain_timeout,
         })
+    }
+
+    /// The repository the services run on (tests write through it directly).
+    pub fn repo(&self) -> &Repository {
+        &self.repo
     }
 
     /// The address of the metrics endpoint, when enabled.
@@ -128,13 +130,14 @@ impl App {
         let security = self.security_layer(local).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_serving(&health, true).await;
-        let health_task = spawn_health_watch(self.state.clone(), health.clone());
+        let health_task = spawn_health_watch(self.repo.clone(), health.clone());
 
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
         let Self {
-            state,
+            services,
+            repo,
             security: security_settings,
             tls,
             metrics_listener,
@@ -174,20 +177,20 @@ impl App {
         tracing::info!(address = ?local, "serving gRPC");
         let result = server
             .layer(TelemetryLayer)
-            .layer(security.layer())
+            .layer(SecurityLayer::new(security))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                ConnectionServiceServer::new(ConnectionApi::new(state.clone()))
+                ConnectionServiceServer::new(ConnectionApi::new(services.clone()))
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                EventServiceServer::new(EventApi::new(state.clone()))
+                EventServiceServer::new(EventApi::new(services.clone()))
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                AdminServiceServer::new(AdminApi::new(state.clone()))
+                AdminServiceServer::new(AdminApi::new(services))
                     .max_decoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(incoming, shutdown);
@@ -218,7 +221,7 @@ impl App {
                 abort.abort();
             }
         }
-        state.repo.connection().clone().close().await.ok();
+        repo.close().await;
         result.map_err(AppError::from)
     }
 }
@@ -226,8 +229,8 @@ impl App {
 impl App {
     /// Decides open or authenticated mode for the bound address (refusing
     /// open mode off loopback) and builds the security layer's state.
-    async fn security_layer(&self, local: Option<SocketAddr>) -> Result<Arc<Security>, AppError> {
-        let tokens = TokenStore::new(self.state.repo.connection().clone());
+    async fn security_layer(&self, local: Option<SocketAddr>) -> Result<Arc<Gate>, AppError> {
+        let tokens = self.repo.tokens();
         let tokens_exist = tokens
             .any_active()
             .await
@@ -247,7 +250,7 @@ impl App {
                 }
             }
         }
-        Ok(Arc::new(Security::new(tokens, mode, &self.security)))
+        Ok(Arc::new(Gate::new(tokens, mode, &self.security)))
     }
 }
 
@@ -297,13 +300,13 @@ async fn set_serving(health: &HealthReporter, serving: bool) {
 }
 
 /// Reports NOT_SERVING while the database does not answer.
-fn spawn_health_watch(state: AppState, health: HealthReporter) -> JoinHandle<()> {
+fn spawn_health_watch(repo: Repository, health: HealthReporter) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut serving = true;
         let mut interval = tokio::time::interval(Duration::from_secs(5));
         loop {
             interval.tick().await;
-            let ok = tokio::time::timeout(Duration::from_secs(3), state.repo.ping())
+            let ok = tokio::time::timeout(Duration::from_secs(3), repo.ping())
                 .await
                 .is_ok_and(|r| r.is_ok());
             if ok != serving {

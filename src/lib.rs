@@ -4,29 +4,45 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `connections` command line (`serve`, `migrate`, `token`).
-//! - [`token_admin`]: what `connections token create|list|revoke` does.
-//! - [`config`]: typed settings built from flags and environment variables.
-//! - [`app`]: wires database, services, reflection and health; runs the server.
-//! - [`telemetry`]: logs, traces and metrics: the subscriber, the per-call
-//!   layer (call id, span, trace context), OTLP export, `/metrics`.
-//! - [`domain`]: the rules (validation, provider registry, ways to log in);
-//!   plain Rust with no I/O.
-//! - [`storage`]: SeaORM entities, migrations and the repository that owns
-//!   every SQL statement and transaction.
-//! - [`events`]: the outbox's sequencer, per-replica live fan-out, Subscribe
-//!   stream tasks and retention.
-//! - [`grpc`]: thin tonic adapters; proto types end there. Errors become
-//!   statuses in `grpc::status` only. `grpc::auth_layer` authenticates
-//!   callers (bearer tokens), checks permissions and applies abuse limits.
-//! - [`proto`]: code generated from `proto/connections/v1`.
+//! ```text
+//! doors:      grpc/ (tonic)                         [http/, relay/: next]
+//!                 |  convert protocol <-> service types, map errors
+//! services:   service/  one function per use case: request + CallContext -> result
+//!                 |  uses access/ (callers, tokens, scopes, limits, call context)
+//! domain:     domain/   rules, validation, plans; no I/O
+//! storage:    storage/  SQL and transactions (the only place that knows SeaORM/sqlx)
+//! events:     events/   sequencer, fan-out, subscriptions over storage
+//! telemetry:  telemetry/ logs, traces, metrics; imports no door
+//! ```
+//!
+//! Arrows point down only: a door imports services, access, domain and
+//! `proto`; services import access, domain, storage and events; access
+//! imports domain and storage (tokens); storage and events import domain and
+//! telemetry; domain imports nothing of the crate.
+//!
+//! - [`cli`], [`config`]: the command line and typed settings.
+//! - [`app`]: builds the database, services and doors; runs them until a
+//!   shutdown signal.
+//! - [`token_admin`]: `connections token create|list|revoke`.
+//! - [`grpc`]: the gRPC door (handlers, conversions, the status map, the
+//!   per-call and security layers, the path-to-permission table).
+//! - [`service`]: the application services every door calls.
+//! - [`access`]: who is calling and what they may do; the call context.
+//! - [`domain`]: the rules (SPEC sections 3 to 8) as plain functions.
+//! - [`storage`]: entities, migrations, the repository.
+//! - [`events`]: outbox sequencing and delivery to Subscribe streams.
+//! - [`telemetry`]: subscriber, OTLP export, metrics, trace context.
+//! - [`proto`]: code generated from `proto/connections/v1`, and the event
+//!   codec shared by every door that sends events as protobuf.
 
+pub mod access;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod token_admin;

@@ -5,11 +5,11 @@
 use std::io::Write;
 
 use crate::{
-    cli::TokenCommand,
-    grpc::auth::{
+    access::{
         format_permissions, format_sites, generate_token, hash_token, parse_permissions,
         parse_sites,
     },
+    cli::TokenCommand,
     storage::{TokenStore, db},
 };
 

@@ -2,6 +2,7 @@
 //! "way to log in" count that every removal rule is about.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::DomainError;
 
@@ -157,6 +158,75 @@ pub fn check_dropped_login_ids(account: &Account, kept: &[NewLoginId]) -> Result
         }
     }
     Ok(())
+}
+
+/// An account as callers see it (GetAccount, the removal and link
+/// responses, the stored idempotent answer): [`Account`] without storage
+/// ids and never with secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub api_key: String,
+    pub uid: String,
+    pub login_ids: Vec<(String, bool)>,
+    pub identities: Vec<IdentityView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An identity as callers see it: [`Identity`] without its storage id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityView {
+    pub provider: String,
+    pub sub_provider: String,
+    pub provider_uid: String,
+    pub login_id: Option<String>,
+    pub state: IdentityState,
+    pub has_session: bool,
+    pub linked_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl AccountView {
+    pub fn of(account: &Account) -> Self {
+        Self {
+            api_key: account.api_key.clone(),
+            uid: account.uid.clone(),
+            login_ids: account
+                .login_ids
+                .iter()
+                .map(|l| (l.value.clone(), l.has_password))
+                .collect(),
+            identities: account.identities.iter().map(IdentityView::of).collect(),
+            created_at: account.created_at,
+            updated_at: account.updated_at,
+        }
+    }
+
+    /// Ways to log in: active identities plus login IDs with a password.
+    pub fn login_methods(&self) -> u32 {
+        let identities = self
+            .identities
+            .iter()
+            .filter(|i| i.state == IdentityState::Active)
+            .count();
+        let passwords = self.login_ids.iter().filter(|(_, p)| *p).count();
+        u32::try_from(identities + passwords).unwrap_or(u32::MAX)
+    }
+}
+
+impl IdentityView {
+    pub fn of(identity: &Identity) -> Self {
+        Self {
+            provider: identity.provider.clone(),
+            sub_provider: identity.sub_provider.clone(),
+            provider_uid: identity.provider_uid.clone(),
+            login_id: identity.login_id.clone(),
+            state: identity.state,
+            has_session: identity.has_session,
+            linked_at: identity.linked_at,
+            updated_at: identity.updated_at,
+        }
+    }
 }
 
 #[cfg(test)]

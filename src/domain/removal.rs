@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Account, ApiKey, CallContext, ConnectionRemoved, ContextId, DomainError, EventSource, Identity,
-    IdentityState, ProviderFamily, ProviderRegistry, RedirectTarget, RemovalMode, RequestId, Site,
-    Uid, Vhost,
+    Account, AccountView, ApiKey, CallOrigin, ConnectionRemoved, ContextId, DomainError,
+    EventSource, Identity, IdentityState, ProviderFamily, ProviderRegistry, RedirectTarget,
+    RemovalMode, RequestId, Site, Uid, Vhost,
 };
 
 /// How RemoveConnection treats a request that removes the last ways to log in.
@@ -187,9 +187,9 @@ impl RemovalRequest {
     }
 
     /// RemoveConnection reports the account after the change; UnlinkAccount does not.
-    pub fn account_snapshot(&self, account: &Account) -> Option<AccountSnapshot> {
+    pub fn account_snapshot(&self, account: &Account) -> Option<AccountView> {
         match self {
-            Self::RemoveConnection(_) => Some(AccountSnapshot::of(account)),
+            Self::RemoveConnection(_) => Some(AccountView::of(account)),
             Self::UnlinkAccount(_) => None,
         }
     }
@@ -242,12 +242,33 @@ impl RemovalPlan {
         self.removals.is_empty()
     }
 
+    /// The account after the plan was applied at `time`: what the response
+    /// reports, without reading the account again. Applying touches the
+    /// account and every soft-removed identity at `time`.
+    pub fn after_at(&self, time: DateTime<Utc>) -> Account {
+        let mut after = self.after.clone();
+        if self.is_empty() {
+            return after;
+        }
+        after.updated_at = time;
+        for removal in self.removals.iter().filter(|r| r.mode == RemovalMode::Soft) {
+            if let Some(identity) = after
+                .identities
+                .iter_mut()
+                .find(|i| i.id == removal.identity.id)
+            {
+                identity.updated_at = time;
+            }
+        }
+        after
+    }
+
     /// One `ConnectionRemoved` per removed identity, as the outbox stores it.
     pub fn events(
         &self,
         request: &RemovalRequest,
         site: &Site,
-        ctx: &CallContext,
+        ctx: &CallOrigin,
         time: DateTime<Utc>,
     ) -> Vec<ConnectionRemoved> {
         self.removals
@@ -463,70 +484,6 @@ pub struct RemovedIdentity {
     pub event_id: String,
 }
 
-/// The account part of a stored response: `Account` without storage ids.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountSnapshot {
-    pub api_key: String,
-    pub uid: String,
-    pub login_ids: Vec<(String, bool)>,
-    pub identities: Vec<IdentitySnapshot>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdentitySnapshot {
-    pub provider: String,
-    pub sub_provider: String,
-    pub provider_uid: String,
-    pub login_id: Option<String>,
-    pub state: IdentityState,
-    pub has_session: bool,
-    pub linked_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl AccountSnapshot {
-    pub fn of(account: &Account) -> Self {
-        Self {
-            api_key: account.api_key.clone(),
-            uid: account.uid.clone(),
-            login_ids: account
-                .login_ids
-                .iter()
-                .map(|l| (l.value.clone(), l.has_password))
-                .collect(),
-            identities: account
-                .identities
-                .iter()
-                .map(|i| IdentitySnapshot {
-                    provider: i.provider.clone(),
-                    sub_provider: i.sub_provider.clone(),
-                    provider_uid: i.provider_uid.clone(),
-                    login_id: i.login_id.clone(),
-                    state: i.state,
-                    has_session: i.has_session,
-                    linked_at: i.linked_at,
-                    updated_at: i.updated_at,
-                })
-                .collect(),
-            created_at: account.created_at,
-            updated_at: account.updated_at,
-        }
-    }
-
-    /// Ways to log in: active identities plus login IDs with a password.
-    pub fn login_methods(&self) -> u32 {
-        let identities = self
-            .identities
-            .iter()
-            .filter(|i| i.state == IdentityState::Active)
-            .count();
-        let passwords = self.login_ids.iter().filter(|(_, p)| *p).count();
-        u32::try_from(identities + passwords).unwrap_or(u32::MAX)
-    }
-}
-
 /// What a removal answered. Stored as JSON with the request id, so that a
 /// retry gets exactly the first answer (same call id and event ids).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -535,7 +492,7 @@ pub struct RemovalOutcome {
     pub time: DateTime<Utc>,
     pub removed: Vec<RemovedIdentity>,
     /// RemoveConnection: the account after the change.
-    pub account: Option<AccountSnapshot>,
+    pub account: Option<AccountView>,
     /// RemoveConnection: the caller's context, unchanged.
     pub context: Option<serde_json::Value>,
     /// UnlinkAccount: where to send the user.

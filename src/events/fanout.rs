@@ -11,12 +11,15 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use super::{Listener, Shutdown};
+use super::Shutdown;
 use crate::{
     config::EventSettings,
     domain::{EventFilter, SequencedEvent},
-    storage::{Repository, events::EVENTS_CHANNEL},
-    telemetry::metrics,
+    storage::{
+        Repository,
+        events::{EVENTS_CHANNEL, NotificationListener},
+    },
+    telemetry::metrics::EventMetrics,
 };
 
 /// Rows read per query.
@@ -28,17 +31,18 @@ pub async fn run(
     sequenced: Arc<Notify>,
     live: broadcast::Sender<Arc<SequencedEvent>>,
     head: watch::Sender<u64>,
+    metrics: &'static EventMetrics,
     shutdown: Shutdown,
 ) {
     // Start at the head read before the server began serving (older events
     // are served from the table); streams opened since then expect every
     // later position on the live channel.
     let mut published = *head.borrow();
-    let mut listener = Listener::new(repo.clone(), EVENTS_CHANNEL);
+    let mut listener = NotificationListener::new(repo.clone(), EVENTS_CHANNEL);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        publish_new(&repo, &live, &head, &mut published).await;
+        publish_new(&repo, &live, &head, metrics, &mut published).await;
         tokio::select! {
             () = shutdown.raised() => return,
             () = sequenced.notified() => {}
@@ -52,6 +56,7 @@ async fn publish_new(
     repo: &Repository,
     live: &broadcast::Sender<Arc<SequencedEvent>>,
     head: &watch::Sender<u64>,
+    metrics: &EventMetrics,
     published: &mut u64,
 ) {
     let everything = EventFilter::default();
@@ -69,11 +74,11 @@ async fn publish_new(
             *published = event.position;
             // Commit (occurred_at is taken just before) to publication here.
             let lag = (now - event.event.occurred_at).to_std().unwrap_or_default();
-            metrics::events().record_sequencing_lag(lag.as_secs_f64());
+            metrics.record_sequencing_lag(lag.as_secs_f64());
             // No receiver is fine: nobody is tailing right now.
             let _ = live.send(Arc::new(event));
         }
-        metrics::events().set_head_position(*published);
+        metrics.set_head_position(*published);
         head.send_if_modified(|h| {
             let moved = *h != *published;
             *h = *published;

@@ -36,7 +36,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{config::EventSettings, domain::SequencedEvent, storage::Repository};
+use crate::{
+    config::EventSettings, domain::SequencedEvent, storage::Repository,
+    telemetry::metrics::EventMetrics,
+};
 
 /// Capacity of the per-replica live channel. A subscriber that falls this
 /// far behind gets `Lagged` and goes back to reading the table.
@@ -72,6 +75,7 @@ pub struct EventHub {
     pub(crate) head: watch::Receiver<u64>,
     pub(crate) shutdown: Shutdown,
     pub(crate) settings: EventSettings,
+    pub(crate) metrics: &'static EventMetrics,
 }
 
 impl EventHub {
@@ -89,11 +93,12 @@ impl EventHub {
 pub struct EventTasks {
     repo: Repository,
     settings: EventSettings,
+    metrics: &'static EventMetrics,
     live: broadcast::Sender<Arc<SequencedEvent>>,
     head: watch::Sender<u64>,
 }
 
-/// Creates the hub (for the gRPC services) and the tasks that feed it.
+/// Creates the hub (for the Subscribe service) and the tasks that feed it.
 /// `head` is the last sequenced position when the server starts: the
 /// fan-out publishes every later one, so a stream that read the table up to
 /// the hub's head can never miss one between the table and the live channel.
@@ -102,6 +107,7 @@ pub fn build(
     settings: EventSettings,
     shutdown: Shutdown,
     head: u64,
+    metrics: &'static EventMetrics,
 ) -> (EventHub, EventTasks) {
     let (live, _) = broadcast::channel(LIVE_CAPACITY);
     let (head_tx, head_rx) = watch::channel(head);
@@ -110,10 +116,12 @@ pub fn build(
         head: head_rx,
         shutdown,
         settings: settings.clone(),
+        metrics,
     };
     let tasks = EventTasks {
         repo,
         settings,
+        metrics,
         live,
         head: head_tx,
     };
@@ -129,6 +137,7 @@ impl EventTasks {
                 self.repo.clone(),
                 self.settings.clone(),
                 sequenced.clone(),
+                self.metrics,
                 shutdown.clone(),
             )),
             tokio::spawn(fanout::run(
@@ -137,6 +146,7 @@ impl EventTasks {
                 sequenced,
                 self.live,
                 self.head,
+                self.metrics,
                 shutdown.clone(),
             )),
             tokio::spawn(retention::run(self.repo, self.settings, shutdown)),
@@ -149,51 +159,5 @@ pub(crate) async fn pause(duration: Duration, shutdown: &Shutdown) -> bool {
     tokio::select! {
         () = tokio::time::sleep(duration) => shutdown.is_raised(),
         () = shutdown.raised() => true,
-    }
-}
-
-/// A PostgreSQL LISTEN on one channel that reconnects after failures. On
-/// SQLite it never fires (in-process wake-ups are enough there).
-pub(crate) struct Listener {
-    repo: Repository,
-    channel: &'static str,
-    inner: Option<sea_orm::sqlx::postgres::PgListener>,
-}
-
-impl Listener {
-    pub(crate) fn new(repo: Repository, channel: &'static str) -> Self {
-        Self {
-            repo,
-            channel,
-            inner: None,
-        }
-    }
-
-    /// Resolves on a notification, or after a lost connection or an error
-    /// (notifications may have been missed: the caller re-reads the table).
-    pub(crate) async fn wait(&mut self) {
-        if !self.repo.is_postgres() {
-            return std::future::pending().await;
-        }
-        let listener = match &mut self.inner {
-            Some(listener) => listener,
-            None => match self.repo.listen(self.channel).await {
-                Ok(listener) => self.inner.insert(listener),
-                Err(err) => {
-                    tracing::warn!(channel = self.channel, error = %err, "LISTEN failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    return;
-                }
-            },
-        };
-        match crate::storage::events::next_notification(listener).await {
-            Ok(Some(_)) => while listener.next_buffered().is_some() {},
-            Ok(None) => tracing::warn!(channel = self.channel, "LISTEN connection lost"),
-            Err(err) => {
-                tracing::warn!(channel = self.channel, error = %err, "LISTEN failed; reconnecting");
-                self.inner = None;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
     }
 }

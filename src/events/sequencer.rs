@@ -13,11 +13,14 @@ use std::sync::Arc;
 
 use tokio::{sync::Notify, time::MissedTickBehavior};
 
-use super::{Listener, Shutdown, pause};
+use super::{Shutdown, pause};
 use crate::{
     config::EventSettings,
-    storage::{Repository, events::OUTBOX_CHANNEL, events::SequencerLease},
-    telemetry::metrics,
+    storage::{
+        Repository,
+        events::{NotificationListener, OUTBOX_CHANNEL, SequencerLease},
+    },
+    telemetry::metrics::EventMetrics,
 };
 
 /// Rows stamped per transaction.
@@ -28,17 +31,26 @@ pub async fn run(
     repo: Repository,
     settings: EventSettings,
     sequenced: Arc<Notify>,
+    metrics: &'static EventMetrics,
     shutdown: Shutdown,
 ) {
     if !repo.is_postgres() {
-        lead(&repo, &settings, &sequenced, &shutdown, None).await;
+        lead(&repo, &settings, &sequenced, metrics, &shutdown, None).await;
         return;
     }
     loop {
         match repo.try_sequencer_lease().await {
             Ok(Some(lease)) => {
                 tracing::info!("this replica is the event sequencer");
-                lead(&repo, &settings, &sequenced, &shutdown, Some(lease)).await;
+                lead(
+                    &repo,
+                    &settings,
+                    &sequenced,
+                    metrics,
+                    &shutdown,
+                    Some(lease),
+                )
+                .await;
             }
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "cannot try the sequencer lock"),
@@ -54,15 +66,16 @@ async fn lead(
     repo: &Repository,
     settings: &EventSettings,
     sequenced: &Notify,
+    metrics: &EventMetrics,
     shutdown: &Shutdown,
     mut lease: Option<SequencerLease>,
 ) {
     let written = repo.outbox_notifier();
-    let mut listener = Listener::new(repo.clone(), OUTBOX_CHANNEL);
+    let mut listener = NotificationListener::new(repo.clone(), OUTBOX_CHANNEL);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        stamp_all(repo, sequenced).await;
+        stamp_all(repo, sequenced, metrics).await;
         tokio::select! {
             () = shutdown.raised() => break,
             () = written.notified() => {}
@@ -77,7 +90,7 @@ async fn lead(
                 // Sampled here, not on every write's wake-up: the backlog
                 // only stays above zero when stamping is failing or behind.
                 match repo.count_unsequenced_events().await {
-                    Ok(pending) => metrics::events().set_unsequenced(pending),
+                    Ok(pending) => metrics.set_unsequenced(pending),
                     Err(err) => tracing::debug!(error = %err, "cannot count unsequenced events"),
                 }
             }
@@ -88,7 +101,7 @@ async fn lead(
     }
 }
 
-async fn stamp_all(repo: &Repository, sequenced: &Notify) {
+async fn stamp_all(repo: &Repository, sequenced: &Notify, metrics: &EventMetrics) {
     loop {
         match repo.stamp_pending_events(STAMP_BATCH).await {
             Ok(Some(head)) => {
@@ -96,7 +109,7 @@ async fn stamp_all(repo: &Repository, sequenced: &Notify) {
                 sequenced.notify_one();
             }
             Ok(None) => {
-                metrics::events().set_unsequenced(0);
+                metrics.set_unsequenced(0);
                 return;
             }
             Err(err) => {

@@ -25,7 +25,6 @@ use super::EventHub;
 use crate::{
     domain::{EventFilter, StreamItem},
     storage::{Repository, StorageError},
-    telemetry::metrics,
 };
 
 /// Events read per replay query.
@@ -48,7 +47,7 @@ pub struct Plan {
 pub fn spawn(repo: Repository, hub: EventHub, plan: Plan) -> mpsc::Receiver<Item> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     // Counted as a live subscriber for as long as the task runs.
-    let gauge = metrics::events().subscriber_opened();
+    let gauge = hub.metrics.subscriber_opened();
     // Inside the Subscribe call's span, so the task's logs name the call.
     tokio::spawn(
         async move {
@@ -220,7 +219,7 @@ impl Task {
             sent = self.tx.send(item) => {
                 sent.map_err(|_| Stop::Done)?;
                 if is_event {
-                    metrics::events().events_delivered(1);
+                    self.hub.metrics.events_delivered(1);
                 }
                 Ok(())
             }

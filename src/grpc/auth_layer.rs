@@ -1,30 +1,19 @@
-//! The security layer: a tower layer in front of every service that
-//! authenticates the caller (`authorization: Bearer <token>`), checks the
-//! permission the gRPC path needs, applies the per-caller rate limit and the
-//! bound on concurrent streams, and puts the `Caller` into the request's
-//! extensions for the handlers (site scope) and `call_context` (actor).
+//! The security layer: a tower layer in front of every gRPC service that
+//! finds the caller's credentials (`authorization: Bearer <token>`) and the
+//! permission the path needs (`routes`), asks the shared `access::Gate`, and
+//! puts the admitted `Caller` into the request's extensions for
+//! `call_context`.
 //!
 //! Health and reflection pass untouched. Refusals are ordinary statuses with
 //! an ErrorInfo reason and an `x-call-id`, built by `status::ApiError`.
-//!
-//! Open mode (no tokens, loopback only, decided at start-up) lets every call
-//! through as `anonymous`; it ends for good once a token exists. Token
-//! lookups, and the "do tokens exist" check of open mode, are cached for
-//! `token_cache_ttl` (2 s by default): a new token or a revocation takes
-//! effect within that delay.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     future::Future,
     net::IpAddr,
     pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
 };
 
 use http::{Request, Response};
@@ -37,253 +26,10 @@ use tonic::{
 use tower::{Layer, Service};
 
 use super::{
-    CallId,
-    auth::{
-        Access, AccessMode, BOUNDED_STREAM_PATHS, Caller, Grant, access_for_path, bearer_token,
-        hash_token, hashes_match, parse_permissions, parse_sites,
-    },
+    routes::{access_for_path, is_bounded_stream},
     status::ApiError,
 };
-use crate::{
-    config::SecuritySettings,
-    grpc::limits::{RateLimiter, StreamLimiter},
-    storage::TokenStore,
-};
-
-/// Cached token lookups kept before the cache is emptied.
-const MAX_CACHED_TOKENS: usize = 10_000;
-
-/// Shared state of the layer.
-#[derive(Debug)]
-pub struct Security {
-    tokens: TokenStore,
-    /// Sticky: once true, callers must authenticate until the process ends.
-    authenticated: AtomicBool,
-    /// When open mode last asked the database whether tokens exist.
-    tokens_checked_at: Mutex<Option<Instant>>,
-    ttl: Duration,
-    /// Token hash -> (looked up at, grant if active).
-    cache: Mutex<HashMap<String, (Instant, Option<Grant>)>>,
-    rate: Option<RateLimiter>,
-    /// Failed authentications per peer address: a peer that keeps sending
-    /// bad tokens is refused before its tokens are looked up.
-    failures: Option<RateLimiter>,
-    streams: Option<StreamLimiter>,
-}
-
-impl Security {
-    pub fn new(tokens: TokenStore, mode: AccessMode, settings: &SecuritySettings) -> Self {
-        Self {
-            tokens,
-            authenticated: AtomicBool::new(mode == AccessMode::Authenticated),
-            tokens_checked_at: Mutex::new(Some(Instant::now())),
-            ttl: settings.token_cache_ttl,
-            cache: Mutex::new(HashMap::new()),
-            rate: (settings.rate_limit_per_second > 0.0).then(|| {
-                RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
-            }),
-            failures: (settings.rate_limit_per_second > 0.0).then(|| {
-                RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
-            }),
-            streams: (settings.max_streams_per_caller > 0)
-                .then(|| StreamLimiter::new(settings.max_streams_per_caller)),
-        }
-    }
-
-    /// The current mode (open mode ends when the first token appears).
-    pub fn mode(&self) -> AccessMode {
-        if self.authenticated.load(Ordering::Acquire) {
-            AccessMode::Authenticated
-        } else {
-            AccessMode::Open
-        }
-    }
-
-    pub fn layer(self: &Arc<Self>) -> SecurityLayer {
-        SecurityLayer {
-            security: self.clone(),
-        }
-    }
-
-    /// Whether callers must authenticate now. In open mode, asks the
-    /// database at most once per TTL; the first token ends open mode.
-    async fn requires_authentication(&self) -> Result<bool, ApiError> {
-        if self.authenticated.load(Ordering::Acquire) {
-            return Ok(true);
-        }
-        {
-            let mut checked = lock(&self.tokens_checked_at);
-            match *checked {
-                Some(at) if at.elapsed() < self.ttl => return Ok(false),
-                _ => *checked = Some(Instant::now()),
-            }
-        }
-        match self.tokens.any_active().await {
-            Ok(false) => Ok(false),
-            Ok(true) => {
-                if !self.authenticated.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(
-                        "API tokens now exist: open mode ended, callers must authenticate"
-                    );
-                }
-                Ok(true)
-            }
-            Err(err) => {
-                // Try again on the next call rather than after a TTL.
-                *lock(&self.tokens_checked_at) = None;
-                tracing::error!(error = %err, "cannot check for API tokens");
-                Err(unavailable())
-            }
-        }
-    }
-
-    /// The grant of a presented token, or the refusal.
-    async fn authenticate(&self, header: Option<&str>) -> Result<Grant, ApiError> {
-        let token = header.and_then(bearer_token).ok_or_else(|| {
-            ApiError::Unauthenticated(
-                "missing or malformed `authorization: Bearer <token>` header".into(),
-            )
-        })?;
-        let hash = hash_token(token);
-        if let Some(cached) = self.cached(&hash) {
-            return cached.ok_or_else(invalid_token);
-        }
-        let found = self.tokens.active_by_hash(&hash).await.map_err(|err| {
-            tracing::error!(error = %err, "cannot look up an API token");
-            unavailable()
-        })?;
-        let grant = found.and_then(|found| {
-            if !hashes_match(&hash, &found.token_hash) {
-                return None;
-            }
-            let token = found.token;
-            match (
-                parse_sites(&token.sites),
-                parse_permissions(&token.permissions),
-            ) {
-                (Ok(sites), Ok(permissions)) => Some(Grant {
-                    caller: Caller {
-                        name: token.caller,
-                        sites,
-                    },
-                    permissions,
-                }),
-                (sites, permissions) => {
-                    tracing::error!(
-                        token_id = token.id,
-                        sites = ?sites.err(),
-                        permissions = ?permissions.err(),
-                        "stored API token is unreadable: refused"
-                    );
-                    None
-                }
-            }
-        });
-        self.remember(hash, grant.clone());
-        grant.ok_or_else(invalid_token)
-    }
-
-    fn cached(&self, hash: &str) -> Option<Option<Grant>> {
-        let cache = lock(&self.cache);
-        cache
-            .get(hash)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, grant)| grant.clone())
-    }
-
-    fn remember(&self, hash: String, grant: Option<Grant>) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut cache = lock(&self.cache);
-        if cache.len() >= MAX_CACHED_TOKENS {
-            cache.clear();
-        }
-        cache.insert(hash, (Instant::now(), grant));
-    }
-
-    /// Authenticates and authorises one call; returns the caller (None in
-    /// open mode) and the key its limits are counted under.
-    async fn admit(
-        &self,
-        access: Access,
-        header: Option<&str>,
-        peer: Option<IpAddr>,
-    ) -> Result<(Option<Caller>, String), ApiError> {
-        if !self.requires_authentication().await? {
-            let key = peer.map_or_else(|| "anonymous".to_owned(), |ip| format!("peer:{ip}"));
-            return Ok((None, key));
-        }
-        let peer_key = peer.map(|ip| format!("peer:{ip}"));
-        let failures = self.failures.as_ref().zip(peer_key.as_deref());
-        if let Some((failures, peer_key)) = failures
-            && !failures.has_capacity(peer_key)
-        {
-            return Err(ApiError::RateLimited(
-                "too many failed authentications: slow down and retry later".into(),
-            ));
-        }
-        let grant = match self.authenticate(header).await {
-            Ok(grant) => grant,
-            Err(err) => {
-                if let (Some((failures, peer_key)), ApiError::Unauthenticated(_)) = (failures, &err)
-                {
-                    failures.try_acquire(peer_key);
-                }
-                return Err(err);
-            }
-        };
-        let allowed = match access {
-            Access::Open | Access::AnyCaller => true,
-            Access::Requires(permission) => grant.permissions.contains(&permission),
-            Access::Denied => false,
-        };
-        if !allowed {
-            return Err(ApiError::PermissionDenied(
-                "the caller lacks the permission this call needs".into(),
-            ));
-        }
-        let key = format!("caller:{}", grant.caller.name);
-        Ok((Some(grant.caller), key))
-    }
-
-    /// Applies the limits for a caller admitted on `key`; returns the
-    /// stream permit to hold for the life of the response.
-    fn limit(&self, key: &str, path: &str) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        if let Some(rate) = &self.rate
-            && !rate.try_acquire(key)
-        {
-            return Err(ApiError::RateLimited(
-                "too many requests: slow down and retry later".into(),
-            ));
-        }
-        match &self.streams {
-            Some(streams) if BOUNDED_STREAM_PATHS.contains(&path) => {
-                streams.try_acquire(key).map(Some).ok_or_else(|| {
-                    ApiError::ResourceExhausted(
-                        "too many concurrent streams for this caller".into(),
-                    )
-                })
-            }
-            _ => Ok(None),
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The same refusal for unknown and revoked tokens.
-fn invalid_token() -> ApiError {
-    ApiError::Unauthenticated("invalid or revoked token".into())
-}
-
-fn unavailable() -> ApiError {
-    ApiError::Unavailable("cannot check credentials right now; retry later".into())
-}
+use crate::access::{Access, Admission, CallId, Gate};
 
 fn peer_ip<B>(request: &Request<B>) -> Option<IpAddr> {
     let extensions = request.extensions();
@@ -301,7 +47,13 @@ fn peer_ip<B>(request: &Request<B>) -> Option<IpAddr> {
 /// The layer given to `Server::builder().layer(...)`.
 #[derive(Clone, Debug)]
 pub struct SecurityLayer {
-    security: Arc<Security>,
+    security: Arc<Gate>,
+}
+
+impl SecurityLayer {
+    pub fn new(gate: Arc<Gate>) -> Self {
+        Self { security: gate }
+    }
 }
 
 impl<S> Layer<S> for SecurityLayer {
@@ -318,7 +70,7 @@ impl<S> Layer<S> for SecurityLayer {
 #[derive(Clone, Debug)]
 pub struct SecurityService<S> {
     inner: S,
-    security: Arc<Security>,
+    security: Arc<Gate>,
 }
 
 impl<S> Service<Request<Body>> for SecurityService<S>
@@ -357,21 +109,21 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let admitted = match security.admit(access, header, peer_ip(&request)).await {
-                Ok((caller, key)) => security.limit(&key, &path).map(|permit| (caller, permit)),
-                Err(err) => Err(err),
-            };
+            let admitted = security
+                .admit(access, header, peer_ip(&request), is_bounded_stream(&path))
+                .await;
             match admitted {
-                Ok((caller, permit)) => {
-                    if let Some(caller) = caller {
-                        request.extensions_mut().insert(caller);
-                    }
+                Ok(Admission {
+                    caller,
+                    stream_permit,
+                }) => {
+                    request.extensions_mut().insert(caller);
                     // Handlers and inner layers never see the token, so
                     // nothing after this point can log it.
                     request.headers_mut().remove(http::header::AUTHORIZATION);
                     let response =
                         too_large_as_resource_exhausted(inner.call(request).await?, &call_id);
-                    Ok(match permit {
+                    Ok(match stream_permit {
                         Some(permit) => response.map(|body| {
                             Body::new(GuardedBody {
                                 inner: body,
@@ -381,7 +133,7 @@ where
                         None => response,
                     })
                 }
-                Err(err) => Ok(refuse(err, &path, &call_id)),
+                Err(err) => Ok(refuse(err.into(), &path, &call_id)),
             }
         })
     }
@@ -397,9 +149,7 @@ fn too_large_as_resource_exhausted(response: Response<Body>, call_id: &str) -> R
                 && status.message().contains("message length too large") =>
         {
             tracing::info!(call_id, reason = "RESOURCE_EXHAUSTED", "request too large");
-            ApiError::ResourceExhausted("the request message is too large".into())
-                .into_status(call_id)
-                .into_http()
+            ApiError::MessageTooLarge.into_status(call_id).into_http()
         }
         _ => response,
     }
@@ -443,8 +193,14 @@ impl http_body::Body for GuardedBody {
 mod tests {
     use tonic::Code;
 
+    use std::time::Duration;
+
     use super::*;
-    use crate::storage::db;
+    use crate::{
+        access::{AccessMode, Caller, generate_token, hash_token},
+        config::SecuritySettings,
+        storage::{TokenStore, db},
+    };
 
     /// A body that never ends, like a live Subscribe stream.
     struct Endless;
@@ -493,13 +249,13 @@ mod tests {
     async fn security(
         mode: AccessMode,
         settings: SecuritySettings,
-    ) -> (Arc<Security>, TokenStore, tempfile::TempDir) {
+    ) -> (Arc<Gate>, TokenStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let connection = db::connect(&url).await.unwrap();
         db::migrate(&connection).await.unwrap();
         let tokens = TokenStore::new(connection);
-        let security = Arc::new(Security::new(tokens.clone(), mode, &settings));
+        let security = Arc::new(Gate::new(tokens.clone(), mode, &settings));
         (security, tokens, dir)
     }
 
@@ -524,7 +280,7 @@ mod tests {
             ..SecuritySettings::default()
         };
         let (security, _tokens, _dir) = security(AccessMode::Open, settings).await;
-        let mut service = security.layer().layer(Echo);
+        let mut service = SecurityLayer::new(security.clone()).layer(Echo);
         let subscribe = "/connections.v1.EventService/Subscribe";
         let first = service.call(call(subscribe, None)).await.unwrap();
         let second = service.call(call(subscribe, None)).await.unwrap();
@@ -556,12 +312,12 @@ mod tests {
             ..SecuritySettings::default()
         };
         let (security, tokens, _dir) = security(AccessMode::Authenticated, settings).await;
-        let token = super::super::auth::generate_token();
+        let token = generate_token();
         tokens
             .create("billing", &hash_token(&token), "*", "connections.read")
             .await
             .unwrap();
-        let mut service = security.layer().layer(Echo);
+        let mut service = SecurityLayer::new(security.clone()).layer(Echo);
         let get = "/connections.v1.ConnectionService/GetAccount";
         let ok = service.call(call(get, Some(&token))).await.unwrap();
         assert_eq!(status_of(&ok), None);

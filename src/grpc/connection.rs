@@ -2,22 +2,20 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    AppState, auth::site_scope, call_context, convert, record_site, respond, status::ApiError,
-};
+use super::{call_context, convert, respond, status::ApiError};
 use crate::{
-    domain::removal::RemovalRequest,
     proto::v1::{self as pb, connection_service_server::ConnectionService},
+    service::Services,
 };
 
 #[derive(Debug, Clone)]
 pub struct ConnectionApi {
-    state: AppState,
+    services: Services,
 }
 
 impl ConnectionApi {
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    pub fn new(services: Services) -> Self {
+        Self { services }
     }
 }
 
@@ -27,88 +25,65 @@ impl ConnectionService for ConnectionApi {
         &self,
         request: Request<pb::RemoveConnectionRequest>,
     ) -> Result<Response<pb::RemoveConnectionResponse>, Status> {
-        let ctx = call_context(&request);
-        let scope = site_scope(&request);
+        let call = call_context(&request);
         let result = async {
-            let command = convert::remove_connection(&self.state.registry, request.into_inner())?;
-            record_site(command.api_key.as_str());
-            scope.check(command.api_key.as_str())?;
-            let request = RemovalRequest::RemoveConnection(command);
-            let outcome = self
-                .state
-                .repo
-                .remove(&self.state.registry, &ctx, request)
-                .await?;
+            let input = convert::remove_connection(request.into_inner())?;
+            let command = input.parse(self.services.registry())?;
+            let outcome = self.services.remove_connection(&call, command).await?;
             Ok::<_, ApiError>(convert::remove_connection_response(outcome))
         }
         .await;
-        respond(&ctx, result)
+        respond(&call, result)
     }
 
     async fn unlink_account(
         &self,
         request: Request<pb::UnlinkAccountRequest>,
     ) -> Result<Response<pb::UnlinkAccountResponse>, Status> {
-        let ctx = call_context(&request);
-        let scope = site_scope(&request);
+        let call = call_context(&request);
         let result = async {
-            let command = convert::unlink_account(&self.state.registry, request.into_inner())?;
-            record_site(command.vhost.get());
-            // The request names the site by vhost: find it to check the scope.
-            let lookup = self.state.repo.site_by_vhost(command.vhost).await;
-            scope.check_lookup(lookup.map_err(ApiError::from), |s| s.api_key.as_str())?;
-            let request = RemovalRequest::UnlinkAccount(command);
-            let outcome = self
-                .state
-                .repo
-                .remove(&self.state.registry, &ctx, request)
-                .await?;
+            let input = convert::unlink_account(request.into_inner());
+            let command = input.parse(self.services.registry())?;
+            let outcome = self.services.unlink_account(&call, command).await?;
             Ok::<_, ApiError>(convert::unlink_account_response(outcome))
         }
         .await;
-        respond(&ctx, result)
+        respond(&call, result)
     }
 
     async fn link_connection(
         &self,
         request: Request<pb::LinkConnectionRequest>,
     ) -> Result<Response<pb::LinkConnectionResponse>, Status> {
-        let ctx = call_context(&request);
-        let scope = site_scope(&request);
+        let call = call_context(&request);
         let result = async {
-            let (api_key, uid, new) =
-                convert::link_connection(&self.state.registry, request.into_inner())?;
-            record_site(api_key.as_str());
-            scope.check(api_key.as_str())?;
-            let outcome = self.state.repo.link_connection(&api_key, &uid, new).await?;
+            let link = convert::link_connection(self.services.registry(), request.into_inner())?;
+            let outcome = self.services.link_connection(&call, link).await?;
             Ok::<_, ApiError>(pb::LinkConnectionResponse {
-                call_id: ctx.call_id.clone(),
-                identity: Some(convert::identity(&outcome.identity)),
+                call_id: call.call_id.clone(),
+                identity: Some(convert::identity(outcome.identity)),
                 reactivated: outcome.reactivated,
-                account: Some(convert::account(&outcome.account)),
+                account: Some(convert::account(outcome.account)),
             })
         }
         .await;
-        respond(&ctx, result)
+        respond(&call, result)
     }
 
     async fn get_account(
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
-        let ctx = call_context(&request);
-        let scope = site_scope(&request);
+        let call = call_context(&request);
         let result = async {
             let (api_key, uid) = convert::get_account(request.into_inner())?;
-            record_site(api_key.as_str());
-            scope.check(api_key.as_str())?;
-            let account = self.state.repo.account(&api_key, &uid).await?;
+            let account = self.services.get_account(&call, &api_key, &uid).await?;
             Ok::<_, ApiError>(pb::GetAccountResponse {
-                call_id: ctx.call_id.clone(),
-                account: Some(convert::account(&account)),
+                call_id: call.call_id.clone(),
+                account: Some(convert::account(account)),
             })
         }
         .await;
-        respond(&ctx, result)
+        respond(&call, result)
     }
 }

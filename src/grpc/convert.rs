@@ -7,17 +7,15 @@ use prost_types::Timestamp;
 pub use crate::proto::codec::{event, event_source, removal_mode, timestamp};
 use crate::{
     domain::{
-        self, ApiKey, ContextId, DomainError, LoginIdValue, NewIdentity, NewLoginId,
-        ProviderFamily, ProviderRegistry, ProviderSession, ProviderUid, SiteSettings, Uid, Vhost,
-        ids::{numeric_uid, optional_request_id},
-        providers::{MAX_SUB_PROVIDER_CHARS, sub_provider_for, sub_provider_name},
-        redirect::{MAX_REDIRECT_CHARS, normalize_origin},
-        removal::{
-            AccountSnapshot, ExternalTarget, LastIdentityHandling, RemovalOutcome,
-            RemoveConnectionCommand, RemovedIdentity, UnlinkAccountCommand,
+        self, AccountView, ApiKey, DomainError, IdentityView, ProviderRegistry, Uid,
+        input::{
+            LinkInput, LoginIdInput, RemoveConnectionInput, SessionInput, SiteInput,
+            UnlinkAccountInput, parse_login_ids,
         },
+        removal::{LastIdentityHandling, RemovalOutcome, RemovedIdentity},
     },
     proto::v1 as pb,
+    service::{LinkRequest, MAX_HEARTBEAT_SECONDS, SubscribeRequest, SubscribeStart},
 };
 
 fn from_timestamp(field: &'static str, ts: Timestamp) -> Result<DateTime<Utc>, DomainError> {
@@ -56,35 +54,53 @@ pub fn identity_state(state: domain::IdentityState) -> pb::IdentityState {
     }
 }
 
-pub fn identity(identity: &domain::Identity) -> pb::Identity {
+pub fn identity(identity: IdentityView) -> pb::Identity {
+    let IdentityView {
+        provider,
+        sub_provider,
+        provider_uid,
+        login_id,
+        state,
+        has_session,
+        linked_at,
+        updated_at,
+    } = identity;
     pb::Identity {
-        provider: identity.provider.clone(),
-        sub_provider: identity.sub_provider.clone(),
-        provider_uid: identity.provider_uid.clone(),
-        login_id: identity.login_id.clone(),
-        state: identity_state(identity.state).into(),
-        has_session: identity.has_session,
-        linked_at: Some(timestamp(identity.linked_at)),
-        updated_at: Some(timestamp(identity.updated_at)),
+        provider,
+        sub_provider,
+        provider_uid,
+        login_id,
+        state: identity_state(state).into(),
+        has_session,
+        linked_at: Some(timestamp(linked_at)),
+        updated_at: Some(timestamp(updated_at)),
     }
 }
 
-pub fn account(account: &domain::Account) -> pb::Account {
+pub fn account(account: AccountView) -> pb::Account {
+    let login_methods = account.login_methods();
+    let AccountView {
+        api_key,
+        uid,
+        login_ids,
+        identities,
+        created_at,
+        updated_at,
+    } = account;
     pb::Account {
-        api_key: account.api_key.clone(),
-        uid: account.uid.clone(),
-        login_ids: account
-            .login_ids
-            .iter()
-            .map(|l| pb::LoginId {
-                login_id: l.value.clone(),
-                has_password: l.has_password,
+        api_key,
+        uid,
+        login_ids: login_ids
+            .into_iter()
+            .map(|(login_id, has_password)| pb::LoginId {
+                login_id,
+                has_password,
             })
             .collect(),
-        identities: account.identities.iter().map(identity).collect(),
-        login_methods: account.login_methods(),
-        created_at: Some(timestamp(account.created_at)),
-        updated_at: Some(timestamp(account.updated_at)),
+        identities: identities.into_iter().map(identity).collect(),
+        login_methods,
+        created_at: Some(timestamp(created_at)),
+        updated_at: Some(timestamp(updated_at)),
     }
 }
 
@@ -92,73 +108,52 @@ pub fn api_key(value: &str) -> Result<ApiKey, DomainError> {
     ApiKey::parse_key("api_key", value)
 }
 
-pub fn upsert_site(request: pb::UpsertSiteRequest) -> Result<SiteSettings, DomainError> {
+pub fn upsert_site(request: pb::UpsertSiteRequest) -> SiteInput {
     let pb::UpsertSiteRequest {
-        api_key: key,
+        api_key,
         vhost,
         name,
         unlink_action_enabled,
         allowed_redirect_origins,
     } = request;
-    if name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(DomainError::invalid(
-            "name",
-            "must be at most 200 characters without control characters",
-        ));
-    }
-    if allowed_redirect_origins.len() > 100 {
-        return Err(DomainError::invalid(
-            "allowed_redirect_origins",
-            "at most 100 origins",
-        ));
-    }
-    let mut origins = allowed_redirect_origins
-        .iter()
-        .map(|o| normalize_origin(o))
-        .collect::<Result<Vec<_>, _>>()?;
-    origins.sort();
-    origins.dedup();
-    Ok(SiteSettings {
-        api_key: api_key(&key)?,
-        vhost: Vhost::parse("vhost", vhost)?,
+    SiteInput {
+        api_key,
+        vhost,
         name,
         unlink_action_enabled,
-        allowed_redirect_origins: origins,
-    })
+        allowed_redirect_origins,
+    }
 }
 
 pub fn upsert_account(
     request: pb::UpsertAccountRequest,
-) -> Result<(ApiKey, Uid, Vec<NewLoginId>), DomainError> {
+) -> Result<(ApiKey, Uid, Vec<domain::NewLoginId>), DomainError> {
     let pb::UpsertAccountRequest {
         api_key: key,
         uid,
         login_ids,
     } = request;
-    if login_ids.len() > 100 {
-        return Err(DomainError::invalid("login_ids", "at most 100 login IDs"));
-    }
-    let login_ids = login_ids
-        .into_iter()
-        .map(
-            |pb::LoginId {
-                 login_id,
-                 has_password,
-             }| {
-                Ok(NewLoginId {
-                    value: LoginIdValue::parse("login_ids", &login_id)?,
+    let login_ids = parse_login_ids(
+        login_ids
+            .into_iter()
+            .map(
+                |pb::LoginId {
+                     login_id,
+                     has_password,
+                 }| LoginIdInput {
+                    login_id,
                     has_password,
-                })
-            },
-        )
-        .collect::<Result<Vec<_>, DomainError>>()?;
+                },
+            )
+            .collect(),
+    )?;
     Ok((api_key(&key)?, Uid::parse("uid", &uid)?, login_ids))
 }
 
 pub fn link_connection(
     registry: &ProviderRegistry,
     request: pb::LinkConnectionRequest,
-) -> Result<(ApiKey, Uid, NewIdentity), DomainError> {
+) -> Result<LinkRequest, DomainError> {
     let pb::LinkConnectionRequest {
         api_key: key,
         uid,
@@ -168,14 +163,8 @@ pub fn link_connection(
         login_id,
         session,
     } = request;
-    let key = api_key(&key)?;
+    let api_key = api_key(&key)?;
     let uid = Uid::parse("uid", &uid)?;
-    let provider = registry.resolve("provider", &provider, None::<ProviderFamily>)?;
-    let sub_provider = sub_provider_for("sub_provider", &provider, &sub_provider)?;
-    let provider_uid = ProviderUid::parse("provider_uid", &provider_uid)?;
-    let login_id = login_id
-        .map(|l| LoginIdValue::parse("login_id", &l))
-        .transpose()?;
     let session = session
         .map(
             |pb::ProviderSession {
@@ -183,13 +172,7 @@ pub fn link_connection(
                  refresh_token,
                  expires_at,
              }| {
-                if access_token.len() > 8192 || refresh_token.len() > 8192 {
-                    return Err(DomainError::invalid(
-                        "session",
-                        "tokens must be at most 8192 bytes",
-                    ));
-                }
-                Ok(ProviderSession {
+                Ok::<_, DomainError>(SessionInput {
                     access_token,
                     refresh_token,
                     expires_at: expires_at
@@ -199,17 +182,19 @@ pub fn link_connection(
             },
         )
         .transpose()?;
-    Ok((
-        key,
+    let identity = LinkInput {
+        provider,
+        sub_provider,
+        provider_uid,
+        login_id,
+        session,
+    }
+    .parse(registry)?;
+    Ok(LinkRequest {
+        api_key,
         uid,
-        NewIdentity {
-            provider: provider.name,
-            sub_provider,
-            provider_uid,
-            login_id,
-            session,
-        },
-    ))
+        identity,
+    })
 }
 
 pub fn get_account(request: pb::GetAccountRequest) -> Result<(ApiKey, Uid), DomainError> {
@@ -269,60 +254,10 @@ pub fn value_from_json(value: serde_json::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-/// A present-but-empty optional string is a mistake, not "absent": for
-/// `provider` it would otherwise silently mean "every provider".
-fn present_not_empty(
-    field: &'static str,
-    value: Option<String>,
-) -> Result<Option<String>, DomainError> {
-    match value {
-        Some(v) if v.is_empty() => Err(DomainError::invalid(
-            field,
-            "must not be empty; omit the field instead",
-        )),
-        other => Ok(other),
-    }
-}
-
 pub fn remove_connection(
-    registry: &ProviderRegistry,
     request: pb::RemoveConnectionRequest,
-) -> Result<RemoveConnectionCommand, DomainError> {
+) -> Result<RemoveConnectionInput, DomainError> {
     let pb::RemoveConnectionRequest {
-        api_key: key,
-        uid,
-        provider,
-        cid,
-        remove_login_id,
-        last_identity_handling,
-        context,
-        request_id,
-        dry_run,
-    } = request;
-    let api_key = api_key(&key)?;
-    let uid = Uid::parse("uid", &uid)?;
-    let provider = present_not_empty("provider", provider)?
-        .map(|p| registry.resolve("provider", &p, Some(ProviderFamily::Social)))
-        .transpose()?
-        .map(|p| p.name);
-    let cid = present_not_empty("cid", cid)?
-        .map(|c| ContextId::parse("cid", &c))
-        .transpose()?;
-    let last_identity_handling = match pb::LastIdentityHandling::try_from(last_identity_handling) {
-        Ok(pb::LastIdentityHandling::Unspecified | pb::LastIdentityHandling::Soft) => {
-            LastIdentityHandling::Soft
-        }
-        Ok(pb::LastIdentityHandling::Remove) => LastIdentityHandling::Remove,
-        Ok(pb::LastIdentityHandling::Fail) => LastIdentityHandling::Fail,
-        Err(_) => {
-            return Err(DomainError::invalid(
-                "last_identity_handling",
-                "unknown value",
-            ));
-        }
-    };
-    let context = context.map(|c| json_from_value("context", c)).transpose()?;
-    Ok(RemoveConnectionCommand {
         api_key,
         uid,
         provider,
@@ -330,94 +265,53 @@ pub fn remove_connection(
         remove_login_id,
         last_identity_handling,
         context,
-        request_id: optional_request_id(&request_id)?,
+        request_id,
+        dry_run,
+    } = request;
+    let last_identity_handling = match pb::LastIdentityHandling::try_from(last_identity_handling) {
+        Ok(pb::LastIdentityHandling::Unspecified) => None,
+        Ok(pb::LastIdentityHandling::Soft) => Some(LastIdentityHandling::Soft),
+        Ok(pb::LastIdentityHandling::Remove) => Some(LastIdentityHandling::Remove),
+        Ok(pb::LastIdentityHandling::Fail) => Some(LastIdentityHandling::Fail),
+        Err(_) => {
+            return Err(DomainError::invalid(
+                "last_identity_handling",
+                "unknown value",
+            ));
+        }
+    };
+    Ok(RemoveConnectionInput {
+        api_key,
+        uid,
+        provider,
+        cid,
+        remove_login_id,
+        last_identity_handling,
+        context: context.map(|c| json_from_value("context", c)).transpose()?,
+        request_id,
         dry_run,
     })
 }
 
-pub fn unlink_account(
-    registry: &ProviderRegistry,
-    request: pb::UnlinkAccountRequest,
-) -> Result<UnlinkAccountCommand, DomainError> {
-    const PROVIDER: &str = "external_id_provider_name";
-    const SUB_PROVIDER: &str = "sub_provider_name";
+pub fn unlink_account(request: pb::UnlinkAccountRequest) -> UnlinkAccountInput {
     let pb::UnlinkAccountRequest {
         vhost,
         uid,
         redirect_url,
         external_id_provider_name,
-        sub_provider_name: sub,
+        sub_provider_name,
         request_id,
         dry_run,
     } = request;
-    let vhost = Vhost::parse("vhost", vhost)?;
-    let uid = numeric_uid("uid", uid)?;
-    if redirect_url.is_empty() {
-        return Err(DomainError::MissingParameter {
-            field: "redirect_url",
-        });
-    }
-    if redirect_url.chars().count() > MAX_REDIRECT_CHARS {
-        return Err(DomainError::invalid(
-            "redirect_url",
-            format!("must be at most {MAX_REDIRECT_CHARS} characters"),
-        ));
-    }
-    let provider = present_not_empty(PROVIDER, external_id_provider_name)?
-        .map(|p| {
-            if p.chars().count() > MAX_SUB_PROVIDER_CHARS {
-                return Err(DomainError::invalid(
-                    PROVIDER,
-                    format!("must be at most {MAX_SUB_PROVIDER_CHARS} characters"),
-                ));
-            }
-            registry.resolve(PROVIDER, &p, Some(ProviderFamily::ExternalId))
-        })
-        .transpose()?;
-    // The seed asks for lower case; accept any case and compare in lower case.
-    let sub = sub.to_lowercase();
-    if sub.is_empty() {
-        return Err(DomainError::MissingParameter {
-            field: SUB_PROVIDER,
-        });
-    }
-    if sub.chars().count() > MAX_SUB_PROVIDER_CHARS {
-        return Err(DomainError::invalid(
-            SUB_PROVIDER,
-            format!("must be at most {MAX_SUB_PROVIDER_CHARS} characters"),
-        ));
-    }
-    let target = match provider {
-        None if sub == "none" => ExternalTarget::Every,
-        None => {
-            return Err(DomainError::invalid(
-                SUB_PROVIDER,
-                "must be `none` when no external_id_provider_name is given",
-            ));
-        }
-        Some(p) if p.has_sub_providers && sub == "all" => {
-            ExternalTarget::Provider { provider: p.name }
-        }
-        Some(p) if p.has_sub_providers => ExternalTarget::SubProvider {
-            sub_provider: sub_provider_name(SUB_PROVIDER, &sub)?,
-            provider: p.name,
-        },
-        Some(p) if sub == "none" => ExternalTarget::Provider { provider: p.name },
-        Some(p) => {
-            return Err(DomainError::invalid(
-                SUB_PROVIDER,
-                format!("must be `none` for {}", p.name),
-            ));
-        }
-    };
-    Ok(UnlinkAccountCommand {
+    UnlinkAccountInput {
         vhost,
         uid,
         redirect_url,
-        target,
-        request_id: optional_request_id(&request_id)?,
+        external_id_provider_name,
+        sub_provider_name,
+        request_id,
         dry_run,
-    })
+    }
 }
 
 fn removed_identity(removed: RemovedIdentity) -> pb::RemovedIdentity {
@@ -441,45 +335,6 @@ fn removed_identity(removed: RemovedIdentity) -> pb::RemovedIdentity {
     }
 }
 
-fn account_snapshot(snapshot: AccountSnapshot) -> pb::Account {
-    let login_methods = snapshot.login_methods();
-    let AccountSnapshot {
-        api_key,
-        uid,
-        login_ids,
-        identities,
-        created_at,
-        updated_at,
-    } = snapshot;
-    pb::Account {
-        api_key,
-        uid,
-        login_ids: login_ids
-            .into_iter()
-            .map(|(login_id, has_password)| pb::LoginId {
-                login_id,
-                has_password,
-            })
-            .collect(),
-        identities: identities
-            .into_iter()
-            .map(|i| pb::Identity {
-                provider: i.provider,
-                sub_provider: i.sub_provider,
-                provider_uid: i.provider_uid,
-                login_id: i.login_id,
-                state: identity_state(i.state).into(),
-                has_session: i.has_session,
-                linked_at: Some(timestamp(i.linked_at)),
-                updated_at: Some(timestamp(i.updated_at)),
-            })
-            .collect(),
-        login_methods,
-        created_at: Some(timestamp(created_at)),
-        updated_at: Some(timestamp(updated_at)),
-    }
-}
-
 pub fn remove_connection_response(outcome: RemovalOutcome) -> pb::RemoveConnectionResponse {
     let RemovalOutcome {
         call_id,
@@ -494,7 +349,7 @@ pub fn remove_connection_response(outcome: RemovalOutcome) -> pb::RemoveConnecti
         call_id,
         time: Some(timestamp(time)),
         removed: removed.into_iter().map(removed_identity).collect(),
-        account: account.map(account_snapshot),
+        account: account.map(self::account),
         context: context.map(value_from_json),
         dry_run,
     }
@@ -519,31 +374,10 @@ pub fn unlink_account_response(outcome: RemovalOutcome) -> pb::UnlinkAccountResp
     }
 }
 
-/// A Subscribe request, parsed: where to start, what to receive, how often
-/// to send heartbeats (None: the server default).
-#[derive(Debug, Clone)]
-pub struct SubscribeParams {
-    pub start: SubscribeStart,
-    pub filter: domain::EventFilter,
-    pub heartbeat: Option<std::time::Duration>,
-}
-
-/// The start before the consumer's checkpoint is looked up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubscribeStart {
-    Beginning,
-    Now,
-    AfterPosition(u64),
-    Consumer(domain::ConsumerName),
-}
-
-/// Largest accepted `heartbeat_seconds`.
-pub const MAX_HEARTBEAT_SECONDS: u32 = 3600;
-
 pub fn subscribe(
     request: pb::SubscribeRequest,
     registry: &ProviderRegistry,
-) -> Result<SubscribeParams, DomainError> {
+) -> Result<SubscribeRequest, DomainError> {
     let pb::SubscribeRequest {
         start_from,
         after_position,
@@ -601,7 +435,7 @@ pub fn subscribe(
             ));
         }
     };
-    Ok(SubscribeParams {
+    Ok(SubscribeRequest {
         start,
         filter: domain::EventFilter {
             api_keys: (!api_keys.is_empty()).then_some(api_keys),
@@ -646,7 +480,7 @@ pub fn commit_position(
 mod subscribe_tests {
     use super::*;
 
-    fn parse(request: pb::SubscribeRequest) -> Result<SubscribeParams, DomainError> {
+    fn parse(request: pb::SubscribeRequest) -> Result<SubscribeRequest, DomainError> {
         subscribe(request, &ProviderRegistry::default())
     }
 

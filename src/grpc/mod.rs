@@ -1,94 +1,114 @@
-//! The gRPC layer: thin adapters that parse requests into domain types, call
-//! the repository, and convert results back. Proto types end here.
+//! The gRPC door: thin tonic adapters. Each handler converts the proto
+//! request into a service request (`convert`), calls the application
+//! service, and converts the result back; errors become statuses in
+//! `status` only. Proto types end here. `call_layer` gives every call its
+//! id, span and trace context; `auth_layer` admits callers through the
+//! shared `access::Gate`.
 
 pub mod admin;
-pub mod auth;
 pub mod auth_layer;
+pub mod call_layer;
 pub mod connection;
 pub mod convert;
 pub mod events;
-pub mod limits;
+pub mod routes;
 pub mod status;
-
-use std::sync::Arc;
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use crate::{
-    domain::{CallContext, ProviderRegistry},
-    events::EventHub,
-    storage::Repository,
-};
-use status::{ApiError, CALL_ID_HEADER};
+use crate::access::{CALL_ID_HEADER, CallContext, CallId, Caller, TraceParent};
+use status::ApiError;
 
-/// Shared state of the gRPC services.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    pub repo: Repository,
-    pub registry: Arc<ProviderRegistry>,
-    /// Live events and the shutdown signal for Subscribe streams.
-    pub events: EventHub,
-}
-
-/// The W3C traceparent of the call's span, put into request extensions by
-/// the telemetry layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceParent(pub String);
-
-/// The call's id, made by the telemetry layer so that its span, its logs,
-/// the response and the events all name the call the same way.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CallId(pub String);
-
-impl CallId {
-    pub fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().simple().to_string())
-    }
-}
-
-/// Names the call's site (api_key, or vhost for UnlinkAccount) in the call's
-/// span, once the handler has parsed it. Cheap; does nothing outside a call.
-pub fn record_site(site: impl std::fmt::Display) {
-    tracing::Span::current().record("site", tracing::field::display(site));
-}
-
-/// Name used for the actor when the server runs without authentication.
-pub const ANONYMOUS_ACTOR: &str = "anonymous";
-
-/// Starts a call: the call id (the telemetry layer's, or a fresh one when
-/// the handler is called without it), the caller and the trace context.
-pub fn call_context<T>(request: &Request<T>) -> CallContext {
-    let actor = request
+/// Starts a call: the call id (the call layer's, or a fresh one when the
+/// handler is called without it), the caller the auth layer admitted, the
+/// trace context and the client's deadline.
+pub(crate) fn call_context<T>(request: &Request<T>) -> CallContext {
+    let caller = request
         .extensions()
-        .get::<auth::Caller>()
-        .map_or(ANONYMOUS_ACTOR, |c| c.name.as_str());
-    let mut ctx = CallContext::new(actor);
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous);
+    let mut call = CallContext::new(caller);
     if let Some(call_id) = request.extensions().get::<CallId>() {
-        ctx.call_id.clone_from(&call_id.0);
+        call.call_id.clone_from(&call_id.0);
     }
-    ctx.traceparent = request
+    call.traceparent = request
         .extensions()
         .get::<TraceParent>()
         .map(|t| t.0.clone());
-    ctx
+    call.deadline = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map(|timeout| std::time::Instant::now() + timeout);
+    call
+}
+
+/// A `grpc-timeout` header value: digits followed by a unit.
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// Finishes a call: the response or the error status, both carrying the call id.
-pub fn respond<T>(ctx: &CallContext, result: Result<T, ApiError>) -> Result<Response<T>, Status> {
+pub(crate) fn respond<T>(
+    call: &CallContext,
+    result: Result<T, ApiError>,
+) -> Result<Response<T>, Status> {
     match result {
         Ok(message) => {
             let mut response = Response::new(message);
-            if let Ok(value) = MetadataValue::try_from(ctx.call_id.as_str()) {
+            if let Ok(value) = MetadataValue::try_from(call.call_id.as_str()) {
                 response.metadata_mut().insert(CALL_ID_HEADER, value);
             }
             Ok(response)
         }
         Err(err) => {
-            // The reason goes into the call's span; the telemetry layer
-            // adds the code (it also sees statuses made outside handlers).
+            // The reason goes into the call's span; the call layer adds the
+            // code (it also sees statuses made outside handlers).
             let (_, reason) = err.code_and_reason();
             tracing::Span::current().record("reason", tracing::field::display(reason));
-            Err(err.into_status(&ctx.call_id))
+            Err(err.into_status(&call.call_id))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::SiteScope;
+
+    #[test]
+    fn the_authenticated_caller_becomes_the_actor() {
+        let mut request = Request::new(());
+        assert_eq!(call_context(&request).actor(), "anonymous");
+        request.extensions_mut().insert(Caller {
+            name: "billing-service".into(),
+            sites: SiteScope::All,
+        });
+        let call = call_context(&request);
+        assert_eq!(call.actor(), "billing-service");
+        assert_eq!(call.scope(), &SiteScope::All);
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
     }
 }

@@ -4,54 +4,34 @@
 
 use std::collections::HashMap;
 
-use sea_orm::DbErr;
 use tonic::{Code, Status, metadata::MetadataValue};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{domain::DomainError, storage::StorageError};
+pub use crate::access::CALL_ID_HEADER;
+use crate::{access::AccessError, domain::DomainError, service::ServiceError};
 
 pub const ERROR_DOMAIN: &str = "connections";
-pub const CALL_ID_HEADER: &str = "x-call-id";
 
-/// The gRPC layer's error: a rule refusal, a storage failure, or a refusal
-/// by the gRPC layer itself (authentication, limits).
+/// The gRPC door's error: what a service answered, or a refusal by the
+/// door itself before any service ran.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
-    Rule(DomainError),
-    #[error(transparent)]
-    Storage(StorageError),
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// The caller's request rate is over its limit.
-    #[error("{0}")]
-    RateLimited(String),
-    #[error("{0}")]
-    Unavailable(String),
+    Service(#[from] ServiceError),
+    /// The request message is over `max_decoding_message_size`.
+    #[error("the request message is too large")]
+    MessageTooLarge,
 }
 
 impl From<DomainError> for ApiError {
     fn from(err: DomainError) -> Self {
-        Self::Rule(err)
+        Self::Service(err.into())
     }
 }
 
-impl From<StorageError> for ApiError {
-    fn from(err: StorageError) -> Self {
-        match err {
-            StorageError::Rule(rule) => Self::Rule(rule),
-            other => Self::Storage(other),
-        }
-    }
-}
-
-impl From<DbErr> for ApiError {
-    fn from(err: DbErr) -> Self {
-        Self::Storage(err.into())
+impl From<AccessError> for ApiError {
+    fn from(err: AccessError) -> Self {
+        Self::Service(err.into())
     }
 }
 
@@ -103,32 +83,40 @@ fn rule_metadata(err: &DomainError) -> HashMap<String, String> {
     metadata
 }
 
+/// Code and reason of an access refusal. No `_` arm.
+fn access_code(err: &AccessError) -> (Code, &'static str) {
+    match err {
+        AccessError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        AccessError::MissingPermission | AccessError::ForbiddenSite | AccessError::NotOwner(_) => {
+            (Code::PermissionDenied, "PERMISSION_DENIED")
+        }
+        AccessError::RateLimited(_) => (Code::ResourceExhausted, "RATE_LIMITED"),
+        AccessError::TooManyStreams { .. } => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+        AccessError::Unavailable => (Code::Unavailable, "UNAVAILABLE"),
+    }
+}
+
 impl ApiError {
     /// The gRPC code and ErrorInfo reason.
     pub fn code_and_reason(&self) -> (Code, &'static str) {
         match self {
-            Self::Rule(rule) => rule_code(rule),
-            Self::Storage(StorageError::Rule(rule)) => rule_code(rule),
-            Self::Storage(StorageError::Database(DbErr::Conn(_) | DbErr::ConnectionAcquire(_))) => {
+            Self::Service(ServiceError::Rule(rule)) => rule_code(rule),
+            Self::Service(ServiceError::Access(access)) => access_code(access),
+            Self::Service(ServiceError::Unavailable(_)) => {
                 (Code::Unavailable, "DATABASE_UNAVAILABLE")
             }
-            Self::Storage(StorageError::Database(_) | StorageError::Corrupt(_)) => {
-                (Code::Internal, "INTERNAL")
-            }
-            Self::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
-            Self::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
-            Self::ResourceExhausted(_) => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
-            Self::RateLimited(_) => (Code::ResourceExhausted, "RATE_LIMITED"),
-            Self::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            Self::Service(ServiceError::Internal(_)) => (Code::Internal, "INTERNAL"),
+            Self::MessageTooLarge => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
         }
     }
 
-    /// Builds the status the caller sees. Internal causes are logged here
+    /// Builds the status the caller sees. Causes underneath are logged here
     /// with the call id and replaced by an opaque message.
     pub fn into_status(self, call_id: &str) -> Status {
         let (code, reason) = self.code_and_reason();
+        let info = || ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
         let (message, mut details) = match &self {
-            Self::Rule(rule) | Self::Storage(StorageError::Rule(rule)) => {
+            Self::Service(ServiceError::Rule(rule)) => {
                 let mut details =
                     ErrorDetails::with_error_info(reason, ERROR_DOMAIN, rule_metadata(rule));
                 if let Some(field) = rule.field() {
@@ -136,21 +124,19 @@ impl ApiError {
                 }
                 (rule.to_string(), details)
             }
-            Self::Storage(cause) => {
-                tracing::error!(call_id, error = %cause, "storage failure");
+            Self::Service(ServiceError::Access(access)) => (access.to_string(), info()),
+            Self::Service(ServiceError::Unavailable(cause)) => {
+                tracing::warn!(call_id, error = %cause, "database unavailable");
                 (
-                    format!("internal error (call id {call_id})"),
-                    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+                    format!("the database is unavailable; retry later (call id {call_id})"),
+                    info(),
                 )
             }
-            Self::Unauthenticated(message)
-            | Self::PermissionDenied(message)
-            | Self::ResourceExhausted(message)
-            | Self::RateLimited(message)
-            | Self::Unavailable(message) => (
-                message.clone(),
-                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
-            ),
+            Self::Service(ServiceError::Internal(cause)) => {
+                tracing::error!(call_id, error = %cause, "internal failure");
+                (format!("internal error (call id {call_id})"), info())
+            }
+            Self::MessageTooLarge => (self.to_string(), info()),
         };
         details.set_request_info(call_id, "");
         let mut status = Status::with_error_details(code, message, details);
@@ -194,7 +180,7 @@ mod tests {
     #[test]
     fn internal_causes_are_not_shown() {
         let status =
-            ApiError::from(StorageError::Corrupt("secret detail".into())).into_status("c9");
+            ApiError::from(ServiceError::Internal("secret detail".into())).into_status("c9");
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"));
     }

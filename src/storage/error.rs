@@ -1,6 +1,7 @@
 //! The repository's one error enum. Rule refusals found inside a
-//! transaction travel as `Rule`; everything else is a database failure whose
-//! cause is logged, never shown to callers.
+//! transaction travel as `Rule`; database failures are sorted here, where
+//! SeaORM's errors are understood, into "the database is unavailable" (worth
+//! retrying) and everything else. Callers never see a `DbErr`.
 
 use sea_orm::{DbErr, TransactionError};
 
@@ -10,15 +11,27 @@ use crate::domain::DomainError;
 pub enum StorageError {
     #[error(transparent)]
     Rule(#[from] DomainError),
+    /// The connection failed or none could be had: retryable.
+    #[error("database unavailable: {0}")]
+    Unavailable(DbErr),
     #[error("database error: {0}")]
-    Database(#[from] DbErr),
+    Database(DbErr),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
 }
 
+impl From<DbErr> for StorageError {
+    fn from(err: DbErr) -> Self {
+        match err {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Self::Unavailable(err),
+            other => Self::Database(other),
+        }
+    }
+}
+
 impl StorageError {
     /// Whether the database refused a write because of a unique constraint.
-    pub fn is_unique_violation(err: &DbErr) -> bool {
+    pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
         matches!(
             err.sql_err(),
             Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
@@ -29,7 +42,7 @@ impl StorageError {
 impl From<TransactionError<StorageError>> for StorageError {
     fn from(err: TransactionError<StorageError>) -> Self {
         match err {
-            TransactionError::Connection(db) => Self::Database(db),
+            TransactionError::Connection(db) => db.into(),
             TransactionError::Transaction(inner) => inner,
         }
     }

@@ -11,10 +11,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Statement, Value,
-    sqlx::{
-        Connection as _, PgConnection,
-        postgres::{PgListener, PgNotification},
-    },
+    sqlx::{Connection as _, PgConnection, postgres::PgListener},
 };
 
 use super::{
@@ -195,26 +192,38 @@ impl Repository {
             .collect()
     }
 
-    /// A consumer's committed position, if it ever committed one.
-    pub async fn consumer_position(&self, name: &str) -> StorageResult<Option<u64>> {
+    /// A consumer's checkpoint (owner, committed position), if it has one.
+    pub async fn consumer_checkpoint(&self, name: &str) -> StorageResult<Option<(String, u64)>> {
         let backend = self.connection().get_database_backend();
         let row = self
             .connection()
             .query_one_raw(statement(
                 backend,
-                "SELECT position FROM consumers WHERE name = $1",
+                "SELECT owner, position FROM consumers WHERE name = $1",
                 vec![name.into()],
             ))
             .await?;
-        row.map(|r| r.try_get::<i64>("", "position").map(to_u64))
-            .transpose()
-            .map_err(Into::into)
+        row.map(|r| {
+            Ok::<_, DbErr>((
+                r.try_get::<String>("", "owner")?,
+                to_u64(r.try_get::<i64>("", "position")?),
+            ))
+        })
+        .transpose()
+        .map_err(Into::into)
     }
 
-    /// Stores `position` as the consumer's checkpoint unless it already has a
-    /// higher one; returns the stored position. A position beyond the head
-    /// is refused.
-    pub async fn commit_consumer_position(&self, name: &str, position: u64) -> StorageResult<u64> {
+    /// Stores `position` as `owner`'s checkpoint `name` unless it already
+    /// has a higher one; returns the stored position, or None when the
+    /// checkpoint belongs to another owner (nothing changes then). A
+    /// checkpoint without an owner is claimed. A position beyond the head is
+    /// refused.
+    pub async fn commit_consumer_position(
+        &self,
+        owner: &str,
+        name: &str,
+        position: u64,
+    ) -> StorageResult<Option<u64>> {
         let head = self.sequence_state().await?.last_position;
         if position > head {
             return Err(DomainError::invalid(
@@ -228,11 +237,15 @@ impl Repository {
             DbBackend::Postgres => "GREATEST",
             _ => "MAX",
         };
+        // The WHERE makes the conflict branch a no-op (no row returned) for
+        // another owner's checkpoint, atomically with the check.
         let sql = format!(
-            "INSERT INTO consumers (name, position, updated_at) VALUES ($1, $2, $3)
+            "INSERT INTO consumers (name, position, updated_at, owner) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO UPDATE SET
                  position = {greatest}(consumers.position, excluded.position),
-                 updated_at = excluded.updated_at
+                 updated_at = excluded.updated_at,
+                 owner = excluded.owner
+             WHERE consumers.owner = excluded.owner OR consumers.owner = ''
              RETURNING position"
         );
         let row = self
@@ -240,11 +253,17 @@ impl Repository {
             .query_one_raw(statement(
                 backend,
                 &sql,
-                vec![name.into(), to_i64(position).into(), Utc::now().into()],
+                vec![
+                    name.into(),
+                    to_i64(position).into(),
+                    Utc::now().into(),
+                    owner.into(),
+                ],
             ))
-            .await?
-            .ok_or_else(|| StorageError::Corrupt("upsert returned no row".into()))?;
-        Ok(to_u64(row.try_get("", "position")?))
+            .await?;
+        row.map(|r| r.try_get::<i64>("", "position").map(to_u64))
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Deletes up to `batch` of the oldest sequenced events, as long as each
@@ -289,7 +308,7 @@ impl Repository {
     }
 
     /// Opens a LISTEN connection on `channel` (PostgreSQL only).
-    pub async fn listen(&self, channel: &str) -> Result<PgListener, DbErr> {
+    async fn listen(&self, channel: &str) -> Result<PgListener, DbErr> {
         let pool = self.connection().get_postgres_connection_pool();
         let mut listener = PgListener::connect_with(pool).await.map_err(sqlx_err)?;
         listener.listen(channel).await.map_err(sqlx_err)?;
@@ -334,10 +353,50 @@ impl SequencerLease {
     }
 }
 
-/// Waits for the next notification. `Ok(None)` means the connection was lost
-/// and notifications may have been missed: re-read the table.
-pub async fn next_notification(listener: &mut PgListener) -> Result<Option<PgNotification>, DbErr> {
-    listener.try_recv().await.map_err(sqlx_err)
+/// A PostgreSQL LISTEN on one channel that reconnects after failures. On
+/// SQLite it never fires (in-process wake-ups are enough there).
+pub struct NotificationListener {
+    repo: Repository,
+    channel: &'static str,
+    inner: Option<PgListener>,
+}
+
+impl NotificationListener {
+    pub fn new(repo: Repository, channel: &'static str) -> Self {
+        Self {
+            repo,
+            channel,
+            inner: None,
+        }
+    }
+
+    /// Resolves on a notification, or after a lost connection or an error
+    /// (notifications may have been missed: the caller re-reads the table).
+    pub async fn wait(&mut self) {
+        if !self.repo.is_postgres() {
+            return std::future::pending().await;
+        }
+        let listener = match &mut self.inner {
+            Some(listener) => listener,
+            None => match self.repo.listen(self.channel).await {
+                Ok(listener) => self.inner.insert(listener),
+                Err(err) => {
+                    tracing::warn!(channel = self.channel, error = %err, "LISTEN failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    return;
+                }
+            },
+        };
+        match listener.try_recv().await.map_err(sqlx_err) {
+            Ok(Some(_)) => while listener.next_buffered().is_some() {},
+            Ok(None) => tracing::warn!(channel = self.channel, "LISTEN connection lost"),
+            Err(err) => {
+                tracing::warn!(channel = self.channel, error = %err, "LISTEN failed; reconnecting");
+                self.inner = None;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 fn sqlx_err(err: sea_orm::sqlx::Error) -> DbErr {

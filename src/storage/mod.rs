@@ -13,6 +13,6 @@ pub mod secrets;
 pub mod tokens;
 
 pub use error::{StorageError, StorageResult};
-pub use repository::{LinkOutcome, Repository};
+pub use repository::Repository;
 pub use secrets::SessionSealer;
 pub use tokens::{StoredToken, TokenStore};

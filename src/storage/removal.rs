@@ -4,7 +4,7 @@
 //! back for a dry run or a refusal. Nothing here knows which RPC is calling
 //! beyond what `RemovalRequest` answers.
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
     PaginatorTrait, QueryFilter, QuerySelect,
@@ -20,7 +20,7 @@ use super::{
     },
 };
 use crate::domain::{
-    CallContext, DomainError, IdentityState, ProviderRegistry, RemovalMode,
+    CallOrigin, DomainError, IdentityState, ProviderRegistry, RemovalMode,
     removal::{RemovalOutcome, RemovalPlan, RemovalRequest},
 };
 
@@ -43,7 +43,7 @@ impl Repository {
     pub async fn remove(
         &self,
         registry: &ProviderRegistry,
-        ctx: &CallContext,
+        ctx: &CallOrigin,
         request: RemovalRequest,
     ) -> StorageResult<RemovalOutcome> {
         let txn = self.begin_write().await?;
@@ -80,10 +80,12 @@ impl Repository {
         &self,
         txn: &DatabaseTransaction,
         registry: &ProviderRegistry,
-        ctx: &CallContext,
+        ctx: &CallOrigin,
         request: &RemovalRequest,
     ) -> StorageResult<Step> {
-        let time = Utc::now();
+        // Microseconds: what both databases store, so the answer built from
+        // the plan equals what a later read returns.
+        let time = Utc::now().trunc_subsecs(6);
         let site_row = match request {
             RemovalRequest::RemoveConnection(c) => find_site_by_api_key(txn, &c.api_key).await?,
             RemovalRequest::UnlinkAccount(c) => find_site_by_vhost(txn, c.vhost).await?,
@@ -119,12 +121,11 @@ impl Repository {
         let events = plan.events(request, &site, ctx, time);
         outbox::append(txn, &events).await?;
 
-        let account_row = if plan.is_empty() {
-            account_row
-        } else {
-            touch_account(txn, account_row, time).await?
-        };
-        let after = load_account(txn, &site_row, account_row).await?;
+        if !plan.is_empty() {
+            touch_account(txn, account_row, time).await?;
+        }
+        // The answer comes from what this transaction decided, not a re-read.
+        let after = plan.after_at(time);
         let event_ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
         let outcome = RemovalOutcome {
             call_id: ctx.call_id.clone(),

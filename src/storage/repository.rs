@@ -18,9 +18,10 @@ use super::{
     secrets::SessionSealer,
 };
 use crate::domain::{
-    Account, ApiKey, DomainError, Identity, IdentityState, LoginId, NewIdentity, NewLoginId, Site,
-    SiteSettings, Uid, Vhost,
+    Account, AccountView, ApiKey, DomainError, Identity, IdentityState, IdentityView, LoginId,
+    NewIdentity, NewLoginId, Site, SiteSettings, Uid, Vhost,
     account::{check_dropped_login_ids, distinct_login_ids},
+    link::{self, ExistingMapping, LinkAction, LinkOutcome},
 };
 
 /// Handle to the database; cheap to clone.
@@ -30,14 +31,6 @@ pub struct Repository {
     sealer: SessionSealer,
     /// Woken after a transaction that wrote outbox rows commits.
     outbox_written: Arc<Notify>,
-}
-
-/// What LinkConnection did.
-#[derive(Debug, Clone)]
-pub struct LinkOutcome {
-    pub identity: Identity,
-    pub reactivated: bool,
-    pub account: Account,
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
@@ -61,12 +54,18 @@ impl Repository {
         self.outbox_written.clone()
     }
 
-    pub fn sealer(&self) -> &SessionSealer {
-        &self.sealer
-    }
-
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The API token table, on the same connection pool.
+    pub fn tokens(&self) -> super::TokenStore {
+        super::TokenStore::new(self.db.clone())
+    }
+
+    /// Closes the connection pool (at shutdown).
+    pub async fn close(&self) {
+        let _ = self.db.clone().close().await;
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -239,18 +238,10 @@ impl Repository {
                 .filter(login_id::Column::SiteId.eq(site.id))
                 .filter(login_id::Column::LoginId.eq(login.as_str()))
                 .one(&txn)
-                .await?;
-            match owner {
-                Some(row) if row.account_id != account_row.id => {
-                    return Err(DomainError::LoginIdTaken {
-                        login_id: login.as_str().to_owned(),
-                    }
-                    .into());
-                }
-                Some(_) => {}
-                None => {
-                    insert_login_id(&txn, site.id, account_row.id, login.as_str(), false).await?
-                }
+                .await?
+                .map(|row| row.account_id);
+            if link::login_id_needs_adding(account_row.id, login.as_str(), owner)? {
+                insert_login_id(&txn, site.id, account_row.id, login.as_str(), false).await?;
             }
         }
 
@@ -261,13 +252,21 @@ impl Repository {
             .filter(identity::Column::ProviderUid.eq(new.provider_uid.as_str()))
             .one(&txn)
             .await?;
-        let (row, reactivated) = match existing {
-            // Soft-removed mappings stay bound to their account; active ones too.
-            Some(row) if row.account_id != account_row.id => {
-                return Err(DomainError::IdentityLinkedElsewhere.into());
-            }
-            Some(row) => {
-                let reactivated = row.state == IdentityState::SoftRemoved.as_str();
+        let mapping = existing
+            .as_ref()
+            .map(|row| {
+                let state = IdentityState::parse(&row.state).ok_or_else(|| {
+                    StorageError::Corrupt(format!("identity {} has state {:?}", row.id, row.state))
+                })?;
+                Ok::<_, StorageError>(ExistingMapping {
+                    identity_id: row.id,
+                    account_id: row.account_id,
+                    state,
+                })
+            })
+            .transpose()?;
+        let (row, reactivated) = match (link::plan_link(account_row.id, mapping)?, existing) {
+            (LinkAction::Refresh { reactivated, .. }, Some(row)) => {
                 let mut active: identity::ActiveModel = row.into();
                 active.state = Set(IdentityState::Active.as_str().to_owned());
                 if new.login_id.is_some() {
@@ -279,7 +278,12 @@ impl Repository {
                 active.updated_at = Set(now);
                 (active.update(&txn).await?, reactivated)
             }
-            None => {
+            (LinkAction::Refresh { identity_id, .. }, None) => {
+                return Err(StorageError::Corrupt(format!(
+                    "identity {identity_id} vanished under the account lock"
+                )));
+            }
+            (LinkAction::Create, _) => {
                 let inserted = identity::ActiveModel {
                     site_id: Set(site.id),
                     account_id: Set(account_row.id),
@@ -307,8 +311,8 @@ impl Repository {
             }
         };
         let account_row = touch_account(&txn, account_row, now).await?;
-        let identity = identity_from_model(&row)?;
-        let account = load_account(&txn, &site, account_row).await?;
+        let identity = IdentityView::of(&identity_from_model(&row)?);
+        let account = AccountView::of(&load_account(&txn, &site, account_row).await?);
         txn.commit().await?;
         Ok(LinkOutcome {
             identity,

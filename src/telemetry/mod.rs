@@ -11,9 +11,9 @@
 //! - [`metrics`]: process-wide counters, gauges and histograms, exported over
 //!   OTLP when configured and served as Prometheus text by [`metrics_http`].
 
-pub mod layer;
 pub mod metrics;
 pub mod metrics_http;
+pub mod trace_context;
 
 use std::{io::IsTerminal, time::Duration};
 
@@ -33,9 +33,12 @@ use tracing_subscriber::{
     prelude::*,
 };
 
-use crate::cli::LogFormat;
-
-pub use layer::TelemetryLayer;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Service name when `OTEL_SERVICE_NAME` is not set.
 pub const DEFAULT_SERVICE_NAME: &str = "connections";

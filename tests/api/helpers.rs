@@ -158,7 +158,7 @@ impl TestApp {
         let mut settings = Settings::for_database(database_url);
         configure(&mut settings);
         let app = App::build(&settings).await.expect("build app");
-        let repo = app.state.repo.clone();
+        let repo = app.repo().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -291,7 +291,7 @@ impl TestApp {
 
     /// Creates an API token as `connections token create` does; returns it.
     pub async fn create_token(&self, caller: &str, sites: &str, permissions: &str) -> String {
-        use connections::grpc::auth;
+        use connections::access as auth;
         let token = auth::generate_token();
         let sites = auth::format_sites(&auth::parse_sites(sites).expect("sites"));
         let permissions =

@@ -64,7 +64,7 @@ async fn calls_without_a_valid_token_are_unauthenticated(backend: Backend) {
         .await;
     assert_refused(missing, Code::Unauthenticated, "UNAUTHENTICATED");
 
-    let unknown = connections::grpc::auth::generate_token();
+    let unknown = connections::access::generate_token();
     for token in [
         "nope",
         "cnx_short",
@@ -111,7 +111,7 @@ async fn revoked_tokens_stop_working(backend: Backend) {
         .admin()
         .get_site(bearer(
             get_site("3_a"),
-            &connections::grpc::auth::generate_token(),
+            &connections::access::generate_token(),
         ))
         .await
         .unwrap_err();
@@ -342,11 +342,11 @@ async fn callers_over_the_rate_limit_are_refused_with_rate_limited(backend: Back
         .expect("health is not rate limited");
     // A peer sending bad tokens is slowed down before they are looked up.
     for _ in 0..3 {
-        let bad = connections::grpc::auth::generate_token();
+        let bad = connections::access::generate_token();
         let result = app.admin().get_site(bearer(get_site("3_a"), &bad)).await;
         assert_refused(result, Code::Unauthenticated, "UNAUTHENTICATED");
     }
-    let bad = connections::grpc::auth::generate_token();
+    let bad = connections::access::generate_token();
     let result = app.admin().get_site(bearer(get_site("3_a"), &bad)).await;
     assert_refused(result, Code::ResourceExhausted, "RATE_LIMITED");
 }
@@ -791,7 +791,7 @@ async fn token_cli_creates_lists_and_revokes_tokens() {
     );
     assert!(!table.contains(&token), "the token is never listed");
     assert!(
-        !table.contains(&connections::grpc::auth::hash_token(&token)),
+        !table.contains(&connections::access::hash_token(&token)),
         "nor its hash"
     );
 

@@ -8,6 +8,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub name: String,
     pub position: i64,
+    /// The caller that created the checkpoint (`''`: created before owners).
+    pub owner: String,
     pub updated_at: DateTimeUtc,
 }
 

@@ -1,10 +1,22 @@
-//! Who the caller is and what they may do. The authentication layer
-//! (`grpc::auth_layer`) puts a `Caller` into request extensions; without one
-//! (open mode, no tokens configured) every site is in scope.
+//! Calls as a concept of their own, shared by every door: who the caller
+//! is ([`Caller`], its [`SiteScope`] and [`Permission`]s), API tokens
+//! (generated, hashed, parsed from the `authorization` header), the
+//! start-up decision between open and authenticated mode, the [`Gate`] that
+//! admits callers and applies the abuse [`limits`], and the [`CallContext`]
+//! (call id, caller, trace context, deadline) that a door hands to the
+//! application services.
 //!
-//! Also here: the permission each RPC needs (one table, by gRPC path), API
-//! tokens (generated, hashed, parsed from the `authorization` header) and the
-//! start-up decision between open and authenticated mode.
+//! A door only translates: it finds the credentials in its protocol, asks
+//! the gate, and maps an [`AccessError`] to its own error shape.
+
+mod call;
+mod error;
+mod gate;
+pub mod limits;
+
+pub use call::{ANONYMOUS_ACTOR, CALL_ID_HEADER, CallContext, CallId, TraceParent};
+pub use error::AccessError;
+pub use gate::{Admission, Gate};
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, str::FromStr};
 
@@ -12,10 +24,6 @@ use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::Request;
-
-use super::status::ApiError;
-use crate::domain::DomainError;
 
 /// Sites a caller may act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,36 +43,13 @@ impl SiteScope {
 
     /// Refuses a site outside the scope. Called before the site is looked up,
     /// so an unknown site and a forbidden one look the same.
-    pub fn check(&self, api_key: &str) -> Result<(), ApiError> {
+    pub fn check(&self, api_key: &str) -> Result<(), AccessError> {
         if self.allows(api_key) {
             Ok(())
         } else {
-            Err(forbidden_site())
+            Err(AccessError::ForbiddenSite)
         }
     }
-
-    /// For requests that name the site by something other than its api_key
-    /// (UnlinkAccount's vhost): `lookup` is the site's api_key or the lookup's
-    /// error. A restricted caller gets PERMISSION_DENIED both for a forbidden
-    /// and for an unknown site.
-    pub fn check_lookup<T>(
-        &self,
-        lookup: Result<T, ApiError>,
-        api_key_of: impl Fn(&T) -> &str,
-    ) -> Result<T, ApiError> {
-        match (self, lookup) {
-            (Self::All, lookup) => lookup,
-            (Self::Only(_), Ok(site)) => self.check(api_key_of(&site)).map(|()| site),
-            (Self::Only(_), Err(ApiError::Rule(DomainError::SiteNotFound))) => {
-                Err(forbidden_site())
-            }
-            (Self::Only(_), Err(other)) => Err(other),
-        }
-    }
-}
-
-fn forbidden_site() -> ApiError {
-    ApiError::PermissionDenied("the caller may not act on this site".into())
 }
 
 /// The authenticated caller.
@@ -74,12 +59,14 @@ pub struct Caller {
     pub sites: SiteScope,
 }
 
-/// The caller's site scope (everything in open mode).
-pub fn site_scope<T>(request: &Request<T>) -> SiteScope {
-    request
-        .extensions()
-        .get::<Caller>()
-        .map_or(SiteScope::All, |c| c.sites.clone())
+impl Caller {
+    /// The caller in open mode: every site, named `anonymous`.
+    pub fn anonymous() -> Self {
+        Self {
+            name: ANONYMOUS_ACTOR.to_owned(),
+            sites: SiteScope::All,
+        }
+    }
 }
 
 /// What a token allows, beyond its sites.
@@ -133,80 +120,19 @@ impl FromStr for Permission {
     }
 }
 
-/// What a call to a gRPC path requires.
+/// What a call requires of its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Health and reflection: always open.
+    /// Open to everyone (health, reflection, the SDK script).
     Open,
     /// Needs an authenticated caller holding this permission.
     Requires(Permission),
     /// Needs an authenticated caller, whatever their permissions (paths that
-    /// are not ours: they end as UNIMPLEMENTED).
+    /// are not ours: they end as "not found" in their protocol).
     AnyCaller,
     /// A path of our services that no permission grants (e.g. a method added
-    /// to the proto but not to the table): denied to everyone authenticated.
+    /// to a door but not to its table): denied to everyone authenticated.
     Denied,
-}
-
-/// The one table of paths and the permission each needs. Anything under
-/// `/connections.` that is not listed is denied; other unknown paths still
-/// need a valid token (they end as UNIMPLEMENTED).
-const ROUTES: &[(&str, Permission)] = &[
-    (
-        "/connections.v1.ConnectionService/RemoveConnection",
-        Permission::ConnectionsWrite,
-    ),
-    (
-        "/connections.v1.ConnectionService/UnlinkAccount",
-        Permission::ConnectionsWrite,
-    ),
-    (
-        "/connections.v1.ConnectionService/LinkConnection",
-        Permission::ConnectionsWrite,
-    ),
-    (
-        "/connections.v1.ConnectionService/GetAccount",
-        Permission::ConnectionsRead,
-    ),
-    (
-        "/connections.v1.EventService/Subscribe",
-        Permission::EventsSubscribe,
-    ),
-    (
-        "/connections.v1.EventService/CommitPosition",
-        Permission::EventsSubscribe,
-    ),
-    ("/connections.v1.AdminService/UpsertSite", Permission::Admin),
-    ("/connections.v1.AdminService/GetSite", Permission::Admin),
-    (
-        "/connections.v1.AdminService/UpsertAccount",
-        Permission::Admin,
-    ),
-];
-
-/// Services that stay open whatever the mode.
-const OPEN_PREFIXES: &[&str] = &[
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-];
-
-/// Streaming paths whose concurrent calls are bounded per caller.
-pub const BOUNDED_STREAM_PATHS: &[&str] = &["/connections.v1.EventService/Subscribe"];
-
-/// The access a gRPC path needs.
-pub fn access_for_path(path: &str) -> Access {
-    if OPEN_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
-        return Access::Open;
-    }
-    if let Some((_, permission)) = ROUTES.iter().find(|(p, _)| *p == path) {
-        return Access::Requires(*permission);
-    }
-    if path.starts_with("/connections.") {
-        Access::Denied
-    } else {
-        Access::AnyCaller
-    }
 }
 
 /// Prefix of every token; makes leaked tokens easy to find by scanners.
@@ -337,52 +263,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_rpc_has_its_permission_and_open_services_stay_open() {
-        use Permission::*;
-        for (path, expected) in [
-            (
-                "/connections.v1.ConnectionService/RemoveConnection",
-                ConnectionsWrite,
-            ),
-            (
-                "/connections.v1.ConnectionService/UnlinkAccount",
-                ConnectionsWrite,
-            ),
-            (
-                "/connections.v1.ConnectionService/LinkConnection",
-                ConnectionsWrite,
-            ),
-            (
-                "/connections.v1.ConnectionService/GetAccount",
-                ConnectionsRead,
-            ),
-            ("/connections.v1.EventService/Subscribe", EventsSubscribe),
-            (
-                "/connections.v1.EventService/CommitPosition",
-                EventsSubscribe,
-            ),
-            ("/connections.v1.AdminService/UpsertSite", Admin),
-            ("/connections.v1.AdminService/GetSite", Admin),
-            ("/connections.v1.AdminService/UpsertAccount", Admin),
-        ] {
-            assert_eq!(access_for_path(path), Access::Requires(expected), "{path}");
-        }
-        assert_eq!(
-            access_for_path("/connections.v1.AdminService/DropEverything"),
-            Access::Denied
-        );
-        assert_eq!(access_for_path("/other.Service/Call"), Access::AnyCaller);
-        for open in [
-            "/grpc.health.v1.Health/Check",
-            "/grpc.health.v1.Health/Watch",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        ] {
-            assert_eq!(access_for_path(open), Access::Open, "{open}");
-        }
-    }
-
-    #[test]
     fn tokens_are_random_well_formed_and_hashed() {
         let a = generate_token();
         let b = generate_token();
@@ -430,32 +310,5 @@ mod tests {
         let refusal = startup_access_mode(public, false).unwrap_err();
         assert!(refusal.contains("token create"), "{refusal}");
         assert!(startup_access_mode(lan, false).is_err());
-    }
-
-    #[test]
-    fn the_authenticated_caller_becomes_the_actor() {
-        let mut request = Request::new(());
-        assert_eq!(super::super::call_context(&request).actor, "anonymous");
-        request.extensions_mut().insert(Caller {
-            name: "billing-service".into(),
-            sites: SiteScope::All,
-        });
-        assert_eq!(
-            super::super::call_context(&request).actor,
-            "billing-service"
-        );
-        assert_eq!(site_scope(&request), SiteScope::All);
-    }
-
-    #[test]
-    fn restricted_callers_cannot_tell_unknown_from_forbidden_sites() {
-        let scope = SiteScope::Only(["3_a".to_owned()].into());
-        let unknown: Result<String, ApiError> = Err(DomainError::SiteNotFound.into());
-        let forbidden: Result<String, ApiError> = Ok("3_b".into());
-        let a = scope.check_lookup(unknown, |s| s.as_str()).unwrap_err();
-        let b = scope.check_lookup(forbidden, |s| s.as_str()).unwrap_err();
-        assert_eq!(a.code_and_reason(), b.code_and_reason());
-        assert!(scope.check("3_a").is_ok());
-        assert!(SiteScope::All.check("anything").is_ok());
     }
 }

@@ -1,4 +1,5 @@
-//! The tower layer every gRPC call goes through: it gives the call its id
+//! The tower layer every gRPC call goes through (the gRPC door's half of
+//! telemetry; trace context itself is `telemetry::trace_context`): it gives the call its id
 //! and its `rpc` span (continuing an incoming W3C `traceparent`), hands both
 //! to the handler through request extensions, and when the response is ready
 //! records the outcome, the latency metrics and one log line when the call
@@ -15,21 +16,17 @@ use std::{
 
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::{
-    Context,
-    propagation::{Extractor, TextMapPropagator},
-    trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId},
-};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::Code;
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::metrics;
-use crate::grpc::{CallId, TraceParent, status::CALL_ID_HEADER};
-
-/// Response header carrying the call span's traceparent back to the caller.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+use crate::{
+    access::{CALL_ID_HEADER, CallId, TraceParent},
+    telemetry::{
+        metrics,
+        trace_context::{TRACEPARENT_HEADER, start_trace},
+    },
+};
 
 /// Adds [`TelemetryService`] around the gRPC routes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -254,83 +251,6 @@ fn is_server_error(code: Code) -> bool {
             | Code::Internal
             | Code::Unavailable
             | Code::DataLoss
-    )
-}
-
-/// Reads `traceparent` (and `tracestate`) from request headers.
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
-/// Makes `span` continue the caller's trace, if any, and returns the span's
-/// own traceparent (same trace id, the span's id).
-///
-/// Normally the id comes from the OpenTelemetry layer installed by
-/// [`super::init`]. Without it (a library user or a test that installed no
-/// subscriber, or the span filtered out) one is made up here, continuing
-/// the caller's trace id, so that events always carry a valid traceparent.
-fn start_trace(span: &Span, headers: &HeaderMap) -> String {
-    let parent = if headers.contains_key(TRACEPARENT_HEADER) {
-        TraceContextPropagator::new().extract(&HeaderExtractor(headers))
-    } else {
-        Context::new()
-    };
-    let parent_span = parent.span().span_context().clone();
-    if parent_span.is_valid() {
-        // Fails only when no OpenTelemetry layer sees this span: handled below.
-        let _ = span.set_parent(parent);
-    }
-    let own = span.context().span().span_context().clone();
-    if own.is_valid() && (!parent_span.is_valid() || own.trace_id() == parent_span.trace_id()) {
-        return format_traceparent(&own);
-    }
-    let (trace_id, flags) = if parent_span.is_valid() {
-        (parent_span.trace_id(), parent_span.trace_flags())
-    } else {
-        (random_trace_id(), TraceFlags::SAMPLED)
-    };
-    format_traceparent(&SpanContext::new(
-        trace_id,
-        random_span_id(),
-        flags,
-        false,
-        Default::default(),
-    ))
-}
-
-fn random_trace_id() -> TraceId {
-    loop {
-        let id = TraceId::from_bytes(rand::random::<[u8; 16]>());
-        if id != TraceId::INVALID {
-            return id;
-        }
-    }
-}
-
-fn random_span_id() -> SpanId {
-    loop {
-        let id = SpanId::from_bytes(rand::random::<[u8; 8]>());
-        if id != SpanId::INVALID {
-            return id;
-        }
-    }
-}
-
-/// `00-<trace id>-<span id>-<flags>` (W3C Trace Context, version 00).
-pub fn format_traceparent(span: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        span.trace_id(),
-        span.span_id(),
-        span.trace_flags().to_u8()
     )
 }
 

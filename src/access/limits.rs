@@ -105,6 +105,11 @@ impl StreamLimiter {
         }
     }
 
+    /// The bound per key.
+    pub fn limit(&self) -> usize {
+        self.max_per_key
+    }
+
     /// A permit for one more stream of `key`, or None at the bound.
     pub fn try_acquire(&self, key: &str) -> Option<OwnedSemaphorePermit> {
         let semaphore = {

@@ -1,0 +1,28 @@
+//! Refusals by the gate, before any rule runs. Each door maps them to its
+//! own codes in one place.
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// No credentials, or credentials that do not name a valid caller.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid caller without the permission the call needs.
+    #[error("the caller lacks the permission this call needs")]
+    MissingPermission,
+    /// A site outside the caller's scope (or, for a restricted caller, a
+    /// site that does not exist: the two look the same).
+    #[error("the caller may not act on this site")]
+    ForbiddenSite,
+    /// A resource that belongs to another caller (e.g. a consumer checkpoint).
+    #[error("{0}")]
+    NotOwner(String),
+    /// Over the per-caller request rate (or too many failed logins).
+    #[error("{0}")]
+    RateLimited(String),
+    /// Over the per-caller bound on concurrent streams.
+    #[error("too many concurrent streams for this caller (limit {limit})")]
+    TooManyStreams { limit: usize },
+    /// The credential store cannot be read right now.
+    #[error("cannot check credentials right now; retry later")]
+    Unavailable,
+}

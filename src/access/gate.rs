@@ -1,0 +1,284 @@
+//! The gate every door puts in front of its calls: authenticates the caller
+//! (a bearer token), checks the permission the call needs, applies the
+//! per-caller rate limit and the bound on concurrent streams.
+//!
+//! Open mode (no tokens, loopback only, decided at start-up) lets every call
+//! through as `anonymous`; it ends for good once a token exists. Token
+//! lookups, and the "do tokens exist" check of open mode, are cached for
+//! `token_cache_ttl` (2 s by default): a new token or a revocation takes
+//! effect within that delay.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{
+    Access, AccessError, AccessMode, Caller, Grant, bearer_token, hash_token, hashes_match,
+    limits::{RateLimiter, StreamLimiter},
+    parse_permissions, parse_sites,
+};
+use crate::{config::SecuritySettings, storage::TokenStore};
+
+/// A caller let in: who, and the stream permit to hold while its stream
+/// lives (None for unary calls).
+#[derive(Debug)]
+pub struct Admission {
+    pub caller: Caller,
+    pub stream_permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Cached token lookups kept before the cache is emptied.
+const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// Admits callers: shared by every door, one per process.
+#[derive(Debug)]
+pub struct Gate {
+    tokens: TokenStore,
+    /// Sticky: once true, callers must authenticate until the process ends.
+    authenticated: AtomicBool,
+    /// When open mode last asked the database whether tokens exist.
+    tokens_checked_at: Mutex<Option<Instant>>,
+    ttl: Duration,
+    /// Token hash -> (looked up at, grant if active).
+    cache: Mutex<HashMap<String, (Instant, Option<Grant>)>>,
+    rate: Option<RateLimiter>,
+    /// Failed authentications per peer address: a peer that keeps sending
+    /// bad tokens is refused before its tokens are looked up.
+    failures: Option<RateLimiter>,
+    streams: Option<StreamLimiter>,
+}
+
+impl Gate {
+    pub fn new(tokens: TokenStore, mode: AccessMode, settings: &SecuritySettings) -> Self {
+        Self {
+            tokens,
+            authenticated: AtomicBool::new(mode == AccessMode::Authenticated),
+            tokens_checked_at: Mutex::new(Some(Instant::now())),
+            ttl: settings.token_cache_ttl,
+            cache: Mutex::new(HashMap::new()),
+            rate: (settings.rate_limit_per_second > 0.0).then(|| {
+                RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
+            }),
+            failures: (settings.rate_limit_per_second > 0.0).then(|| {
+                RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
+            }),
+            streams: (settings.max_streams_per_caller > 0)
+                .then(|| StreamLimiter::new(settings.max_streams_per_caller)),
+        }
+    }
+
+    /// The current mode (open mode ends when the first token appears).
+    pub fn mode(&self) -> AccessMode {
+        if self.authenticated.load(Ordering::Acquire) {
+            AccessMode::Authenticated
+        } else {
+            AccessMode::Open
+        }
+    }
+
+    /// Whether callers must authenticate now. In open mode, asks the
+    /// database at most once per TTL; the first token ends open mode.
+    async fn requires_authentication(&self) -> Result<bool, AccessError> {
+        if self.authenticated.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        {
+            let mut checked = lock(&self.tokens_checked_at);
+            match *checked {
+                Some(at) if at.elapsed() < self.ttl => return Ok(false),
+                _ => *checked = Some(Instant::now()),
+            }
+        }
+        match self.tokens.any_active().await {
+            Ok(false) => Ok(false),
+            Ok(true) => {
+                if !self.authenticated.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "API tokens now exist: open mode ended, callers must authenticate"
+                    );
+                }
+                Ok(true)
+            }
+            Err(err) => {
+                // Try again on the next call rather than after a TTL.
+                *lock(&self.tokens_checked_at) = None;
+                tracing::error!(error = %err, "cannot check for API tokens");
+                Err(unavailable())
+            }
+        }
+    }
+
+    /// The grant of a presented token, or the refusal.
+    async fn authenticate(&self, header: Option<&str>) -> Result<Grant, AccessError> {
+        let token = header.and_then(bearer_token).ok_or_else(|| {
+            AccessError::Unauthenticated(
+                "missing or malformed `authorization: Bearer <token>` header".into(),
+            )
+        })?;
+        let hash = hash_token(token);
+        if let Some(cached) = self.cached(&hash) {
+            return cached.ok_or_else(invalid_token);
+        }
+        let found = self.tokens.active_by_hash(&hash).await.map_err(|err| {
+            tracing::error!(error = %err, "cannot look up an API token");
+            unavailable()
+        })?;
+        let grant = found.and_then(|found| {
+            if !hashes_match(&hash, &found.token_hash) {
+                return None;
+            }
+            let token = found.token;
+            match (
+                parse_sites(&token.sites),
+                parse_permissions(&token.permissions),
+            ) {
+                (Ok(sites), Ok(permissions)) => Some(Grant {
+                    caller: Caller {
+                        name: token.caller,
+                        sites,
+                    },
+                    permissions,
+                }),
+                (sites, permissions) => {
+                    tracing::error!(
+                        token_id = token.id,
+                        sites = ?sites.err(),
+                        permissions = ?permissions.err(),
+                        "stored API token is unreadable: refused"
+                    );
+                    None
+                }
+            }
+        });
+        self.remember(hash, grant.clone());
+        grant.ok_or_else(invalid_token)
+    }
+
+    fn cached(&self, hash: &str) -> Option<Option<Grant>> {
+        let cache = lock(&self.cache);
+        cache
+            .get(hash)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, grant)| grant.clone())
+    }
+
+    fn remember(&self, hash: String, grant: Option<Grant>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut cache = lock(&self.cache);
+        if cache.len() >= MAX_CACHED_TOKENS {
+            cache.clear();
+        }
+        cache.insert(hash, (Instant::now(), grant));
+    }
+
+    /// Admits one call: authenticates and authorises the caller, then
+    /// applies its limits. `stream` says whether the call is a long-lived
+    /// stream (bounded per caller). `peer` keys anonymous callers' limits and
+    /// failed authentications.
+    pub async fn admit(
+        &self,
+        access: Access,
+        header: Option<&str>,
+        peer: Option<IpAddr>,
+        stream: bool,
+    ) -> Result<Admission, AccessError> {
+        let (caller, key) = self.authorise(access, header, peer).await?;
+        let stream_permit = self.limit(&key, stream)?;
+        Ok(Admission {
+            caller,
+            stream_permit,
+        })
+    }
+
+    /// Authenticates and authorises one call; returns the caller (anonymous
+    /// in open mode) and the key its limits are counted under.
+    async fn authorise(
+        &self,
+        access: Access,
+        header: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<(Caller, String), AccessError> {
+        if access == Access::Open || !self.requires_authentication().await? {
+            let key = peer.map_or_else(|| "anonymous".to_owned(), |ip| format!("peer:{ip}"));
+            return Ok((Caller::anonymous(), key));
+        }
+        let peer_key = peer.map(|ip| format!("peer:{ip}"));
+        let failures = self.failures.as_ref().zip(peer_key.as_deref());
+        if let Some((failures, peer_key)) = failures
+            && !failures.has_capacity(peer_key)
+        {
+            return Err(AccessError::RateLimited(
+                "too many failed authentications: slow down and retry later".into(),
+            ));
+        }
+        let grant = match self.authenticate(header).await {
+            Ok(grant) => grant,
+            Err(err) => {
+                if let (Some((failures, peer_key)), AccessError::Unauthenticated(_)) =
+                    (failures, &err)
+                {
+                    failures.try_acquire(peer_key);
+                }
+                return Err(err);
+            }
+        };
+        let allowed = match access {
+            Access::Open | Access::AnyCaller => true,
+            Access::Requires(permission) => grant.permissions.contains(&permission),
+            Access::Denied => false,
+        };
+        if !allowed {
+            return Err(AccessError::MissingPermission);
+        }
+        let key = format!("caller:{}", grant.caller.name);
+        Ok((grant.caller, key))
+    }
+
+    /// Applies the limits for a caller admitted on `key`; returns the
+    /// stream permit to hold for the life of the response.
+    fn limit(&self, key: &str, stream: bool) -> Result<Option<OwnedSemaphorePermit>, AccessError> {
+        if let Some(rate) = &self.rate
+            && !rate.try_acquire(key)
+        {
+            return Err(AccessError::RateLimited(
+                "too many requests: slow down and retry later".into(),
+            ));
+        }
+        match &self.streams {
+            Some(streams) if stream => {
+                streams
+                    .try_acquire(key)
+                    .map(Some)
+                    .ok_or(AccessError::TooManyStreams {
+                        limit: streams.limit(),
+                    })
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The same refusal for unknown and revoked tokens.
+fn invalid_token() -> AccessError {
+    AccessError::Unauthenticated("invalid or revoked token".into())
+}
+
+fn unavailable() -> AccessError {
+    AccessError::Unavailable
+}

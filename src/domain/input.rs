@@ -1,0 +1,345 @@
+//! What a door hands over: the request's raw values, in plain Rust types.
+//! Each `parse` applies every rule and limit of one request once, so that
+//! every door (gRPC, REST, the action link) validates exactly alike and the
+//! rest of the service only sees validated commands.
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    ApiKey, ContextId, DomainError, LoginIdValue, NewIdentity, NewLoginId, ProviderFamily,
+    ProviderRegistry, ProviderSession, ProviderUid, SiteSettings, Uid, Vhost,
+    ids::{numeric_uid, optional_request_id},
+    providers::{MAX_SUB_PROVIDER_CHARS, sub_provider_for, sub_provider_name},
+    redirect::{MAX_REDIRECT_CHARS, normalize_origin},
+    removal::{
+        ExternalTarget, LastIdentityHandling, RemoveConnectionCommand, UnlinkAccountCommand,
+    },
+};
+
+/// Longest site name.
+pub const MAX_SITE_NAME_CHARS: usize = 200;
+/// Most redirect origins per site.
+pub const MAX_REDIRECT_ORIGINS: usize = 100;
+/// Most login IDs per account.
+pub const MAX_LOGIN_IDS: usize = 100;
+/// Longest provider token (access or refresh), in bytes.
+pub const MAX_SESSION_TOKEN_BYTES: usize = 8192;
+
+/// A present-but-empty optional string is a mistake, not "absent": for
+/// `provider` it would otherwise silently mean "every provider".
+fn present_not_empty(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<String>, DomainError> {
+    match value {
+        Some(v) if v.is_empty() => Err(DomainError::invalid(
+            field,
+            "must not be empty; omit the field instead",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// RemoveConnection as a door received it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemoveConnectionInput {
+    pub api_key: String,
+    pub uid: String,
+    pub provider: Option<String>,
+    pub cid: Option<String>,
+    pub remove_login_id: bool,
+    /// `None`: the default (SOFT).
+    pub last_identity_handling: Option<LastIdentityHandling>,
+    pub context: Option<serde_json::Value>,
+    /// Empty: no idempotency key.
+    pub request_id: String,
+    pub dry_run: bool,
+}
+
+impl RemoveConnectionInput {
+    pub fn parse(
+        self,
+        registry: &ProviderRegistry,
+    ) -> Result<RemoveConnectionCommand, DomainError> {
+        let Self {
+            api_key,
+            uid,
+            provider,
+            cid,
+            remove_login_id,
+            last_identity_handling,
+            context,
+            request_id,
+            dry_run,
+        } = self;
+        let api_key = ApiKey::parse_key("api_key", &api_key)?;
+        let uid = Uid::parse("uid", &uid)?;
+        let provider = present_not_empty("provider", provider)?
+            .map(|p| registry.resolve("provider", &p, Some(ProviderFamily::Social)))
+            .transpose()?
+            .map(|p| p.name);
+        let cid = present_not_empty("cid", cid)?
+            .map(|c| ContextId::parse("cid", &c))
+            .transpose()?;
+        Ok(RemoveConnectionCommand {
+            api_key,
+            uid,
+            provider,
+            cid,
+            remove_login_id,
+            last_identity_handling: last_identity_handling.unwrap_or(LastIdentityHandling::Soft),
+            context,
+            request_id: optional_request_id(&request_id)?,
+            dry_run,
+        })
+    }
+}
+
+/// UnlinkAccount as a door received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnlinkAccountInput {
+    pub vhost: i64,
+    pub uid: i64,
+    pub redirect_url: String,
+    pub external_id_provider_name: Option<String>,
+    pub sub_provider_name: String,
+    /// Empty: no idempotency key.
+    pub request_id: String,
+    pub dry_run: bool,
+}
+
+impl UnlinkAccountInput {
+    pub fn parse(self, registry: &ProviderRegistry) -> Result<UnlinkAccountCommand, DomainError> {
+        let Self {
+            vhost,
+            uid,
+            redirect_url,
+            external_id_provider_name,
+            sub_provider_name: sub,
+            request_id,
+            dry_run,
+        } = self;
+        let vhost = Vhost::parse("vhost", vhost)?;
+        let uid = numeric_uid("uid", uid)?;
+        if redirect_url.is_empty() {
+            return Err(DomainError::MissingParameter {
+                field: "redirect_url",
+            });
+        }
+        if redirect_url.chars().count() > MAX_REDIRECT_CHARS {
+            return Err(DomainError::invalid(
+                "redirect_url",
+                format!("must be at most {MAX_REDIRECT_CHARS} characters"),
+            ));
+        }
+        let target = unlink_target(registry, external_id_provider_name, &sub)?;
+        Ok(UnlinkAccountCommand {
+            vhost,
+            uid,
+            redirect_url,
+            target,
+            request_id: optional_request_id(&request_id)?,
+            dry_run,
+        })
+    }
+}
+
+/// The unlinkaccount seed's provider and sub-provider rules (SPEC section 5
+/// rule 2): which external-id identities a request targets.
+pub fn unlink_target(
+    registry: &ProviderRegistry,
+    provider: Option<String>,
+    sub_provider: &str,
+) -> Result<ExternalTarget, DomainError> {
+    const PROVIDER: &str = "external_id_provider_name";
+    const SUB_PROVIDER: &str = "sub_provider_name";
+    let provider = present_not_empty(PROVIDER, provider)?
+        .map(|p| {
+            if p.chars().count() > MAX_SUB_PROVIDER_CHARS {
+                return Err(DomainError::invalid(
+                    PROVIDER,
+                    format!("must be at most {MAX_SUB_PROVIDER_CHARS} characters"),
+                ));
+            }
+            registry.resolve(PROVIDER, &p, Some(ProviderFamily::ExternalId))
+        })
+        .transpose()?;
+    // The seed asks for lower case; accept any case and compare in lower case.
+    let sub = sub_provider.to_lowercase();
+    if sub.is_empty() {
+        return Err(DomainError::MissingParameter {
+            field: SUB_PROVIDER,
+        });
+    }
+    if sub.chars().count() > MAX_SUB_PROVIDER_CHARS {
+        return Err(DomainError::invalid(
+            SUB_PROVIDER,
+            format!("must be at most {MAX_SUB_PROVIDER_CHARS} characters"),
+        ));
+    }
+    match provider {
+        None if sub == "none" => Ok(ExternalTarget::Every),
+        None => Err(DomainError::invalid(
+            SUB_PROVIDER,
+            "must be `none` when no external_id_provider_name is given",
+        )),
+        Some(p) if p.has_sub_providers && sub == "all" => {
+            Ok(ExternalTarget::Provider { provider: p.name })
+        }
+        Some(p) if p.has_sub_providers => Ok(ExternalTarget::SubProvider {
+            sub_provider: sub_provider_name(SUB_PROVIDER, &sub)?,
+            provider: p.name,
+        }),
+        Some(p) if sub == "none" => Ok(ExternalTarget::Provider { provider: p.name }),
+        Some(p) => Err(DomainError::invalid(
+            SUB_PROVIDER,
+            format!("must be `none` for {}", p.name),
+        )),
+    }
+}
+
+/// UpsertSite as a door received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteInput {
+    pub api_key: String,
+    pub vhost: i64,
+    pub name: String,
+    pub unlink_action_enabled: bool,
+    pub allowed_redirect_origins: Vec<String>,
+}
+
+impl SiteInput {
+    pub fn parse(self) -> Result<SiteSettings, DomainError> {
+        let Self {
+            api_key,
+            vhost,
+            name,
+            unlink_action_enabled,
+            allowed_redirect_origins,
+        } = self;
+        if name.chars().count() > MAX_SITE_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(DomainError::invalid(
+                "name",
+                format!(
+                    "must be at most {MAX_SITE_NAME_CHARS} characters without control characters"
+                ),
+            ));
+        }
+        if allowed_redirect_origins.len() > MAX_REDIRECT_ORIGINS {
+            return Err(DomainError::invalid(
+                "allowed_redirect_origins",
+                format!("at most {MAX_REDIRECT_ORIGINS} origins"),
+            ));
+        }
+        let mut origins = allowed_redirect_origins
+            .iter()
+            .map(|o| normalize_origin(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        origins.sort();
+        origins.dedup();
+        Ok(SiteSettings {
+            api_key: ApiKey::parse_key("api_key", &api_key)?,
+            vhost: Vhost::parse("vhost", vhost)?,
+            name,
+            unlink_action_enabled,
+            allowed_redirect_origins: origins,
+        })
+    }
+}
+
+/// One login ID of UpsertAccount as a door received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginIdInput {
+    pub login_id: String,
+    pub has_password: bool,
+}
+
+/// UpsertAccount's login ID list, validated.
+pub fn parse_login_ids(login_ids: Vec<LoginIdInput>) -> Result<Vec<NewLoginId>, DomainError> {
+    if login_ids.len() > MAX_LOGIN_IDS {
+        return Err(DomainError::invalid(
+            "login_ids",
+            format!("at most {MAX_LOGIN_IDS} login IDs"),
+        ));
+    }
+    login_ids
+        .into_iter()
+        .map(
+            |LoginIdInput {
+                 login_id,
+                 has_password,
+             }| {
+                Ok(NewLoginId {
+                    value: LoginIdValue::parse("login_ids", &login_id)?,
+                    has_password,
+                })
+            },
+        )
+        .collect()
+}
+
+/// Provider session data as a door received it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SessionInput {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for SessionInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionInput(<redacted>)")
+    }
+}
+
+/// LinkConnection's identity as a door received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkInput {
+    pub provider: String,
+    pub sub_provider: String,
+    pub provider_uid: String,
+    pub login_id: Option<String>,
+    pub session: Option<SessionInput>,
+}
+
+impl LinkInput {
+    pub fn parse(self, registry: &ProviderRegistry) -> Result<NewIdentity, DomainError> {
+        let Self {
+            provider,
+            sub_provider,
+            provider_uid,
+            login_id,
+            session,
+        } = self;
+        let provider = registry.resolve("provider", &provider, None::<ProviderFamily>)?;
+        let sub_provider = sub_provider_for("sub_provider", &provider, &sub_provider)?;
+        let provider_uid = ProviderUid::parse("provider_uid", &provider_uid)?;
+        let login_id = login_id
+            .map(|l| LoginIdValue::parse("login_id", &l))
+            .transpose()?;
+        let session = session
+            .map(|s| {
+                if s.access_token.len() > MAX_SESSION_TOKEN_BYTES
+                    || s.refresh_token.len() > MAX_SESSION_TOKEN_BYTES
+                {
+                    return Err(DomainError::invalid(
+                        "session",
+                        format!("tokens must be at most {MAX_SESSION_TOKEN_BYTES} bytes"),
+                    ));
+                }
+                Ok(ProviderSession {
+                    access_token: s.access_token,
+                    refresh_token: s.refresh_token,
+                    expires_at: s.expires_at,
+                })
+            })
+            .transpose()?;
+        Ok(NewIdentity {
+            provider: provider.name,
+            sub_provider,
+            provider_uid,
+            login_id,
+            session,
+        })
+    }
+}

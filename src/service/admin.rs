@@ -1,0 +1,37 @@
+//! Site and account administration.
+
+use super::{ServiceResult, Services, check_scope};
+use crate::{
+    access::CallContext,
+    domain::{AccountView, ApiKey, NewLoginId, Site, SiteSettings, Uid},
+};
+
+impl Services {
+    /// Creates or updates a site; says whether it was created.
+    pub async fn upsert_site(
+        &self,
+        call: &CallContext,
+        settings: SiteSettings,
+    ) -> ServiceResult<(Site, bool)> {
+        check_scope(call, settings.api_key.as_str())?;
+        Ok(self.repo.upsert_site(settings).await?)
+    }
+
+    pub async fn get_site(&self, call: &CallContext, api_key: &ApiKey) -> ServiceResult<Site> {
+        check_scope(call, api_key.as_str())?;
+        Ok(self.repo.site_by_api_key(api_key).await?)
+    }
+
+    /// Creates an account or replaces its login IDs; says whether it was created.
+    pub async fn upsert_account(
+        &self,
+        call: &CallContext,
+        api_key: &ApiKey,
+        uid: &Uid,
+        login_ids: Vec<NewLoginId>,
+    ) -> ServiceResult<(AccountView, bool)> {
+        check_scope(call, api_key.as_str())?;
+        let (account, created) = self.repo.upsert_account(api_key, uid, login_ids).await?;
+        Ok((AccountView::of(&account), created))
+    }
+}

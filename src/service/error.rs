@@ -1,0 +1,33 @@
+//! The application services' one error enum: a rule refusal, an access
+//! refusal, or a failure underneath. Each door maps it in one place
+//! (`grpc::status`, and later the HTTP door's error-code table).
+
+use crate::{access::AccessError, domain::DomainError, storage::StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Rule(#[from] DomainError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// The database cannot be reached right now; retrying may succeed. The
+    /// cause is for the log, never for the caller.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything unexpected underneath. The cause is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for ServiceError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::Rule(rule) => Self::Rule(rule),
+            StorageError::Unavailable(cause) => Self::Unavailable(cause.to_string()),
+            StorageError::Database(cause) => Self::Internal(cause.to_string()),
+            StorageError::Corrupt(cause) => Self::Internal(format!("inconsistent data: {cause}")),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;

@@ -1,0 +1,105 @@
+//! The application services: one function per use case, shared by every
+//! door. Each takes a plain, validated request and the [`CallContext`], checks
+//! the caller's site scope, runs the use case over storage and the domain
+//! rules, and returns a plain result or a [`ServiceError`]. Doors only
+//! convert their protocol to and from these types.
+
+mod admin;
+mod connections;
+mod error;
+mod events;
+
+use std::sync::Arc;
+
+pub use connections::LinkRequest;
+pub use error::{ServiceError, ServiceResult};
+pub use events::{MAX_HEARTBEAT_SECONDS, SubscribeRequest, SubscribeStart, SubscriptionItems};
+
+use crate::{
+    access::{AccessError, CallContext, SiteScope},
+    domain::{DomainError, ProviderRegistry},
+    events::EventHub,
+    storage::Repository,
+};
+
+/// Everything the use cases need; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Services {
+    repo: Repository,
+    registry: Arc<ProviderRegistry>,
+    events: EventHub,
+}
+
+impl Services {
+    pub fn new(repo: Repository, registry: Arc<ProviderRegistry>, events: EventHub) -> Self {
+        Self {
+            repo,
+            registry,
+            events,
+        }
+    }
+
+    /// The provider registry requests are parsed against.
+    pub fn registry(&self) -> &ProviderRegistry {
+        &self.registry
+    }
+}
+
+/// Names the call's site (api_key, or vhost) in the call's span. Cheap;
+/// does nothing outside a call.
+fn record_site(site: impl std::fmt::Display) {
+    tracing::Span::current().record("site", tracing::field::display(site));
+}
+
+/// Refuses a site outside the caller's scope; called before the site is
+/// looked up, so an unknown site and a forbidden one look the same.
+fn check_scope(call: &CallContext, api_key: &str) -> ServiceResult<()> {
+    record_site(api_key);
+    call.scope().check(api_key).map_err(ServiceError::from)
+}
+
+/// For requests that name the site by something other than its api_key
+/// (UnlinkAccount's vhost): `lookup` is the site or the lookup's error. A
+/// restricted caller gets the same refusal for a forbidden and for an
+/// unknown site.
+fn check_scope_of_lookup<T>(
+    scope: &SiteScope,
+    lookup: ServiceResult<T>,
+    api_key_of: impl Fn(&T) -> &str,
+) -> ServiceResult<T> {
+    match (scope, lookup) {
+        (SiteScope::All, lookup) => lookup,
+        (SiteScope::Only(_), Ok(site)) => scope
+            .check(api_key_of(&site))
+            .map(|()| site)
+            .map_err(Into::into),
+        (SiteScope::Only(_), Err(ServiceError::Rule(DomainError::SiteNotFound))) => {
+            Err(AccessError::ForbiddenSite.into())
+        }
+        (SiteScope::Only(_), Err(other)) => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restricted_callers_cannot_tell_unknown_from_forbidden_sites() {
+        let scope = SiteScope::Only(["3_a".to_owned()].into());
+        let unknown: ServiceResult<String> = Err(DomainError::SiteNotFound.into());
+        let forbidden: ServiceResult<String> = Ok("3_b".into());
+        let a = check_scope_of_lookup(&scope, unknown, |s| s.as_str()).unwrap_err();
+        let b = check_scope_of_lookup(&scope, forbidden, |s| s.as_str()).unwrap_err();
+        assert!(matches!(
+            a,
+            ServiceError::Access(AccessError::ForbiddenSite)
+        ));
+        assert!(matches!(
+            b,
+            ServiceError::Access(AccessError::ForbiddenSite)
+        ));
+        assert!(scope.check("3_a").is_ok());
+        assert!(SiteScope::All.check("anything").is_ok());
+    }
+}
