@@ -31,6 +31,7 @@ on_both_backends!(
     callers_over_the_rate_limit_are_refused_with_rate_limited,
     oversized_requests_are_resource_exhausted,
     session_tokens_never_reach_logs_responses_or_the_database,
+    consumer_checkpoints_belong_to_the_caller_that_created_them,
 );
 
 /// A server whose token lookups are not cached, so that tokens created or
@@ -834,4 +835,111 @@ async fn serve_refuses_a_public_address_without_tokens() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("without authentication"), "{stderr}");
+}
+
+/// Waits until the database has sequenced at least `position` events.
+async fn wait_for_head(app: &TestApp, position: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let head = app
+            .repo
+            .sequence_state()
+            .await
+            .expect("state")
+            .last_position;
+        if head >= position {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "head stayed at {head}, wanted {position}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn consumer_checkpoints_belong_to_the_caller_that_created_them(backend: Backend) {
+    let app = spawn(&backend).await;
+    for (key, vhost) in [("3_a", 1), ("3_b", 2)] {
+        app.create_site(key, vhost).await;
+        app.create_account(key, "u1", &[("a@x.com", true)]).await;
+        app.link(key, "u1", "facebook", "", "fb-1", None).await;
+        app.connections()
+            .remove_connection(pb::RemoveConnectionRequest {
+                api_key: key.into(),
+                uid: "u1".into(),
+                provider: Some("facebook".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("remove");
+    }
+    wait_for_head(&app, 2).await;
+    let owner = app
+        .create_token("tenant-a", "3_a", "events.subscribe")
+        .await;
+    let other = app
+        .create_token("tenant-b", "3_b", "events.subscribe")
+        .await;
+    let commit = |position| pb::CommitPositionRequest {
+        consumer: "billing".into(),
+        position,
+    };
+
+    let stored = app
+        .events()
+        .commit_position(bearer(commit(1), &owner))
+        .await
+        .expect("the creator commits")
+        .into_inner();
+    assert_eq!(stored.position, 1);
+
+    let moved = app
+        .events()
+        .commit_position(bearer(commit(2), &other))
+        .await;
+    assert_refused(moved, Code::PermissionDenied, "PERMISSION_DENIED");
+    let read = app
+        .events()
+        .subscribe(bearer(
+            pb::SubscribeRequest {
+                consumer: "billing".into(),
+                ..Default::default()
+            },
+            &other,
+        ))
+        .await;
+    assert_refused(read, Code::PermissionDenied, "PERMISSION_DENIED");
+
+    // Nothing moved: the owner's checkpoint is still 1, and the owner can
+    // still move it forward.
+    let (stored_owner, position) = app
+        .repo
+        .consumer_checkpoint("billing")
+        .await
+        .expect("read checkpoint")
+        .expect("checkpoint exists");
+    assert_eq!((stored_owner.as_str(), position), ("tenant-a", 1));
+    let stored = app
+        .events()
+        .commit_position(bearer(commit(2), &owner))
+        .await
+        .expect("the creator moves it")
+        .into_inner();
+    assert_eq!(stored.position, 2);
+
+    // The other caller keeps its own checkpoints under other names.
+    let own = app
+        .events()
+        .commit_position(bearer(
+            pb::CommitPositionRequest {
+                consumer: "billing-b".into(),
+                position: 2,
+            },
+            &other,
+        ))
+        .await
+        .expect("own checkpoint")
+        .into_inner();
+    assert_eq!(own.position, 2);
 }
