@@ -49,7 +49,7 @@ const SERVICE_NAMES: &[&str] = &[
 
 /// A built application: database connected and migrated, services ready.
 pub struct App {
-    pub services: Services,
+    services: Services,
     repo: Repository,
     security: SecuritySettings,
     /// Loaded at build time so that a bad certificate fails before serving.

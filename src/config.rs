@@ -42,7 +42,7 @@ pub struct Settings {
     pub events: EventSettings,
 }
 
-/// TLS, token cache and abuse limits (see `grpc::auth_layer`).
+/// TLS, token cache and abuse limits (see `access::Gate`).
 #[derive(Debug, Clone)]
 pub struct SecuritySettings {
     pub tls: Option<TlsSettings>,

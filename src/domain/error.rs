@@ -1,5 +1,5 @@
 //! The domain's one error enum: every way a request can be refused by the rules.
-//! `grpc::status` maps each variant to a gRPC code and an ErrorInfo reason.
+//! Each door maps every variant in one place (`grpc::status` for gRPC).
 
 /// A refusal by the domain rules. Messages are safe to show to callers: they
 /// never contain secrets.

@@ -1,4 +1,4 @@
-//! Request strings parsed once into newtypes: past the gRPC layer nothing
+//! Request strings parsed once into newtypes: past the doors nothing
 //! handles a raw, unchecked identifier.
 
 use super::DomainError;

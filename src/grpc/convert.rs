@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
-pub use crate::proto::codec::{event, event_source, removal_mode, timestamp};
+pub use crate::proto::codec::{event, removal_mode, timestamp};
 use crate::{
     domain::{
         self, AccountView, ApiKey, DomainError, IdentityView, ProviderRegistry, Uid,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub use connections::LinkRequest;
 pub use error::{ServiceError, ServiceResult};
-pub use events::{MAX_HEARTBEAT_SECONDS, SubscribeRequest, SubscribeStart, SubscriptionItems};
+pub use events::{MAX_HEARTBEAT_SECONDS, SubscribeRequest, SubscribeStart};
 
 use crate::{
     access::{AccessError, CallContext, SiteScope},

@@ -89,10 +89,6 @@ impl Repository {
         read_sequence(self.connection(), false).await
     }
 
-    /// Stamps up to `batch` committed, unstamped events in id order with the
-    /// next positions. Returns the new head when it stamped anything. On
-    /// PostgreSQL the `event_sequence` row lock makes a second sequencer wait
-    /// (and then see these stamps), and the head is notified on commit.
     /// Outbox rows committed but not yet given a position (partial index).
     pub async fn count_unsequenced_events(&self) -> StorageResult<u64> {
         let count = event::Entity::find()
@@ -102,6 +98,10 @@ impl Repository {
         Ok(count)
     }
 
+    /// Stamps up to `batch` committed, unstamped events in id order with the
+    /// next positions. Returns the new head when it stamped anything. On
+    /// PostgreSQL the `event_sequence` row lock makes a second sequencer wait
+    /// (and then see these stamps), and the head is notified on commit.
     pub async fn stamp_pending_events(&self, batch: u64) -> StorageResult<Option<u64>> {
         // A cheap read first (partial index), so that an idle poll takes no
         // write lock (SQLite) or row lock (PostgreSQL).

@@ -5,11 +5,11 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod events;
-pub mod migrations;
+pub(crate) mod migrations;
 pub mod outbox;
-pub mod removal;
+pub(crate) mod removal;
 pub mod repository;
-pub mod secrets;
+pub(crate) mod secrets;
 pub mod tokens;
 
 pub use error::{StorageError, StorageResult};

@@ -1,6 +1,6 @@
 //! SQL for API tokens. Tokens arrive here already hashed: the token itself
 //! never reaches the database. Sites and permissions are stored as text and
-//! parsed by `grpc::auth`.
+//! parsed by `access`.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
