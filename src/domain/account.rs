@@ -138,7 +138,10 @@ pub fn distinct_login_ids(login_ids: &[NewLoginId]) -> Result<(), DomainError> {
         if !seen.insert(login_id.value.as_str()) {
             return Err(DomainError::invalid(
                 "login_ids",
-                format!("login ID {:?} is listed twice", login_id.value.as_str()),
+                format!(
+                    "login ID {} is listed twice",
+                    super::error::shown(login_id.value.as_str())
+                ),
             ));
         }
     }

@@ -12,7 +12,7 @@ pub enum DomainError {
     },
     #[error("{field} is required")]
     MissingParameter { field: &'static str },
-    #[error("{field}: unknown provider {name:?}")]
+    #[error("{field}: unknown provider {}", shown(name))]
     UnknownProvider { field: &'static str, name: String },
     #[error("site not found")]
     SiteNotFound,
@@ -22,7 +22,10 @@ pub enum DomainError {
     NotConnected { provider: String },
     #[error("the request would remove the account's last way to log in")]
     LastLoginIdentity,
-    #[error("login ID {login_id:?} is used by another identity of the account")]
+    #[error(
+        "login ID {} is used by another identity of the account",
+        shown(login_id)
+    )]
     LoginIdInUse { login_id: String },
     #[error("removing the login IDs would leave the account with no way to log in")]
     NoLoginMethodLeft,
@@ -36,12 +39,30 @@ pub enum DomainError {
     IdempotencyKeyReused,
     #[error("the provider identity is linked to another account")]
     IdentityLinkedElsewhere,
-    #[error("login ID {login_id:?} belongs to another account")]
+    #[error("login ID {} belongs to another account", shown(login_id))]
     LoginIdTaken { login_id: String },
     #[error("vhost {vhost} belongs to another site")]
     VhostInUse { vhost: i64 },
     #[error("position {requested} was pruned; the earliest retained position is {earliest}")]
     PositionPruned { requested: u64, earliest: u64 },
+}
+
+/// Longest part of a caller's value that an error message repeats.
+pub const SHOWN_CHARS: usize = 64;
+
+/// A caller's value as error messages show it: quoted, and cut after
+/// [`SHOWN_CHARS`] characters (marked as truncated), so that a huge value
+/// cannot blow up an error, its headers or a log line.
+pub fn shown(value: &str) -> String {
+    if value.chars().count() <= SHOWN_CHARS {
+        format!("{value:?}")
+    } else {
+        let prefix: String = value.chars().take(SHOWN_CHARS).collect();
+        format!(
+            "{prefix:?}... (truncated, {} characters)",
+            value.chars().count()
+        )
+    }
 }
 
 impl DomainError {
@@ -73,5 +94,23 @@ impl DomainError {
             | Self::LoginIdTaken { .. }
             | Self::PositionPruned { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_shown_truncated() {
+        assert_eq!(shown("abc"), "\"abc\"");
+        let long = "x".repeat(5000);
+        let message = DomainError::UnknownProvider {
+            field: "provider",
+            name: long,
+        }
+        .to_string();
+        assert!(message.len() < 200, "{message}");
+        assert!(message.contains("truncated, 5000 characters"), "{message}");
     }
 }

@@ -25,6 +25,38 @@ pub const MAX_LOGIN_IDS: usize = 100;
 /// Longest provider token (access or refresh), in bytes.
 pub const MAX_SESSION_TOKEN_BYTES: usize = 8192;
 
+/// Deepest nesting of arrays and objects accepted in `context`. Well below
+/// the protobuf decoder's recursion limit (about 33 levels of objects), so
+/// that this check, naming the field, is what a caller meets.
+pub const MAX_CONTEXT_DEPTH: usize = 16;
+/// Largest `context`, as compact JSON.
+pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
+
+/// Checks the caller's `context`: any JSON value, bounded in depth and size.
+pub fn check_context(context: &serde_json::Value) -> Result<(), DomainError> {
+    fn depth(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    if depth(context) > MAX_CONTEXT_DEPTH {
+        return Err(DomainError::invalid(
+            "context",
+            format!("must not nest arrays and objects deeper than {MAX_CONTEXT_DEPTH} levels"),
+        ));
+    }
+    let size = serde_json::to_vec(context).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_CONTEXT_BYTES {
+        return Err(DomainError::invalid(
+            "context",
+            format!("must be at most {MAX_CONTEXT_BYTES} bytes as JSON"),
+        ));
+    }
+    Ok(())
+}
+
 /// A present-but-empty optional string is a mistake, not "absent": for
 /// `provider` it would otherwise silently mean "every provider".
 fn present_not_empty(
@@ -81,6 +113,9 @@ impl RemoveConnectionInput {
         let cid = present_not_empty("cid", cid)?
             .map(|c| ContextId::parse("cid", &c))
             .transpose()?;
+        if let Some(context) = &context {
+            check_context(context)?;
+        }
         Ok(RemoveConnectionCommand {
             api_key,
             uid,
@@ -341,5 +376,72 @@ impl LinkInput {
             login_id,
             session,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(levels: usize) -> serde_json::Value {
+        (0..levels).fold(
+            serde_json::json!(1),
+            |inner, _| serde_json::json!({ "a": inner }),
+        )
+    }
+
+    #[test]
+    fn context_depth_and_size_are_bounded_and_named() {
+        assert!(check_context(&nested(MAX_CONTEXT_DEPTH)).is_ok());
+        let deep = check_context(&nested(MAX_CONTEXT_DEPTH + 1)).unwrap_err();
+        assert_eq!(deep.field(), Some("context"));
+        let big = serde_json::json!("x".repeat(MAX_CONTEXT_BYTES));
+        assert_eq!(check_context(&big).unwrap_err().field(), Some("context"));
+        assert!(check_context(&serde_json::json!({"page": "profile", "n": [1, 2]})).is_ok());
+    }
+
+    #[test]
+    fn unlink_sub_providers_follow_the_seed() {
+        let registry = ProviderRegistry::default();
+        let target = |provider: Option<&str>, sub: &str| {
+            unlink_target(&registry, provider.map(str::to_owned), sub)
+        };
+        assert_eq!(target(None, "none"), Ok(ExternalTarget::Every));
+        assert_eq!(
+            target(Some("janrain"), "ALL"),
+            Ok(ExternalTarget::Provider {
+                provider: "janrain".into()
+            })
+        );
+        assert_eq!(
+            target(Some("janrain"), "facebook"),
+            Ok(ExternalTarget::SubProvider {
+                provider: "janrain".into(),
+                sub_provider: "facebook".into()
+            })
+        );
+        assert_eq!(
+            target(Some("gigya"), "none"),
+            Ok(ExternalTarget::Provider {
+                provider: "gigya".into()
+            })
+        );
+        for (provider, sub) in [(None, "all"), (Some("gigya"), "all"), (Some("gigya"), "x")] {
+            assert_eq!(
+                target(provider, sub).unwrap_err().field(),
+                Some("sub_provider_name"),
+                "{provider:?} {sub}"
+            );
+        }
+        assert_eq!(
+            target(Some("janrain"), "").unwrap_err(),
+            DomainError::MissingParameter {
+                field: "sub_provider_name"
+            }
+        );
+        assert_eq!(
+            target(Some(""), "none").unwrap_err().field(),
+            Some("external_id_provider_name")
+        );
     }
 }

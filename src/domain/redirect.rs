@@ -3,7 +3,7 @@
 
 use url::Url;
 
-use super::DomainError;
+use super::{DomainError, error::shown};
 
 pub const MAX_REDIRECT_CHARS: usize = 100;
 
@@ -71,6 +71,9 @@ impl RedirectTarget {
     }
 }
 
+/// Longest allowed origin: a DNS name is at most 253 characters.
+pub const MAX_ORIGIN_CHARS: usize = 300;
+
 /// Normalises a site's allowed origin (`scheme://host[:port]`, http or https,
 /// nothing else) to the form `RedirectTarget::parse` compares against.
 pub fn normalize_origin(value: &str) -> Result<String, DomainError> {
@@ -79,13 +82,16 @@ pub fn normalize_origin(value: &str) -> Result<String, DomainError> {
         DomainError::invalid(
             FIELD,
             format!(
-                "{value:?} is not an origin of the form scheme://host[:port] with scheme http or https"
+                "{} is not an origin of the form scheme://host[:port] with scheme http or https \
+                 (no wildcards)",
+                shown(value)
             ),
         )
     };
-    if value
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+    if value.chars().count() > MAX_ORIGIN_CHARS
+        || value
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
     {
         return Err(invalid());
     }
@@ -93,6 +99,9 @@ pub fn normalize_origin(value: &str) -> Result<String, DomainError> {
     let bare = url.path() == "/" && !value.ends_with('/');
     if !matches!(url.scheme(), "http" | "https")
         || url.host().is_none()
+        // `*` is no wildcard here: such an origin could never match, so it is
+        // a configuration mistake, refused like `*` alone.
+        || url.host_str().is_some_and(|h| h.contains('*'))
         || !url.username().is_empty()
         || url.password().is_some()
         || !bare
@@ -209,8 +218,15 @@ mod tests {
             "https://u@x.com",
             "https://x.com?q",
             "javascript:x",
+            "*",
+            "https://*",
+            "https://*.example.com",
+            "http://*:8080",
         ] {
             assert!(normalize_origin(bad).is_err(), "{bad}");
         }
+        let huge = format!("https://{}.com/path", "a".repeat(5000));
+        let message = normalize_origin(&huge).unwrap_err().to_string();
+        assert!(message.len() < 300, "{message}");
     }
 }

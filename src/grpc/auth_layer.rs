@@ -122,7 +122,7 @@ where
                     // nothing after this point can log it.
                     request.headers_mut().remove(http::header::AUTHORIZATION);
                     let response =
-                        too_large_as_resource_exhausted(inner.call(request).await?, &call_id);
+                        client_errors_as_client_errors(inner.call(request).await?, &call_id);
                     Ok(match stream_permit {
                         Some(permit) => response.map(|body| {
                             Body::new(GuardedBody {
@@ -139,19 +139,79 @@ where
     }
 }
 
-/// tonic refuses a request over `max_decoding_message_size` with
-/// OUT_OF_RANGE and no details; callers get RESOURCE_EXHAUSTED with an
-/// ErrorInfo and a call id instead, like every other limit.
-fn too_large_as_resource_exhausted(response: Response<Body>, call_id: &str) -> Response<Body> {
-    match tonic::Status::from_header_map(response.headers()) {
-        Some(status)
-            if status.code() == tonic::Code::OutOfRange
-                && status.message().contains("message length too large") =>
-        {
+/// tonic answers two client mistakes as if they were the server's: a
+/// request over `max_decoding_message_size` (OUT_OF_RANGE, no details) and a
+/// body it cannot decode (INTERNAL: truncated, wrong wire type, invalid
+/// UTF-8, nested past the decoder's limit). Callers get RESOURCE_EXHAUSTED
+/// and INVALID_ARGUMENT `MALFORMED_REQUEST` instead, with an ErrorInfo and
+/// the call id, like every other refusal.
+fn client_errors_as_client_errors(response: Response<Body>, call_id: &str) -> Response<Body> {
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    match status.code() {
+        tonic::Code::OutOfRange if status.message().contains("message length too large") => {
             tracing::info!(call_id, reason = "RESOURCE_EXHAUSTED", "request too large");
             ApiError::MessageTooLarge.into_status(call_id).into_http()
         }
+        tonic::Code::Internal => match decode_failure(status.message()) {
+            Some(malformed) => {
+                warn_malformed(call_id, &malformed);
+                malformed.into_status(call_id).into_http()
+            }
+            None => response,
+        },
         _ => response,
+    }
+}
+
+/// The decoder's failure, when `message` is one: the request field it
+/// failed in (the outermost of prost's `Message.field` stack) and why.
+fn decode_failure(message: &str) -> Option<ApiError> {
+    const PREFIX: &str = "failed to decode Protobuf message: ";
+    let mut rest = message.strip_prefix(PREFIX)?;
+    // `Message.field: ` frames, innermost first, then the description
+    // (which may itself contain ": ").
+    let mut field = None;
+    while let Some((frame, after)) = rest.split_once(": ") {
+        let Some((message, name)) = frame.split_once('.') else {
+            break;
+        };
+        let is_ident =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_ident(message) || !is_ident(name) {
+            break;
+        }
+        field = Some(name.to_owned());
+        rest = after;
+    }
+    let description = rest;
+    Some(ApiError::MalformedRequest {
+        field,
+        description: description.to_owned(),
+    })
+}
+
+/// One WARN line per ten seconds at most, however many bad bodies arrive:
+/// any client can send them, and the log must stay readable.
+fn warn_malformed(call_id: &str, malformed: &ApiError) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    const EVERY_SECONDS: u64 = 10;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNED.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= EVERY_SECONDS
+        && LAST_WARNED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(call_id, error = %malformed, suppressed, "malformed request body refused");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -338,5 +398,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(status_of(&health), None);
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn decoder_failures_name_the_request_field() {
+        let failure = decode_failure(
+            "failed to decode Protobuf message: Value.kind: Struct.fields: \
+             RemoveConnectionRequest.context: recursion limit reached",
+        );
+        match failure {
+            Some(ApiError::MalformedRequest { field, description }) => {
+                assert_eq!(field.as_deref(), Some("context"));
+                assert_eq!(description, "recursion limit reached");
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode_failure("failed to decode Protobuf message: invalid varint") {
+            Some(ApiError::MalformedRequest { field, .. }) => assert_eq!(field, None),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_failure("something else").is_none());
     }
 }

@@ -236,7 +236,13 @@ fn finish(rpc: &str, code: Code, elapsed: Duration) {
         Code::Internal | Code::Unknown | Code::DataLoss => {
             tracing::error!(latency_ms, "rpc failed");
         }
-        _ => tracing::warn!(latency_ms, "rpc refused"),
+        // The server could not do its job (database down, deadline).
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => {
+            tracing::warn!(latency_ms, "rpc failed");
+        }
+        // A request the server rightly refused: the caller's business, and
+        // anyone can send them, so they stay out of WARN.
+        _ => tracing::info!(latency_ms, "rpc refused"),
     }
 }
 

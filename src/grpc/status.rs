@@ -21,6 +21,13 @@ pub enum ApiError {
     /// The request message is over `max_decoding_message_size`.
     #[error("the request message is too large")]
     MessageTooLarge,
+    /// The request body is not a valid protobuf encoding of the request.
+    #[error("the request body is not a valid encoding of the request message: {description}")]
+    MalformedRequest {
+        /// The request field the decoder failed in, when it says.
+        field: Option<String>,
+        description: String,
+    },
 }
 
 impl From<DomainError> for ApiError {
@@ -107,6 +114,7 @@ impl ApiError {
             }
             Self::Service(ServiceError::Internal(_)) => (Code::Internal, "INTERNAL"),
             Self::MessageTooLarge => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+            Self::MalformedRequest { .. } => (Code::InvalidArgument, "MALFORMED_REQUEST"),
         }
     }
 
@@ -137,6 +145,13 @@ impl ApiError {
                 (format!("internal error (call id {call_id})"), info())
             }
             Self::MessageTooLarge => (self.to_string(), info()),
+            Self::MalformedRequest { field, .. } => {
+                let mut details = info();
+                if let Some(field) = field {
+                    details.add_bad_request_violation(field.clone(), self.to_string());
+                }
+                (self.to_string(), details)
+            }
         };
         details.set_request_info(call_id, "");
         let mut status = Status::with_error_details(code, message, details);

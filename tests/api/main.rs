@@ -5,6 +5,7 @@ mod admin;
 mod end_to_end;
 mod events;
 mod helpers;
+mod hostile_input;
 mod link_connection;
 mod remove_connection;
 mod security;
