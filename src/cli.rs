@@ -63,6 +63,9 @@ pub struct TokenCreateArgs {
     /// Comma-separated: connections.write, connections.read, events.subscribe, admin.
     #[arg(long)]
     pub permissions: String,
+    /// Lifetime, e.g. `90d`, `12h`, `30m`; the token never expires without it.
+    #[arg(long)]
+    pub expires_in: Option<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }

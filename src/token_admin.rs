@@ -6,10 +6,10 @@ use std::io::Write;
 
 use crate::{
     access::{
-        format_permissions, format_sites, generate_token, hash_token, parse_permissions,
-        parse_sites,
+        format_permissions, format_sites, generate_token, hash_token, parse_lifetime,
+        parse_permissions, parse_sites,
     },
-    cli::TokenCommand,
+    cli::{TokenCommand, TokenCreateArgs},
     storage::{TokenStore, db},
 };
 
@@ -33,17 +33,7 @@ pub async fn run(
         .map_err(|e| format!("database: {e}"))?;
     let store = TokenStore::new(connection.clone());
     let result = match command {
-        TokenCommand::Create(args) => {
-            create(
-                &store,
-                &args.caller,
-                &args.sites,
-                &args.permissions,
-                out,
-                err,
-            )
-            .await
-        }
+        TokenCommand::Create(args) => create(&store, &args, out, err).await,
         TokenCommand::List(_) => list(&store, out).await,
         TokenCommand::Revoke(args) => revoke(&store, args.caller, args.id, err).await,
     };
@@ -65,26 +55,45 @@ fn valid_caller(caller: &str) -> Result<&str, String> {
 
 async fn create(
     store: &TokenStore,
-    caller: &str,
-    sites: &str,
-    permissions: &str,
+    args: &TokenCreateArgs,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> Result<(), String> {
-    let caller = valid_caller(caller)?;
-    let sites = format_sites(&parse_sites(sites)?);
-    let permissions = format_permissions(&parse_permissions(permissions)?);
+    let caller = valid_caller(&args.caller)?;
+    let sites = format_sites(&parse_sites(&args.sites)?);
+    let permissions = format_permissions(&parse_permissions(&args.permissions)?);
+    let expires_at = args
+        .expires_in
+        .as_deref()
+        .map(|spec| {
+            let lifetime = parse_lifetime(spec).map_err(|e| format!("--expires-in: {e}"))?;
+            chrono::Duration::from_std(lifetime)
+                .ok()
+                .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                .ok_or_else(|| format!("--expires-in: {spec:?} is too long"))
+        })
+        .transpose()?;
     let first = !store.any_active().await.map_err(|e| e.to_string())?;
     let token = generate_token();
     let id = store
-        .create(caller, &hash_token(&token), &sites, &permissions)
+        .create_expiring(
+            caller,
+            &hash_token(&token),
+            &sites,
+            &permissions,
+            expires_at,
+        )
         .await
         .map_err(|e| e.to_string())?;
     writeln!(out, "{token}").map_err(io)?;
+    let expiry = expires_at.map_or_else(
+        || "never expires".to_owned(),
+        |at| format!("expires {}", at.format("%Y-%m-%dT%H:%M:%SZ")),
+    );
     writeln!(
         err,
-        "created token {id} for caller {caller:?} (sites: {sites}; permissions: {permissions}). \
-         It is shown only this once: store it now."
+        "created token {id} for caller {caller:?} (sites: {sites}; permissions: {permissions}; \
+         {expiry}). It is shown only this once: store it now."
     )
     .map_err(io)?;
     if first {
@@ -101,23 +110,27 @@ async fn list(store: &TokenStore, out: &mut impl Write) -> Result<(), String> {
     let tokens = store.list().await.map_err(|e| e.to_string())?;
     writeln!(
         out,
-        "{:<6} {:<24} {:<28} {:<40} {:<20} REVOKED",
-        "ID", "CALLER", "SITES", "PERMISSIONS", "CREATED"
+        "{:<6} {:<24} {:<28} {:<40} {:<20} {:<20} REVOKED",
+        "ID", "CALLER", "SITES", "PERMISSIONS", "CREATED", "EXPIRES"
     )
     .map_err(io)?;
-    for token in tokens {
-        let revoked = token.revoked_at.map_or_else(
+    let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(
             || "-".to_owned(),
             |at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        );
+        )
+    };
+    for token in tokens {
         writeln!(
             out,
-            "{:<6} {:<24} {:<28} {:<40} {:<20} {revoked}",
+            "{:<6} {:<24} {:<28} {:<40} {:<20} {:<20} {}",
             token.id,
             token.caller,
             token.sites,
             token.permissions,
             token.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            when(token.expires_at),
+            when(token.revoked_at),
         )
         .map_err(io)?;
     }

@@ -6,6 +6,9 @@ pub enum AccessError {
     /// No credentials, or credentials that do not name a valid caller.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A token that was valid and has expired.
+    #[error("the token has expired; ask for a new one")]
+    TokenExpired,
     /// A valid caller without the permission the call needs.
     #[error("the caller lacks the permission this call needs")]
     MissingPermission,

@@ -125,7 +125,7 @@ impl Gate {
         })?;
         let hash = hash_token(token);
         if let Some(cached) = self.cached(&hash) {
-            return cached.ok_or_else(invalid_token);
+            return cached.ok_or_else(invalid_token).and_then(unexpired);
         }
         let found = self.tokens.active_by_hash(&hash).await.map_err(|err| {
             tracing::error!(error = %err, "cannot look up an API token");
@@ -146,6 +146,7 @@ impl Gate {
                         sites,
                     },
                     permissions,
+                    expires_at: token.expires_at,
                 }),
                 (sites, permissions) => {
                     tracing::error!(
@@ -159,7 +160,7 @@ impl Gate {
             }
         });
         self.remember(hash, grant.clone());
-        grant.ok_or_else(invalid_token)
+        grant.ok_or_else(invalid_token).and_then(unexpired)
     }
 
     fn cached(&self, hash: &str) -> Option<Option<Grant>> {
@@ -224,8 +225,10 @@ impl Gate {
         let grant = match self.authenticate(header).await {
             Ok(grant) => grant,
             Err(err) => {
-                if let (Some((failures, peer_key)), AccessError::Unauthenticated(_)) =
-                    (failures, &err)
+                if let (
+                    Some((failures, peer_key)),
+                    AccessError::Unauthenticated(_) | AccessError::TokenExpired,
+                ) = (failures, &err)
                 {
                     failures.try_acquire(peer_key);
                 }
@@ -272,6 +275,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Refuses a grant whose token has expired (checked on every call, cached
+/// or not).
+fn unexpired(grant: Grant) -> Result<Grant, AccessError> {
+    match grant.expires_at {
+        Some(at) if at <= chrono::Utc::now() => Err(AccessError::TokenExpired),
+        _ => Ok(grant),
+    }
 }
 
 /// The same refusal for unknown and revoked tokens.

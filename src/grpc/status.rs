@@ -94,6 +94,7 @@ fn rule_metadata(err: &DomainError) -> HashMap<String, String> {
 fn access_code(err: &AccessError) -> (Code, &'static str) {
     match err {
         AccessError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        AccessError::TokenExpired => (Code::Unauthenticated, "TOKEN_EXPIRED"),
         AccessError::MissingPermission | AccessError::ForbiddenSite | AccessError::NotOwner(_) => {
             (Code::PermissionDenied, "PERMISSION_DENIED")
         }

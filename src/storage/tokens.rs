@@ -24,6 +24,7 @@ pub struct StoredToken {
     pub permissions: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl From<api_token::Model> for StoredToken {
@@ -36,6 +37,7 @@ impl From<api_token::Model> for StoredToken {
             permissions,
             created_at,
             revoked_at,
+            expires_at,
         } = model;
         Self {
             id,
@@ -44,6 +46,7 @@ impl From<api_token::Model> for StoredToken {
             permissions,
             created_at,
             revoked_at,
+            expires_at,
         }
     }
 }
@@ -67,13 +70,27 @@ impl TokenStore {
         Self { db }
     }
 
-    /// Stores a new token's hash; returns its id.
+    /// Stores a new token's hash, valid until revoked; returns its id.
     pub async fn create(
         &self,
         caller: &str,
         token_hash: &str,
         sites: &str,
         permissions: &str,
+    ) -> StorageResult<i64> {
+        self.create_expiring(caller, token_hash, sites, permissions, None)
+            .await
+    }
+
+    /// Stores a new token's hash that stops working at `expires_at`;
+    /// returns its id.
+    pub async fn create_expiring(
+        &self,
+        caller: &str,
+        token_hash: &str,
+        sites: &str,
+        permissions: &str,
+        expires_at: Option<DateTime<Utc>>,
     ) -> StorageResult<i64> {
         let model = api_token::ActiveModel {
             caller: Set(caller.to_owned()),
@@ -82,6 +99,7 @@ impl TokenStore {
             permissions: Set(permissions.to_owned()),
             created_at: Set(Utc::now()),
             revoked_at: Set(None),
+            expires_at: Set(expires_at),
             ..Default::default()
         }
         .insert(&self.db)

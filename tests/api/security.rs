@@ -32,6 +32,7 @@ on_both_backends!(
     oversized_requests_are_resource_exhausted,
     session_tokens_never_reach_logs_responses_or_the_database,
     consumer_checkpoints_belong_to_the_caller_that_created_them,
+    expired_tokens_are_refused_saying_so,
 );
 
 /// A server whose token lookups are not cached, so that tokens created or
@@ -942,4 +943,90 @@ async fn consumer_checkpoints_belong_to_the_caller_that_created_them(backend: Ba
         .expect("own checkpoint")
         .into_inner();
     assert_eq!(own.position, 2);
+}
+
+async fn expired_tokens_are_refused_saying_so(backend: Backend) {
+    use connections::access;
+    let app = spawn(&backend).await;
+    app.create_site("3_a", 1).await;
+    app.create_account("3_a", "u1", &[("a@x.com", true)]).await;
+    let store = app.repo.tokens();
+    let mint = |expires_at| {
+        let store = store.clone();
+        async move {
+            let token = access::generate_token();
+            store
+                .create_expiring(
+                    "billing",
+                    &access::hash_token(&token),
+                    "*",
+                    "connections.read",
+                    Some(expires_at),
+                )
+                .await
+                .expect("create token");
+            token
+        }
+    };
+    let expired = mint(chrono::Utc::now() - chrono::Duration::seconds(1)).await;
+    let valid = mint(chrono::Utc::now() + chrono::Duration::hours(1)).await;
+
+    app.connections()
+        .get_account(bearer(get_account("3_a", "u1"), &valid))
+        .await
+        .expect("an unexpired token works");
+    let refused = app
+        .connections()
+        .get_account(bearer(get_account("3_a", "u1"), &expired))
+        .await;
+    let status = assert_refused(refused, Code::Unauthenticated, "TOKEN_EXPIRED");
+    assert!(status.message().contains("expired"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn token_cli_sets_and_lists_an_expiry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let created = cli(
+        &[
+            "token",
+            "create",
+            "--caller",
+            "short-lived",
+            "--sites",
+            "*",
+            "--permissions",
+            "connections.read",
+            "--expires-in",
+            "12h",
+        ],
+        &url,
+    );
+    assert!(created.status.success(), "{created:?}");
+    assert!(String::from_utf8_lossy(&created.stderr).contains("expires 2"));
+    let bad = cli(
+        &[
+            "token",
+            "create",
+            "--caller",
+            "x",
+            "--sites",
+            "*",
+            "--permissions",
+            "connections.read",
+            "--expires-in",
+            "soon",
+        ],
+        &url,
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--expires-in"));
+    let listed = cli(&["token", "list"], &url);
+    let table = String::from_utf8(listed.stdout).expect("utf-8");
+    assert!(table.contains("EXPIRES"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains("short-lived"))
+        .expect("the token is listed");
+    assert!(row.matches('T').count() >= 2, "created and expiry: {row}");
 }

@@ -17,6 +17,8 @@ pub struct Model {
     pub permissions: String,
     pub created_at: DateTimeUtc,
     pub revoked_at: Option<DateTimeUtc>,
+    /// After this instant the token is refused; NULL: never expires.
+    pub expires_at: Option<DateTimeUtc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
