@@ -63,12 +63,13 @@ pub struct App {
     shutdown: Shutdown,
     /// How long shutdown waits for calls and streams before giving up on them.
     drain_timeout: Duration,
+    pool: crate::config::PoolSettings,
 }
 
 impl App {
     /// Connects to the database and runs migrations.
     pub async fn build(settings: &Settings) -> Result<Self, AppError> {
-        let connection = db::connect(settings.database_url.expose())
+        let connection = db::connect_with(settings.database_url.expose(), &settings.pool)
             .await
             .map_err(StorageError::from)?;
         db::migrate(&connection).await.map_err(StorageError::from)?;
@@ -105,6 +106,7 @@ impl App {
             stop,
             shutdown,
             drain_timeout: settings.events.drain_timeout,
+            pool: settings.pool.clone(),
         })
     }
 
@@ -130,7 +132,12 @@ impl App {
         let security = self.security_layer(local).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_serving(&health, true).await;
-        let health_task = spawn_health_watch(self.repo.clone(), health.clone());
+        let health_task = spawn_health_watch(&self.repo, health.clone());
+        let probe_task = tokio::spawn(
+            self.repo
+                .clone()
+                .run_probe(self.pool.clone(), self.shutdown.raised_owned()),
+        );
 
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -145,6 +152,7 @@ impl App {
             stop,
             shutdown: stopping,
             drain_timeout,
+            pool: _,
         } = self;
         let metrics_task = metrics_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "serving metrics at /metrics");
@@ -207,6 +215,7 @@ impl App {
             }
         };
         health_task.abort();
+        probe_task.abort();
         if let Some(task) = metrics_task {
             task.abort();
         }
@@ -299,24 +308,17 @@ async fn set_serving(health: &HealthReporter, serving: bool) {
     }
 }
 
-/// Reports NOT_SERVING while the database does not answer.
-fn spawn_health_watch(repo: Repository, health: HealthReporter) -> JoinHandle<()> {
+/// Reports NOT_SERVING while the database breaker is open: at once when a
+/// call or the probe finds the database unavailable, SERVING again when the
+/// probe gets an answer.
+fn spawn_health_watch(repo: &Repository, health: HealthReporter) -> JoinHandle<()> {
+    let mut available = repo.health().watch();
     tokio::spawn(async move {
-        let mut serving = true;
-        let mut interval = tokio::time::interval(Duration::from_secs(5));
         loop {
-            interval.tick().await;
-            let ok = tokio::time::timeout(Duration::from_secs(3), repo.ping())
-                .await
-                .is_ok_and(|r| r.is_ok());
-            if ok != serving {
-                if ok {
-                    tracing::info!("database reachable again: serving");
-                } else {
-                    tracing::error!("database unreachable: not serving");
-                }
-                set_serving(&health, ok).await;
-                serving = ok;
+            let serving = *available.borrow_and_update();
+            set_serving(&health, serving).await;
+            if available.changed().await.is_err() {
+                return;
             }
         }
     })

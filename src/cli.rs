@@ -164,6 +164,12 @@ pub struct ServeArgs {
     /// How long sequenced events are kept: `7d`, `24h`, `30m`, `90s`.
     #[arg(long, env = "CONNECTIONS_EVENT_RETENTION", default_value = "7d", value_parser = config::parse_duration)]
     pub event_retention: std::time::Duration,
+    /// Longest wait for a database connection before a call fails (`5s`, `500ms`).
+    #[arg(long, env = "CONNECTIONS_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = config::parse_duration)]
+    pub db_acquire_timeout: std::time::Duration,
+    /// How often the database is probed while it answers (`1s`, `250ms`).
+    #[arg(long, env = "CONNECTIONS_DB_PROBE_INTERVAL", default_value = "1s", value_parser = config::parse_duration)]
+    pub db_probe_interval: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -182,6 +188,10 @@ impl ServeArgs {
             events: config::EventSettings {
                 retention: self.event_retention,
                 ..config::EventSettings::default()
+            },
+            pool: config::PoolSettings {
+                acquire_timeout: self.db_acquire_timeout,
+                probe_interval: self.db_probe_interval,
             },
         })
     }

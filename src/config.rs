@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine;
 
+pub use crate::storage::PoolSettings;
 use crate::{domain::ProviderRegistry, storage::db::DEFAULT_DATABASE_URL};
 
 /// A configuration value that must never be printed.
@@ -40,6 +41,8 @@ pub struct Settings {
     /// Authentication, TLS and abuse limits.
     pub security: SecuritySettings,
     pub events: EventSettings,
+    /// Connection pool and database probe.
+    pub pool: PoolSettings,
 }
 
 /// TLS, token cache and abuse limits (see `access::Gate`).
@@ -120,21 +123,22 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     };
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{value:?}: expected a number followed by d, h, m or s"))?;
-    let seconds_per_unit = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => return Err(format!("{value:?}: the unit must be d, h, m or s")),
+        .map_err(|_| format!("{value:?}: expected a number followed by d, h, m, s or ms"))?;
+    let millis_per_unit = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        "ms" => 1,
+        _ => return Err(format!("{value:?}: the unit must be d, h, m, s or ms")),
     };
-    let seconds = number
-        .checked_mul(seconds_per_unit)
+    let millis = number
+        .checked_mul(millis_per_unit)
         .ok_or_else(|| format!("{value:?} is too long"))?;
-    if seconds == 0 {
+    if millis == 0 {
         return Err(format!("{value:?} must be positive"));
     }
-    Ok(Duration::from_secs(seconds))
+    Ok(Duration::from_millis(millis))
 }
 
 impl Settings {
@@ -148,6 +152,7 @@ impl Settings {
             security: SecuritySettings::default(),
             metrics_listen: None,
             events: EventSettings::default(),
+            pool: PoolSettings::default(),
         }
     }
 }

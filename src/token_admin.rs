@@ -6,8 +6,8 @@ use std::io::Write;
 
 use crate::{
     access::{
-        format_permissions, format_sites, generate_token, hash_token, parse_lifetime,
-        parse_permissions, parse_sites,
+        format_permissions, format_sites, generate_token, hash_token, parse_permissions,
+        parse_sites,
     },
     cli::{TokenCommand, TokenCreateArgs},
     storage::{TokenStore, db},
@@ -66,7 +66,8 @@ async fn create(
         .expires_in
         .as_deref()
         .map(|spec| {
-            let lifetime = parse_lifetime(spec).map_err(|e| format!("--expires-in: {e}"))?;
+            let lifetime =
+                crate::config::parse_duration(spec).map_err(|e| format!("--expires-in: {e}"))?;
             chrono::Duration::from_std(lifetime)
                 .ok()
                 .and_then(|d| chrono::Utc::now().checked_add_signed(d))

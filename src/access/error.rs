@@ -25,7 +25,7 @@ pub enum AccessError {
     /// Over the per-caller bound on concurrent streams.
     #[error("too many concurrent streams for this caller (limit {limit})")]
     TooManyStreams { limit: usize },
-    /// The credential store cannot be read right now.
-    #[error("cannot check credentials right now; retry later")]
+    /// The credential store (the database) cannot be read right now.
+    #[error("the database is unavailable, so credentials cannot be checked; retry later")]
     Unavailable,
 }

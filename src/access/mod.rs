@@ -233,28 +233,6 @@ pub struct Grant {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Parses a lifetime such as `90d`, `12h`, `30m`, `45s` or plain seconds.
-pub fn parse_lifetime(spec: &str) -> Result<std::time::Duration, String> {
-    let spec = spec.trim();
-    let (digits, unit) = match spec.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => spec.split_at(at),
-        None => (spec, "s"),
-    };
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("{spec:?} is not a lifetime like 90d, 12h, 30m or 3600s"))?;
-    let seconds = match unit {
-        "s" => Some(amount),
-        "m" => amount.checked_mul(60),
-        "h" => amount.checked_mul(3600),
-        "d" => amount.checked_mul(86_400),
-        _ => None,
-    }
-    .filter(|s| *s > 0)
-    .ok_or_else(|| format!("{spec:?} is not a lifetime like 90d, 12h, 30m or 3600s"))?;
-    Ok(std::time::Duration::from_secs(seconds))
-}
-
 /// Whether callers must authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessMode {
@@ -313,18 +291,6 @@ mod tests {
         assert_eq!(format_permissions(&permissions), "connections.read,admin");
         assert!(parse_permissions("connections.delete").is_err());
         assert!(parse_permissions("").is_err());
-    }
-
-    #[test]
-    fn lifetimes_parse() {
-        use std::time::Duration;
-        assert_eq!(parse_lifetime("90d"), Ok(Duration::from_secs(90 * 86_400)));
-        assert_eq!(parse_lifetime("12h"), Ok(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_lifetime("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_lifetime("3600"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "0", "x", "5w", "-1h", "99999999999999999999d"] {
-            assert!(parse_lifetime(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

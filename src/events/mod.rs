@@ -65,6 +65,14 @@ impl Shutdown {
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|raised| *raised).await;
     }
+
+    /// [`Self::raised`] as a future that owns its signal.
+    pub fn raised_owned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|raised| *raised).await;
+        }
+    }
 }
 
 /// What streams need: the live channel, the head and the shutdown signal.

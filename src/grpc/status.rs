@@ -100,7 +100,8 @@ fn access_code(err: &AccessError) -> (Code, &'static str) {
         }
         AccessError::RateLimited(_) => (Code::ResourceExhausted, "RATE_LIMITED"),
         AccessError::TooManyStreams { .. } => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
-        AccessError::Unavailable => (Code::Unavailable, "UNAVAILABLE"),
+        // Credentials live in the database.
+        AccessError::Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
     }
 }
 
@@ -112,6 +113,9 @@ impl ApiError {
             Self::Service(ServiceError::Access(access)) => access_code(access),
             Self::Service(ServiceError::Unavailable(_)) => {
                 (Code::Unavailable, "DATABASE_UNAVAILABLE")
+            }
+            Self::Service(ServiceError::StorageFull(_)) => {
+                (Code::ResourceExhausted, "STORAGE_FULL")
             }
             Self::Service(ServiceError::Internal(_)) => (Code::Internal, "INTERNAL"),
             Self::MessageTooLarge => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
@@ -138,6 +142,15 @@ impl ApiError {
                 tracing::warn!(call_id, error = %cause, "database unavailable");
                 (
                     format!("the database is unavailable; retry later (call id {call_id})"),
+                    info(),
+                )
+            }
+            Self::Service(ServiceError::StorageFull(cause)) => {
+                tracing::error!(call_id, error = %cause, "database storage is full");
+                (
+                    format!(
+                        "the database has no space left; nothing was changed (call id {call_id})"
+                    ),
                     info(),
                 )
             }

@@ -14,12 +14,13 @@ impl Services {
         settings: SiteSettings,
     ) -> ServiceResult<(Site, bool)> {
         check_scope(call, settings.api_key.as_str())?;
-        Ok(self.repo.upsert_site(settings).await?)
+        self.storage(|| self.repo.upsert_site(settings.clone()))
+            .await
     }
 
     pub async fn get_site(&self, call: &CallContext, api_key: &ApiKey) -> ServiceResult<Site> {
         check_scope(call, api_key.as_str())?;
-        Ok(self.repo.site_by_api_key(api_key).await?)
+        self.storage(|| self.repo.site_by_api_key(api_key)).await
     }
 
     /// Creates an account or replaces its login IDs; says whether it was created.
@@ -31,7 +32,9 @@ impl Services {
         login_ids: Vec<NewLoginId>,
     ) -> ServiceResult<(AccountView, bool)> {
         check_scope(call, api_key.as_str())?;
-        let (account, created) = self.repo.upsert_account(api_key, uid, login_ids).await?;
+        let (account, created) = self
+            .storage(|| self.repo.upsert_account(api_key, uid, login_ids.clone()))
+            .await?;
         Ok((AccountView::of(&account), created))
     }
 }

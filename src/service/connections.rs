@@ -28,10 +28,9 @@ impl Services {
     ) -> ServiceResult<RemovalOutcome> {
         check_scope(call, command.api_key.as_str())?;
         let request = RemovalRequest::RemoveConnection(command);
-        Ok(self
-            .repo
-            .remove(&self.registry, &call.origin(), request)
-            .await?)
+        let origin = call.origin();
+        self.storage(|| self.repo.remove(&self.registry, &origin, request.clone()))
+            .await
     }
 
     /// The unlinkaccount action (SPEC section 5).
@@ -42,15 +41,14 @@ impl Services {
     ) -> ServiceResult<RemovalOutcome> {
         record_site(command.vhost.get());
         // The request names the site by vhost: find it to check the scope.
-        let lookup = self.repo.site_by_vhost(command.vhost).await;
-        check_scope_of_lookup(call.scope(), lookup.map_err(Into::into), |s| {
-            s.api_key.as_str()
-        })?;
+        let lookup = self
+            .storage(|| self.repo.site_by_vhost(command.vhost))
+            .await;
+        check_scope_of_lookup(call.scope(), lookup, |s| s.api_key.as_str())?;
         let request = RemovalRequest::UnlinkAccount(command);
-        Ok(self
-            .repo
-            .remove(&self.registry, &call.origin(), request)
-            .await?)
+        let origin = call.origin();
+        self.storage(|| self.repo.remove(&self.registry, &origin, request.clone()))
+            .await
     }
 
     /// LinkConnection (SPEC section 6).
@@ -65,7 +63,8 @@ impl Services {
             identity,
         } = request;
         check_scope(call, api_key.as_str())?;
-        Ok(self.repo.link_connection(&api_key, &uid, identity).await?)
+        self.storage(|| self.repo.link_connection(&api_key, &uid, identity.clone()))
+            .await
     }
 
     /// GetAccount: the account with its login IDs and identities, no secrets.
@@ -76,7 +75,7 @@ impl Services {
         uid: &Uid,
     ) -> ServiceResult<AccountView> {
         check_scope(call, api_key.as_str())?;
-        let account = self.repo.account(api_key, uid).await?;
+        let account = self.storage(|| self.repo.account(api_key, uid)).await?;
         Ok(AccountView::of(&account))
     }
 }

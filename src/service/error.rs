@@ -14,6 +14,9 @@ pub enum ServiceError {
     /// cause is for the log, never for the caller.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database has no space left; writes fail until space is freed.
+    #[error("the database storage is full: {0}")]
+    StorageFull(String),
     /// Anything unexpected underneath. The cause is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -24,6 +27,10 @@ impl From<StorageError> for ServiceError {
         match err {
             StorageError::Rule(rule) => Self::Rule(rule),
             StorageError::Unavailable(cause) => Self::Unavailable(cause.to_string()),
+            StorageError::CommitOutcomeUnknown(cause) => {
+                Self::Unavailable(format!("connection lost during commit: {cause}"))
+            }
+            StorageError::Full(cause) => Self::StorageFull(cause.to_string()),
             StorageError::Database(cause) => Self::Internal(cause.to_string()),
             StorageError::Corrupt(cause) => Self::Internal(format!("inconsistent data: {cause}")),
         }

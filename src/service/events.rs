@@ -58,7 +58,7 @@ impl Services {
                 committed: self.own_checkpoint(call, &name).await?,
             },
         };
-        let state = self.repo.sequence_state().await?;
+        let state = self.storage(|| self.repo.sequence_state()).await?;
         let after = start_cursor(&start, state.last_position, state.pruned_through)?;
         let plan = subscription::Plan {
             after,
@@ -81,10 +81,13 @@ impl Services {
         consumer: &ConsumerName,
         position: u64,
     ) -> ServiceResult<u64> {
-        self.repo
-            .commit_consumer_position(call.actor(), consumer.as_str(), position)
-            .await?
-            .ok_or_else(|| not_owner(consumer))
+        // Idempotent (the checkpoint only moves forward): safe to retry.
+        self.storage(|| {
+            self.repo
+                .commit_consumer_position(call.actor(), consumer.as_str(), position)
+        })
+        .await?
+        .ok_or_else(|| not_owner(consumer))
     }
 
     /// The committed position of the caller's own checkpoint, if any.
@@ -93,7 +96,10 @@ impl Services {
         call: &CallContext,
         consumer: &ConsumerName,
     ) -> ServiceResult<Option<u64>> {
-        match self.repo.consumer_checkpoint(consumer.as_str()).await? {
+        match self
+            .storage(|| self.repo.consumer_checkpoint(consumer.as_str()))
+            .await?
+        {
             Some((owner, _)) if !owner.is_empty() && owner != call.actor() => {
                 Err(not_owner(consumer))
             }

@@ -19,7 +19,7 @@ use crate::{
     access::{AccessError, CallContext, SiteScope},
     domain::{DomainError, ProviderRegistry},
     events::EventHub,
-    storage::Repository,
+    storage::{Repository, StorageResult},
 };
 
 /// Everything the use cases need; cheap to clone.
@@ -42,6 +42,18 @@ impl Services {
     /// The provider registry requests are parsed against.
     pub fn registry(&self) -> &ProviderRegistry {
         &self.registry
+    }
+}
+
+impl Services {
+    /// Runs one storage step of a use case through the database breaker
+    /// (fail fast while down, one retry after a lost connection).
+    async fn storage<T, F, Fut>(&self, step: F) -> ServiceResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = StorageResult<T>>,
+    {
+        self.repo.guarded(step).await.map_err(ServiceError::from)
     }
 }
 

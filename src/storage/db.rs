@@ -5,19 +5,24 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
-use super::migrations::Migrator;
+use super::{health::PoolSettings, migrations::Migrator};
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://connections.db?mode=rwc";
 
+/// Connects with the default pool settings (the command line's tools).
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, &PoolSettings::default()).await
+}
+
 /// Connects with settings that suit each backend: SQLite in WAL mode with a
 /// busy timeout (concurrent writers wait instead of failing) and foreign keys.
-pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(10));
+        .acquire_timeout(pool.acquire_timeout)
+        .connect_timeout(pool.acquire_timeout);
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the one writer; SeaORM defaults SQLite to
         // a single connection, which would make readers queue behind writes.

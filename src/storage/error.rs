@@ -1,9 +1,11 @@
 //! The repository's one error enum. Rule refusals found inside a
 //! transaction travel as `Rule`; database failures are sorted here, where
-//! SeaORM's errors are understood, into "the database is unavailable" (worth
-//! retrying) and everything else. Callers never see a `DbErr`.
+//! SeaORM's and sqlx's errors are understood: the database unavailable
+//! (nothing was committed: worth one retry), a lost connection during COMMIT
+//! (outcome unknown: never retried), a full disk, and everything else.
+//! Callers never see a `DbErr`.
 
-use sea_orm::{DbErr, TransactionError};
+use sea_orm::{DbErr, RuntimeErr, TransactionError, sqlx};
 
 use crate::domain::DomainError;
 
@@ -11,20 +13,86 @@ use crate::domain::DomainError;
 pub enum StorageError {
     #[error(transparent)]
     Rule(#[from] DomainError),
-    /// The connection failed or none could be had: retryable.
+    /// No connection could be had, or it was lost before anything was
+    /// committed: retrying on a fresh connection is safe.
     #[error("database unavailable: {0}")]
     Unavailable(DbErr),
+    /// The connection was lost while committing: the change may or may not
+    /// be durable, so it must not be retried blindly.
+    #[error("database connection lost during commit: {0}")]
+    CommitOutcomeUnknown(DbErr),
+    /// The database has no space left for the write.
+    #[error("database storage is full: {0}")]
+    Full(DbErr),
     #[error("database error: {0}")]
     Database(DbErr),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
 }
 
+/// What kind of failure a database error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The connection or the server is gone (or refusing connections).
+    ConnectionLost,
+    /// No space left (SQLite SQLITE_FULL, PostgreSQL 53100 disk_full).
+    Full,
+    Other,
+}
+
+/// Sorts a database error: SQLSTATE class 08 (connection exception),
+/// 57P01/57P02/57P03 (administrator or crash shutdown, cannot connect now)
+/// and I/O, TLS, protocol and pool failures mean the connection is lost.
+pub(crate) fn classify(err: &DbErr) -> Failure {
+    let runtime = match err {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => return Failure::ConnectionLost,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return Failure::Other,
+    };
+    let RuntimeErr::SqlxError(sqlx_err) = runtime else {
+        return Failure::Other;
+    };
+    match sqlx_err.as_ref() {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Failure::ConnectionLost,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            classify_code(&code)
+        }
+        _ => Failure::Other,
+    }
+}
+
+fn classify_code(code: &str) -> Failure {
+    // PostgreSQL's SQLSTATEs have five characters; SQLite reports its
+    // (extended) result codes as numbers of at most four digits, the primary
+    // code in the low byte.
+    if code.len() < 5
+        && let Ok(sqlite) = code.parse::<u32>()
+    {
+        return match sqlite & 0xff {
+            13 => Failure::Full,
+            _ => Failure::Other,
+        };
+    }
+    match code {
+        "53100" => Failure::Full,
+        "57P01" | "57P02" | "57P03" => Failure::ConnectionLost,
+        _ if code.starts_with("08") => Failure::ConnectionLost,
+        _ => Failure::Other,
+    }
+}
+
 impl From<DbErr> for StorageError {
     fn from(err: DbErr) -> Self {
-        match err {
-            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Self::Unavailable(err),
-            other => Self::Database(other),
+        match classify(&err) {
+            Failure::ConnectionLost => Self::Unavailable(err),
+            Failure::Full => Self::Full(err),
+            Failure::Other => Self::Database(err),
         }
     }
 }
@@ -36,6 +104,31 @@ impl StorageError {
             err.sql_err(),
             Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
         )
+    }
+
+    /// Sorts an error of COMMIT: a lost connection leaves the outcome unknown.
+    pub(crate) fn from_commit(err: DbErr) -> Self {
+        match Self::from(err) {
+            Self::Unavailable(err) => Self::CommitOutcomeUnknown(err),
+            other => other,
+        }
+    }
+
+    /// Whether one retry on a fresh connection may succeed: a connection
+    /// that was working died before anything was committed. Not when no
+    /// connection could be had (a retry would only wait again), nor while
+    /// the breaker is open.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(err)
+                if !matches!(err, DbErr::Conn(_) | DbErr::ConnectionAcquire(_) | DbErr::Custom(_))
+        )
+    }
+
+    /// Whether the database looks unreachable (feeds the health breaker).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::CommitOutcomeUnknown(_))
     }
 }
 
@@ -49,3 +142,20 @@ impl From<TransactionError<StorageError>> for StorageError {
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_sorted() {
+        for lost in ["57P01", "57P02", "57P03", "08006", "08003", "08000"] {
+            assert_eq!(classify_code(lost), Failure::ConnectionLost, "{lost}");
+        }
+        assert_eq!(classify_code("53100"), Failure::Full);
+        assert_eq!(classify_code("13"), Failure::Full);
+        assert_eq!(classify_code("2067"), Failure::Other, "SQLite unique");
+        assert_eq!(classify_code("23505"), Failure::Other);
+        assert_eq!(classify_code("40001"), Failure::Other);
+    }
+}

@@ -149,7 +149,7 @@ impl Repository {
             ))
             .await?;
         }
-        txn.commit().await?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(Some(head))
     }
 
@@ -303,7 +303,7 @@ impl Repository {
             vec![to_i64(through).into()],
         ))
         .await?;
-        txn.commit().await?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(deleted)
     }
 

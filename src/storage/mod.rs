@@ -5,6 +5,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod events;
+pub mod health;
 pub(crate) mod migrations;
 pub mod outbox;
 pub(crate) mod removal;
@@ -13,6 +14,7 @@ pub(crate) mod secrets;
 pub mod tokens;
 
 pub use error::{StorageError, StorageResult};
+pub use health::{DbHealth, PoolSettings};
 pub use repository::Repository;
 pub use secrets::SessionSealer;
 pub use tokens::{StoredToken, TokenStore};

@@ -50,7 +50,7 @@ impl Repository {
         let step = self.remove_in(&txn, registry, ctx, &request).await;
         match step {
             Ok(Step::Done(outcome, wrote_events)) => {
-                txn.commit().await?;
+                txn.commit().await.map_err(StorageError::from_commit)?;
                 if wrote_events {
                     self.outbox_committed();
                 }

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use super::{
     entities::{account, identity, login_id, site},
     error::{StorageError, StorageResult},
+    health::DbHealth,
     secrets::SessionSealer,
 };
 use crate::domain::{
@@ -29,6 +30,8 @@ use crate::domain::{
 pub struct Repository {
     db: DatabaseConnection,
     sealer: SessionSealer,
+    /// Shared by every clone: whether the database answers.
+    health: Arc<DbHealth>,
     /// Woken after a transaction that wrote outbox rows commits.
     outbox_written: Arc<Notify>,
 }
@@ -40,8 +43,19 @@ impl Repository {
         Self {
             db,
             sealer,
+            health: DbHealth::new(),
             outbox_written: Arc::new(Notify::new()),
         }
+    }
+
+    /// The database breaker shared by this repository's clones.
+    pub fn health(&self) -> &Arc<DbHealth> {
+        &self.health
+    }
+
+    /// Refuses at once while the database is known to be unavailable.
+    pub fn check_available(&self) -> StorageResult<()> {
+        self.health.check()
     }
 
     /// Call after committing a transaction that appended outbox rows.
@@ -58,9 +72,9 @@ impl Repository {
         &self.db
     }
 
-    /// The API token table, on the same connection pool.
+    /// The API token table, on the same connection pool and breaker.
     pub fn tokens(&self) -> super::TokenStore {
-        super::TokenStore::new(self.db.clone())
+        super::TokenStore::with_health(self.db.clone(), self.health.clone())
     }
 
     /// Closes the connection pool (at shutdown).
@@ -149,7 +163,7 @@ impl Repository {
                 err.into()
             }
         })?;
-        txn.commit().await?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
         Ok((site_from_model(model)?, created))
     }
 
@@ -204,7 +218,7 @@ impl Repository {
         active.updated_at = Set(now);
         let row = active.update(&txn).await?;
         let account = load_account(&txn, &site, row).await?;
-        txn.commit().await?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
         Ok((account, created))
     }
 
@@ -313,7 +327,7 @@ impl Repository {
         let account_row = touch_account(&txn, account_row, now).await?;
         let identity = IdentityView::of(&identity_from_model(&row)?);
         let account = AccountView::of(&load_account(&txn, &site, account_row).await?);
-        txn.commit().await?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(LinkOutcome {
             identity,
             reactivated,

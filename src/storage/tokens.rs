@@ -8,9 +8,12 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, sea_query::Expr,
 };
 
+use std::sync::Arc;
+
 use super::{
     entities::api_token,
     error::{StorageError, StorageResult},
+    health::DbHealth,
 };
 
 /// A stored token, without its hash.
@@ -63,11 +66,33 @@ pub struct TokenMatch {
 #[derive(Clone, Debug)]
 pub struct TokenStore {
     db: DatabaseConnection,
+    /// The server's breaker; `None` for the command line.
+    health: Option<Arc<DbHealth>>,
 }
 
 impl TokenStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, health: None }
+    }
+
+    /// A store that fails at once while the server's breaker is open.
+    pub fn with_health(db: DatabaseConnection, health: Arc<DbHealth>) -> Self {
+        Self {
+            db,
+            health: Some(health),
+        }
+    }
+
+    /// Runs a lookup through the server's breaker, if any.
+    async fn guarded<T, F, Fut>(&self, step: F) -> StorageResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = StorageResult<T>>,
+    {
+        match &self.health {
+            Some(health) => health.guarded(step).await,
+            None => step().await,
+        }
     }
 
     /// Stores a new token's hash, valid until revoked; returns its id.
@@ -120,24 +145,32 @@ impl TokenStore {
 
     /// The active token with this hash, if any.
     pub async fn active_by_hash(&self, token_hash: &str) -> StorageResult<Option<TokenMatch>> {
-        Ok(api_token::Entity::find()
-            .filter(api_token::Column::TokenHash.eq(token_hash))
-            .filter(api_token::Column::RevokedAt.is_null())
-            .one(&self.db)
-            .await?
-            .map(|model| TokenMatch {
-                token_hash: model.token_hash.clone(),
-                token: model.into(),
-            }))
+        let found = self
+            .guarded(|| async {
+                Ok(api_token::Entity::find()
+                    .filter(api_token::Column::TokenHash.eq(token_hash))
+                    .filter(api_token::Column::RevokedAt.is_null())
+                    .one(&self.db)
+                    .await?)
+            })
+            .await?;
+        Ok(found.map(|model| TokenMatch {
+            token_hash: model.token_hash.clone(),
+            token: model.into(),
+        }))
     }
 
     /// Whether any token is active: decides between open and authenticated mode.
     pub async fn any_active(&self) -> StorageResult<bool> {
-        Ok(api_token::Entity::find()
-            .filter(api_token::Column::RevokedAt.is_null())
-            .count(&self.db)
-            .await?
-            > 0)
+        let count = self
+            .guarded(|| async {
+                Ok(api_token::Entity::find()
+                    .filter(api_token::Column::RevokedAt.is_null())
+                    .count(&self.db)
+                    .await?)
+            })
+            .await?;
+        Ok(count > 0)
     }
 
     /// Revokes every active token of `caller`; returns how many.

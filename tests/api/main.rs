@@ -7,6 +7,8 @@ mod events;
 mod helpers;
 mod hostile_input;
 mod link_connection;
+mod outage;
+mod pg_cluster;
 mod remove_connection;
 mod security;
 mod server;

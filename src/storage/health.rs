@@ -1,0 +1,190 @@
+//! Whether the database answers, known to every caller at once: a breaker
+//! that calls trip when they find the database unavailable, and a probe
+//! that checks it in the background. While it is open, calls fail at once
+//! (no pool acquire timeout to wait out) and health reports NOT_SERVING;
+//! the probe retries every 50 ms with a fresh connection, so the first call
+//! after the database returns succeeds within about 0.1 s.
+
+use std::{sync::Arc, time::Duration};
+
+use sea_orm::{DbErr, sqlx::Connection};
+use tokio::sync::{Notify, watch};
+
+use super::{Repository, StorageError, StorageResult};
+
+/// How often an open breaker tries the database again.
+const RECOVERY_PROBE: Duration = Duration::from_millis(50);
+/// Attempts of one step whose connection was lost before COMMIT.
+const MAX_ATTEMPTS: usize = 4;
+/// How long one probe may take before it counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Pool and probe settings.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Longest wait for a pooled connection before a call fails.
+    pub acquire_timeout: Duration,
+    /// How often the database is probed while it answers.
+    pub probe_interval: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            acquire_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The breaker: `true` while the database is believed reachable.
+#[derive(Debug)]
+pub struct DbHealth {
+    available: watch::Sender<bool>,
+    /// Wakes the probe when a call trips the breaker.
+    tripped: Notify,
+}
+
+impl DbHealth {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            available: watch::Sender::new(true),
+            tripped: Notify::new(),
+        })
+    }
+
+    pub fn is_available(&self) -> bool {
+        *self.available.borrow()
+    }
+
+    /// Follows the breaker (health reporting).
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.available.subscribe()
+    }
+
+    /// Opens the breaker: a call found the database unavailable.
+    pub fn trip(&self) {
+        if self.available.send_replace(false) {
+            tracing::error!("database unavailable: calls fail fast until it answers again");
+        }
+        self.tripped.notify_one();
+    }
+
+    fn recovered(&self) {
+        if !self.available.send_replace(true) {
+            tracing::info!("database reachable again");
+        }
+    }
+
+    /// The refusal while the breaker is open.
+    pub(crate) fn check(&self) -> StorageResult<()> {
+        if self.is_available() {
+            Ok(())
+        } else {
+            Err(StorageError::Unavailable(DbErr::Custom(
+                "the database did not answer the last probe".into(),
+            )))
+        }
+    }
+}
+
+impl DbHealth {
+    /// Runs one database step. While the breaker is open it fails at once. A
+    /// connection lost before anything was committed (a killed backend, a
+    /// restarted server) is retried on another connection, a few times at
+    /// most; a step that still finds the database unavailable trips the
+    /// breaker, so that the calls after it fail fast. A connection lost during COMMIT is never
+    /// retried (the outcome is unknown; callers retry with a request_id).
+    pub async fn guarded<T, F, Fut>(&self, step: F) -> StorageResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = StorageResult<T>>,
+    {
+        self.check()?;
+        let mut result = step().await;
+        // When the server killed its backends, the pool's other connections
+        // are usually dead too: each failed attempt discards one, so a few
+        // attempts reach a fresh connection.
+        for _ in 1..MAX_ATTEMPTS {
+            match &result {
+                Err(err) if err.is_retryable() => {
+                    tracing::warn!(error = %err, "database connection lost; retrying");
+                    result = step().await;
+                }
+                _ => break,
+            }
+        }
+        // One connection lost during COMMIT says nothing about the server
+        // (e.g. an administrator killed that backend); no connection to be
+        // had, or a retry that failed too, does.
+        if let Err(err @ StorageError::Unavailable(_)) = &result {
+            tracing::debug!(error = %err, "tripping the database breaker");
+            self.trip();
+        }
+        result
+    }
+}
+
+impl Repository {
+    /// [`DbHealth::guarded`] on this repository's breaker.
+    pub async fn guarded<T, F, Fut>(&self, step: F) -> StorageResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = StorageResult<T>>,
+    {
+        self.health().guarded(step).await
+    }
+
+    /// Whether the database answers one cheap query now. While the breaker
+    /// is open on PostgreSQL it opens a fresh connection rather than asking
+    /// the pool, whose acquire would keep retrying until its timeout.
+    async fn probe_once(&self, available: bool) -> bool {
+        let attempt = async {
+            if available || !self.is_postgres() {
+                return self.ping().await.is_ok();
+            }
+            let options = self
+                .connection()
+                .get_postgres_connection_pool()
+                .connect_options();
+            match sea_orm::sqlx::PgConnection::connect_with(&options).await {
+                Ok(connection) => {
+                    let _ = connection.close().await;
+                    true
+                }
+                Err(_) => false,
+            }
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, attempt)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Probes the database until `stop` resolves, keeping the breaker true.
+    pub async fn run_probe(self, settings: PoolSettings, stop: impl Future<Output = ()>) {
+        let health = self.health().clone();
+        let probe = async {
+            loop {
+                let available = health.is_available();
+                let answered = self.probe_once(available).await;
+                match (available, answered) {
+                    (true, false) => health.trip(),
+                    (false, true) => health.recovered(),
+                    _ => {}
+                }
+                if health.is_available() {
+                    tokio::select! {
+                        () = tokio::time::sleep(settings.probe_interval) => {}
+                        () = health.tripped.notified() => {}
+                    }
+                } else {
+                    tokio::time::sleep(RECOVERY_PROBE).await;
+                }
+            }
+        };
+        tokio::select! {
+            () = probe => {}
+            () = stop => {}
+        }
+    }
+}
