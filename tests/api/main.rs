@@ -2,6 +2,7 @@
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
 mod admin;
+mod deadlines;
 mod end_to_end;
 mod events;
 mod helpers;

@@ -1,0 +1,88 @@
+//! A client that stops waiting: when its deadline passes before the
+//! database answers, the work is cancelled and rolled back. Nothing
+//! half-done is left, no event is written, and the account is not wedged.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
+use tonic::Code;
+
+use crate::{
+    helpers::{Backend, TestApp},
+    on_both_backends,
+    remove_connection::outbox_events,
+};
+use connections::proto::v1 as pb;
+
+on_both_backends!(a_deadline_shorter_than_the_database_rolls_the_removal_back);
+
+/// Blocks writers of account `uid`: its row lock on PostgreSQL, the
+/// database's write lock on SQLite. Held until the transaction ends.
+async fn hold_writers(app: &TestApp, uid: &str) -> (sea_orm::DatabaseConnection, DatabaseTransaction) {
+    let holder = sea_orm::Database::connect(app.database_url.as_str())
+        .await
+        .expect("second connection");
+    let txn = holder
+        .begin_with_options(TransactionOptions {
+            isolation_level: None,
+            access_mode: None,
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        })
+        .await
+        .expect("begin");
+    if holder.get_database_backend() == sea_orm::DbBackend::Postgres {
+        txn.execute_unprepared(&format!(
+            "SELECT id FROM accounts WHERE uid = '{uid}' FOR UPDATE"
+        ))
+        .await
+        .expect("lock the account row");
+    }
+    (holder, txn)
+}
+
+fn remove(uid: &str) -> pb::RemoveConnectionRequest {
+    pb::RemoveConnectionRequest {
+        api_key: "3_a".into(),
+        uid: uid.into(),
+        provider: Some("facebook".into()),
+        ..Default::default()
+    }
+}
+
+async fn a_deadline_shorter_than_the_database_rolls_the_removal_back(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    app.create_site("3_a", 1).await;
+    app.create_account("3_a", "u1", &[("a@x.com", true)]).await;
+    app.link("3_a", "u1", "facebook", "", "fb-1", None).await;
+
+    let (holder, txn) = hold_writers(&app, "u1").await;
+    let mut request = tonic::Request::new(remove("u1"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = app
+        .connections()
+        .remove_connection(request)
+        .await
+        .expect_err("the database did not answer in time");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    txn.rollback().await.expect("release");
+    holder.close().await.expect("close");
+
+    // Not wedged: the next removal of the same account goes through, and
+    // it is the only one that ever happened.
+    let done = app
+        .connections()
+        .remove_connection(remove("u1"))
+        .await
+        .expect("the account is free again")
+        .into_inner();
+    assert_eq!(done.removed.len(), 1, "the first call removed nothing");
+    let events = outbox_events(&app).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].call_id, done.call_id);
+}
