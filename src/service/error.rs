@@ -31,6 +31,7 @@ impl From<StorageError> for ServiceError {
                 Self::Unavailable(format!("connection lost during commit: {cause}"))
             }
             StorageError::Full(cause) => Self::StorageFull(cause.to_string()),
+            StorageError::Busy(cause) => Self::Unavailable(format!("busy: {cause}")),
             StorageError::Database(cause) => Self::Internal(cause.to_string()),
             StorageError::Corrupt(cause) => Self::Internal(format!("inconsistent data: {cause}")),
         }

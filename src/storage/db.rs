@@ -33,6 +33,17 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
         });
+        // A connection that comes back still inside a transaction (a COMMIT
+        // that failed, e.g. on a full disk, leaves sqlx's transaction depth
+        // behind SQLite's real state) would run the next "transaction" as a
+        // savepoint: close it instead of reusing it.
+        options.map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_release(|conn, _meta| {
+                use sea_orm::sqlx::Connection;
+                let reusable = !conn.is_in_transaction();
+                Box::pin(async move { Ok(reusable) })
+            })
+        });
     } else {
         options.max_connections(32).min_connections(1);
     }

@@ -24,6 +24,9 @@ pub enum StorageError {
     /// The database has no space left for the write.
     #[error("database storage is full: {0}")]
     Full(DbErr),
+    /// SQLite stayed locked past its busy timeout (or could not wait).
+    #[error("database is busy: {0}")]
+    Busy(DbErr),
     #[error("database error: {0}")]
     Database(DbErr),
     #[error("stored data is inconsistent: {0}")]
@@ -37,6 +40,8 @@ pub(crate) enum Failure {
     ConnectionLost,
     /// No space left (SQLite SQLITE_FULL, PostgreSQL 53100 disk_full).
     Full,
+    /// SQLite SQLITE_BUSY / SQLITE_LOCKED.
+    Busy,
     Other,
 }
 
@@ -76,6 +81,7 @@ fn classify_code(code: &str) -> Failure {
     {
         return match sqlite & 0xff {
             13 => Failure::Full,
+            5 | 6 => Failure::Busy,
             _ => Failure::Other,
         };
     }
@@ -92,6 +98,7 @@ impl From<DbErr> for StorageError {
         match classify(&err) {
             Failure::ConnectionLost => Self::Unavailable(err),
             Failure::Full => Self::Full(err),
+            Failure::Busy => Self::Busy(err),
             Failure::Other => Self::Database(err),
         }
     }
@@ -114,16 +121,22 @@ impl StorageError {
         }
     }
 
-    /// Whether one retry on a fresh connection may succeed: a connection
-    /// that was working died before anything was committed. Not when no
-    /// connection could be had (a retry would only wait again), nor while
-    /// the breaker is open.
+    /// Whether a retry on another connection may succeed: a connection that
+    /// was working died before anything was committed, or SQLite was busy.
+    /// Not when no connection could be had (a retry would only wait again),
+    /// nor while the breaker is open.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Unavailable(err)
-                if !matches!(err, DbErr::Conn(_) | DbErr::ConnectionAcquire(_) | DbErr::Custom(_))
-        )
+        match self {
+            Self::Unavailable(err) => !matches!(
+                err,
+                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) | DbErr::Custom(_)
+            ),
+            // SQLite answers "locked" at once while a pooled connection is
+            // still releasing a failed transaction (e.g. after a full
+            // disk); another connection gets through.
+            Self::Busy(_) => true,
+            _ => false,
+        }
     }
 
     /// Whether the database looks unreachable (feeds the health breaker).
@@ -154,6 +167,8 @@ mod tests {
         }
         assert_eq!(classify_code("53100"), Failure::Full);
         assert_eq!(classify_code("13"), Failure::Full);
+        assert_eq!(classify_code("5"), Failure::Busy);
+        assert_eq!(classify_code("517"), Failure::Busy, "SQLITE_BUSY_SNAPSHOT");
         assert_eq!(classify_code("2067"), Failure::Other, "SQLite unique");
         assert_eq!(classify_code("23505"), Failure::Other);
         assert_eq!(classify_code("40001"), Failure::Other);

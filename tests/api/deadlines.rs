@@ -21,7 +21,10 @@ on_both_backends!(a_deadline_shorter_than_the_database_rolls_the_removal_back);
 
 /// Blocks writers of account `uid`: its row lock on PostgreSQL, the
 /// database's write lock on SQLite. Held until the transaction ends.
-async fn hold_writers(app: &TestApp, uid: &str) -> (sea_orm::DatabaseConnection, DatabaseTransaction) {
+async fn hold_writers(
+    app: &TestApp,
+    uid: &str,
+) -> (sea_orm::DatabaseConnection, DatabaseTransaction) {
     let holder = sea_orm::Database::connect(app.database_url.as_str())
         .await
         .expect("second connection");

@@ -3,6 +3,7 @@
 
 mod admin;
 mod deadlines;
+mod disk_full;
 mod end_to_end;
 mod events;
 mod helpers;
