@@ -42,6 +42,8 @@ pub enum DomainError {
     VhostInUse { vhost: i64 },
     #[error("position {requested} was pruned; the earliest retained position is {earliest}")]
     PositionPruned { requested: u64, earliest: u64 },
+    #[error("no active application key has this user_key")]
+    AppKeyNotFound,
 }
 
 impl DomainError {
@@ -71,7 +73,8 @@ impl DomainError {
             | Self::ActionDisabled
             | Self::IdentityLinkedElsewhere
             | Self::LoginIdTaken { .. }
-            | Self::PositionPruned { .. } => None,
+            | Self::PositionPruned { .. }
+            | Self::AppKeyNotFound => None,
         }
     }
 }

@@ -56,6 +56,7 @@ fn rule_code(err: &DomainError) -> (Code, &'static str) {
         DomainError::LoginIdTaken { .. } => (Code::AlreadyExists, "LOGIN_ID_TAKEN"),
         DomainError::VhostInUse { .. } => (Code::AlreadyExists, "VHOST_IN_USE"),
         DomainError::PositionPruned { .. } => (Code::OutOfRange, "POSITION_PRUNED"),
+        DomainError::AppKeyNotFound => (Code::NotFound, "APP_KEY_NOT_FOUND"),
     }
 }
 
@@ -87,6 +88,8 @@ fn rule_metadata(err: &DomainError) -> HashMap<String, String> {
 fn access_code(err: &AccessError) -> (Code, &'static str) {
     match err {
         AccessError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        AccessError::StaleTimestamp { .. } => (Code::Unauthenticated, "TIMESTAMP_OUT_OF_WINDOW"),
+        AccessError::ReplayedNonce => (Code::Unauthenticated, "NONCE_REUSED"),
         AccessError::MissingPermission | AccessError::ForbiddenSite | AccessError::NotOwner(_) => {
             (Code::PermissionDenied, "PERMISSION_DENIED")
         }
@@ -104,6 +107,10 @@ impl ApiError {
             Self::Service(ServiceError::Access(access)) => access_code(access),
             Self::Service(ServiceError::Unavailable(_)) => {
                 (Code::Unavailable, "DATABASE_UNAVAILABLE")
+            }
+            Self::Service(ServiceError::Conflict(_)) => (Code::Aborted, "CONCURRENT_UPDATE"),
+            Self::Service(ServiceError::NotConfigured(_)) => {
+                (Code::FailedPrecondition, "NOT_CONFIGURED")
             }
             Self::Service(ServiceError::Internal(_)) => (Code::Internal, "INTERNAL"),
             Self::MessageTooLarge => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
@@ -125,6 +132,14 @@ impl ApiError {
                 (rule.to_string(), details)
             }
             Self::Service(ServiceError::Access(access)) => (access.to_string(), info()),
+            Self::Service(ServiceError::NotConfigured(what)) => ((*what).to_owned(), info()),
+            Self::Service(ServiceError::Conflict(cause)) => {
+                tracing::warn!(call_id, error = %cause, "concurrent update");
+                (
+                    format!("a concurrent update conflicted; retry (call id {call_id})"),
+                    info(),
+                )
+            }
             Self::Service(ServiceError::Unavailable(cause)) => {
                 tracing::warn!(call_id, error = %cause, "database unavailable");
                 (

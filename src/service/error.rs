@@ -14,6 +14,14 @@ pub enum ServiceError {
     /// cause is for the log, never for the caller.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// A concurrent update conflicted with this one; nothing changed and a
+    /// retry may succeed.
+    #[error("concurrent update: {0}")]
+    Conflict(String),
+    /// The server lacks a setting the call needs (e.g. a `--session-key` to
+    /// seal application keys with); the message says which.
+    #[error("{0}")]
+    NotConfigured(&'static str),
     /// Anything unexpected underneath. The cause is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -24,6 +32,7 @@ impl From<StorageError> for ServiceError {
         match err {
             StorageError::Rule(rule) => Self::Rule(rule),
             StorageError::Unavailable(cause) => Self::Unavailable(cause.to_string()),
+            StorageError::Conflict(cause) => Self::Conflict(cause.to_string()),
             StorageError::Database(cause) => Self::Internal(cause.to_string()),
             StorageError::Corrupt(cause) => Self::Internal(format!("inconsistent data: {cause}")),
         }

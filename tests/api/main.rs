@@ -7,6 +7,7 @@ mod events;
 mod helpers;
 mod link_connection;
 mod remove_connection;
+mod rest;
 mod security;
 mod server;
 mod trace_context;
