@@ -34,8 +34,8 @@ pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC server (migrates the database first).
-    Serve(ServeArgs),
+    /// Run the gRPC and REST server (migrates the database first).
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Manage API tokens (callers, their sites and permissions).
