@@ -314,6 +314,8 @@ async fn setup(
     app.create_account(KEY, "u5", &[]).await;
     app.link(KEY, "u5", "facebook", "", "fb5", Some("fb5@x.com"))
         .await;
+    // u6: a password and nothing else.
+    app.create_account(KEY, "u6", &[("pw6@x.com", true)]).await;
     // From here on every call must authenticate.
     let admin = app.create_token("setup-admin", "*", "admin").await;
     let everywhere = create_app_key(&app, &admin, "ops", &["*"], &["connections.write"]).await;
@@ -487,6 +489,27 @@ async fn rest_takes_every_parameter_by_get_and_by_post(backend: Backend) {
     let body = envelope(&post(app, &last("soft")).await, 0, 200);
     assert_eq!(body["removed"][0]["mode"], "REMOVAL_MODE_SOFT");
 
+    // remove: the last identity goes completely, with the login ID it brought.
+    let body = envelope(
+        &post(
+            app,
+            &rest.with_secret(&[
+                ("apiKey", KEY),
+                ("UID", "u5"),
+                ("provider", "facebook"),
+                ("lastIdentityHandling", "remove"),
+            ]),
+        )
+        .await,
+        0,
+        200,
+    );
+    assert_eq!(body["removed"][0]["mode"], "REMOVAL_MODE_HARD");
+    assert_eq!(
+        body["removed"][0]["removedLoginIds"],
+        serde_json::json!(["fb5@x.com"])
+    );
+
     // No provider: every social and SAML identity left (facebook of u1).
     let body = envelope(
         &get(
@@ -635,6 +658,24 @@ async fn rest_answers_every_error_code_with_its_status_in_both_modes(backend: Ba
     );
     // Nothing above changed anything.
     assert!(outbox_events(app).await.is_empty());
+
+    // TOO_MANY_CONTEXT_IDS: a site may use 100 distinct cids; a request that
+    // removes nothing still counts its cid (a dry run keeps nothing).
+    for n in 0..100 {
+        let cid = format!("cid-{n}");
+        let params = rest.with_secret(&[("apiKey", KEY), ("UID", "u6")]);
+        let mut params = params;
+        params.push(("cid", cid.as_str()));
+        envelope(&get(app, &params).await, 0, 200);
+    }
+    expect_error(
+        app,
+        &rest.with_secret(&[("apiKey", KEY), ("UID", "u1"), ("cid", "one-too-many")]),
+        400_006,
+        400,
+        "TOO_MANY_CONTEXT_IDS",
+    )
+    .await;
 
     // 400001 malformed requests.
     for (content_type, body) in [
@@ -1221,4 +1262,53 @@ async fn rest_works_with_curl_as_the_readme_shows(backend: Backend) {
         outbox_events(app).await[0].call_id,
         body["callId"].as_str().unwrap()
     );
+
+    // The README's signed request: its Python snippet computes `sig`, curl sends it.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let snippet = readme
+        .split_once("<<'PY'\n")
+        .and_then(|(_, rest)| rest.split_once("\n   PY\n"))
+        .map(|(code, _)| code)
+        .expect("the README has a Python signing snippet");
+    let script: String = snippet
+        .lines()
+        .map(|l| l.strip_prefix("   ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\"3_demo\"", &format!("\"{KEY}\""))
+        .replace("\"42\"", "\"u1\"")
+        .replace("\"facebook\"", "\"saml-okta\"");
+    let url = format!("http://{}{PATH}", app.http_addr);
+    let (user_key, secret) = (rest.user_key.clone(), rest.secret.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        let signed = std::process::Command::new("python3")
+            .args(["-c", &script, &url, &user_key, &secret])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            signed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+        let body = String::from_utf8(signed.stdout)
+            .expect("UTF-8")
+            .trim()
+            .to_owned();
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                &url,
+                "-H",
+                "content-type: application/x-www-form-urlencoded",
+            ])
+            .args(["--data", &body])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("curl runs");
+    let body: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(body["errorCode"], 0, "{body}");
+    assert_eq!(body["removed"][0]["provider"], "saml-okta");
 }
