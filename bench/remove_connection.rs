@@ -138,6 +138,7 @@ async fn run(
                         context: None,
                         request_id: String::new(),
                         dry_run: false,
+                        force_providers_logout: None,
                     })
                     .await
                     .expect("remove");

@@ -4,16 +4,21 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    access::{AccessMode, Gate, startup_access_mode},
-    config::{SecuritySettings, Settings, TlsSettings},
+    access::{AccessMode, AppKeys, Gate, startup_access_mode},
+    config::{HttpSettings, SecuritySettings, Settings, TlsSettings},
     events::{self, EventTasks, Shutdown},
     grpc::{
         admin::AdminApi, auth_layer::SecurityLayer, call_layer::TelemetryLayer,
         connection::ConnectionApi, events::EventApi,
+    },
+    http::{
+        self as http_door, HttpLimits, RestConfig,
+        server::{ConnectionLimits, tls_acceptor},
     },
     proto::{
         self,
@@ -54,6 +59,9 @@ pub struct App {
     security: SecuritySettings,
     /// Loaded at build time so that a bad certificate fails before serving.
     tls: Option<ServerTlsConfig>,
+    /// The same certificate for the HTTP listener.
+    http_tls: Option<TlsAcceptor>,
+    http: HttpSettings,
     /// Bound in `build` so that a port taken is a start-up error.
     metrics_listener: Option<TcpListener>,
     /// Sequencer, fan-out and pruner, started by `run`.
@@ -78,6 +86,13 @@ impl App {
             None => SessionSealer::ephemeral(),
         };
         let tls = settings.security.tls.as_ref().map(load_tls).transpose()?;
+        let http_tls = settings
+            .security
+            .tls
+            .as_ref()
+            .map(tls_acceptor)
+            .transpose()
+            .map_err(AppError::Config)?;
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 AppError::Config(format!("cannot listen for metrics on {addr}: {e}"))
@@ -101,6 +116,8 @@ impl App {
             repo,
             security: settings.security.clone(),
             tls,
+            http_tls,
+            http: settings.http.clone(),
             metrics_listener,
             event_tasks,
             stop,
@@ -122,14 +139,33 @@ impl App {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves, then drains calls and returns.
+    /// Serves gRPC on `listener` until `shutdown` resolves, then drains
+    /// calls and returns. No REST listener: see [`App::run_with`].
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
+        self.run_with(listener, None, shutdown).await
+    }
+
+    /// Serves gRPC on `listener` and, when given, REST on `http_listener`
+    /// (same gate, TLS and shutdown), until `shutdown` resolves.
+    pub async fn run_with(
+        self,
+        listener: TcpListener,
+        http_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let local: Option<SocketAddr> = listener.local_addr().ok();
-        let security = self.security_layer(local).await?;
+        let http_local = match &http_listener {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| AppError::Config(format!("HTTP listener has no address: {e}")))?,
+            ),
+            None => None,
+        };
+        let security = self.security_layer(local, http_local).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_serving(&health, true).await;
         let health_task = spawn_health_watch(&self.repo, health.clone());
@@ -147,6 +183,8 @@ impl App {
             repo,
             security: security_settings,
             tls,
+            http_tls,
+            http,
             metrics_listener,
             event_tasks,
             stop,
@@ -154,11 +192,43 @@ impl App {
             drain_timeout,
             pool: _,
         } = self;
+        let connection_limits = ConnectionLimits {
+            header_read_timeout: http.read_timeout,
+            drain_timeout,
+        };
         let metrics_task = metrics_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "serving metrics at /metrics");
-            tokio::spawn(telemetry::metrics_http::serve(
+            tokio::spawn(http_door::server::serve(
                 listener,
+                None,
+                http_door::metrics::router(),
+                connection_limits,
                 std::future::pending(),
+            ))
+        });
+        let http_task = http_listener.map(|listener| {
+            let router = http_door::rest_router(
+                services.clone(),
+                security.clone(),
+                RestConfig {
+                    public_base_url: http.public_base_url.clone(),
+                    tls: http_tls.is_some(),
+                    limits: HttpLimits {
+                        max_body_bytes: security_settings.max_message_bytes,
+                        read_timeout: http.read_timeout,
+                        max_in_flight: http.max_in_flight,
+                        ..HttpLimits::default()
+                    },
+                },
+            );
+            tracing::info!(address = ?http_local, tls = http_tls.is_some(), "serving REST");
+            let stopping = stopping.clone();
+            tokio::spawn(http_door::server::serve(
+                listener,
+                http_tls,
+                router,
+                connection_limits,
+                async move { stopping.raised().await },
             ))
         });
         let background = event_tasks.start(stopping.clone());
@@ -220,6 +290,16 @@ impl App {
             task.abort();
         }
         stop_after_serving.send_replace(true);
+        if let Some(task) = http_task {
+            // It drains within the drain timeout by itself.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(drain_timeout + Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         for task in background {
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(5), task)
@@ -238,18 +318,31 @@ impl App {
 impl App {
     /// Decides open or authenticated mode for the bound address (refusing
     /// open mode off loopback) and builds the security layer's state.
-    async fn security_layer(&self, local: Option<SocketAddr>) -> Result<Arc<Gate>, AppError> {
+    async fn security_layer(
+        &self,
+        local: Option<SocketAddr>,
+        http_local: Option<SocketAddr>,
+    ) -> Result<Arc<Gate>, AppError> {
         let tokens = self.repo.tokens();
+        let app_keys = AppKeys::new(self.repo.app_keys(), self.security.token_cache_ttl);
         let tokens_exist = tokens
             .any_active()
             .await
-            .map_err(|e| AppError::Config(format!("cannot read API tokens: {e}")))?;
+            .map_err(|e| AppError::Config(format!("cannot read API tokens: {e}")))?
+            || app_keys
+                .any_active()
+                .await
+                .map_err(|e| AppError::Config(format!("cannot read application keys: {e}")))?;
         let local = local.ok_or_else(|| AppError::Config("listener has no address".into()))?;
         let mode = startup_access_mode(local, tokens_exist).map_err(AppError::Config)?;
+        // Open mode must be loopback-only on every listener.
+        if let Some(http_local) = http_local {
+            startup_access_mode(http_local, tokens_exist).map_err(AppError::Config)?;
+        }
         match mode {
             AccessMode::Open => warn_open_mode(Some(local)),
             AccessMode::Authenticated => {
-                tracing::info!("API tokens exist: callers must authenticate");
+                tracing::info!("API tokens or application keys exist: callers must authenticate");
                 if self.tls.is_none() && !local.ip().is_loopback() {
                     tracing::warn!(
                         address = %local,
@@ -259,7 +352,9 @@ impl App {
                 }
             }
         }
-        Ok(Arc::new(Gate::new(tokens, mode, &self.security)))
+        Ok(Arc::new(
+            Gate::new(tokens, mode, &self.security).with_app_keys(app_keys),
+        ))
     }
 }
 

@@ -1,5 +1,6 @@
-//! The command line: `connections serve`, `connections migrate` and
-//! `connections token` (API tokens).
+//! The command line: `connections serve`, `connections migrate`,
+//! `connections token` (API tokens) and `connections app-key` (application
+//! keys of the REST API).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -33,13 +34,53 @@ pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC server (migrates the database first).
-    Serve(ServeArgs),
+    /// Run the gRPC and REST server (migrates the database first).
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Manage API tokens (callers, their sites and permissions).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage application keys of the REST API (userKey + secret).
+    #[command(subcommand)]
+    AppKey(AppKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppKeyCommand {
+    /// Create a key and print `<userKey> <secret>` once (the secret is stored sealed).
+    Create(AppKeyCreateArgs),
+    /// List keys: userKey, caller, sites, permissions, created, revoked. Never secrets.
+    List(DatabaseArgs),
+    /// Revoke a key by its userKey.
+    Revoke(AppKeyRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AppKeyCreateArgs {
+    /// Name of the caller; becomes the `actor` of the events its calls cause.
+    #[arg(long)]
+    pub caller: String,
+    /// Comma-separated api_keys the key may act on, or `*` for all sites.
+    #[arg(long)]
+    pub sites: String,
+    /// Comma-separated permissions; REST removeConnection needs connections.write.
+    #[arg(long, default_value = "connections.write")]
+    pub permissions: String,
+    /// The server's base64 32-byte secret key (as `serve --session-key`): seals the secret.
+    #[arg(long, env = "CONNECTIONS_SESSION_KEY", hide_env_values = true)]
+    pub session_key: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AppKeyRevokeArgs {
+    /// The key's userKey (see `app-key list`).
+    #[arg(long)]
+    pub user_key: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +202,18 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the REST listener (socialize.removeConnection), or `off`.
+    #[arg(long, env = "CONNECTIONS_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_parser = config::parse_optional_listen)]
+    // Spelled out so that clap does not treat it as an optional flag:
+    // `off` parses to None.
+    pub http_listen: ::std::option::Option<SocketAddr>,
+    /// The URL clients use to reach the REST listener (`https://api.example.com[/prefix]`),
+    /// for signed requests behind a proxy; without it X-Forwarded-Proto and Host are trusted.
+    #[arg(long, env = "CONNECTIONS_PUBLIC_BASE_URL", value_parser = config::parse_public_base_url)]
+    pub public_base_url: Option<String>,
+    /// REST requests handled at once; more wait up to a second, then are refused.
+    #[arg(long, env = "CONNECTIONS_HTTP_MAX_IN_FLIGHT", default_value_t = config::HttpSettings::default().max_in_flight)]
+    pub http_max_in_flight: usize,
     /// How long sequenced events are kept: `7d`, `24h`, `30m`, `90s`.
     #[arg(long, env = "CONNECTIONS_EVENT_RETENTION", default_value = "7d", value_parser = config::parse_duration)]
     pub event_retention: std::time::Duration,
@@ -185,6 +238,12 @@ impl ServeArgs {
                 .transpose()?,
             security: self.security.settings()?,
             metrics_listen: self.metrics_listen,
+            http_listen: self.http_listen,
+            http: config::HttpSettings {
+                public_base_url: self.public_base_url.clone(),
+                max_in_flight: self.http_max_in_flight,
+                ..config::HttpSettings::default()
+            },
             events: config::EventSettings {
                 retention: self.event_retention,
                 ..config::EventSettings::default()
@@ -206,7 +265,9 @@ mod tests {
             .map_err(|e| e.to_string())?;
         match cli.command {
             Command::Serve(serve) => serve.settings(),
-            Command::Migrate(_) | Command::Token(_) => unreachable!("parsed serve"),
+            Command::Migrate(_) | Command::Token(_) | Command::AppKey(_) => {
+                unreachable!("parsed serve")
+            }
         }
     }
 
@@ -223,5 +284,23 @@ mod tests {
             std::time::Duration::from_secs(36 * 3600)
         );
         assert!(serve(&["--event-retention", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_rest_listener_defaults_to_port_8080_and_can_be_turned_off() {
+        let default = serve(&[]).unwrap();
+        assert_eq!(
+            default.http_listen,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)))
+        );
+        assert_eq!(default.http.public_base_url, None);
+        let off = serve(&["--http-listen", "off"]).unwrap();
+        assert_eq!(off.http_listen, None);
+        let proxied = serve(&["--public-base-url", "https://api.example.com/"]).unwrap();
+        assert_eq!(
+            proxied.http.public_base_url.as_deref(),
+            Some("https://api.example.com")
+        );
+        assert!(serve(&["--public-base-url", "api.example.com"]).is_err());
     }
 }

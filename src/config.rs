@@ -38,6 +38,10 @@ pub struct Settings {
     pub session_key: Option<SessionKey>,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when None.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where `serve` listens for REST (`socialize.removeConnection`); off when None.
+    pub http_listen: Option<SocketAddr>,
+    /// The REST door's settings.
+    pub http: HttpSettings,
     /// Authentication, TLS and abuse limits.
     pub security: SecuritySettings,
     pub events: EventSettings,
@@ -72,6 +76,56 @@ impl Default for SecuritySettings {
             max_streams_per_caller: 16,
             token_cache_ttl: Duration::from_secs(2),
         }
+    }
+}
+
+/// The REST door: how clients reach it, and its protection.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `scheme://host[:port][/prefix]` clients call, used for signed
+    /// requests' base string; None: from `X-Forwarded-Proto` and `Host`.
+    pub public_base_url: Option<String>,
+    /// Requests handled at once; more wait a second, then are refused.
+    pub max_in_flight: usize,
+    /// How long a client may take to send a request's headers, and its body.
+    pub read_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            public_base_url: None,
+            max_in_flight: 256,
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Checks a public base URL: absolute http(s), no query or fragment.
+pub fn parse_public_base_url(value: &str) -> Result<String, String> {
+    let url =
+        url::Url::parse(value.trim()).map_err(|e| format!("--public-base-url {value:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "--public-base-url {value:?}: must be an http(s) URL with a host"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "--public-base-url {value:?}: no query, fragment or credentials"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// Parses a listen address, or `off`.
+pub fn parse_optional_listen(value: &str) -> Result<Option<SocketAddr>, String> {
+    match value.trim() {
+        "off" | "none" | "" => Ok(None),
+        other => other
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{other:?}: expected ADDR:PORT or `off`: {e}")),
     }
 }
 
@@ -151,6 +205,8 @@ impl Settings {
             session_key: None,
             security: SecuritySettings::default(),
             metrics_listen: None,
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http: HttpSettings::default(),
             events: EventSettings::default(),
             pool: PoolSettings::default(),
         }
@@ -214,6 +270,24 @@ mod tests {
         );
         assert!(parse_session_key("c2hvcnQ=").is_err());
         assert!(parse_session_key("not base64!").is_err());
+    }
+
+    #[test]
+    fn public_base_urls_are_absolute_http_urls() {
+        assert_eq!(
+            parse_public_base_url("HTTPS://Api.Example.com/gigya/").as_deref(),
+            Ok("https://api.example.com/gigya")
+        );
+        assert_eq!(
+            parse_public_base_url("http://h:8080").as_deref(),
+            Ok("http://h:8080")
+        );
+        for bad in ["ftp://h", "h:80", "https://h/?q=1", "https://u:p@h"] {
+            assert!(parse_public_base_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_optional_listen("off"), Ok(None));
+        assert!(parse_optional_listen("127.0.0.1:8080").unwrap().is_some());
+        assert!(parse_optional_listen("nope").is_err());
     }
 
     #[test]

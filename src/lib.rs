@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! ```text
-//! doors:      grpc/ (tonic)                         [http/, relay/: next]
+//! doors:      grpc/ (tonic)   http/ (axum: REST)     [relay/: next]
 //!                 |  convert protocol <-> service types, map errors
 //! services:   service/  one function per use case: request + CallContext -> result
 //!                 |  uses access/ (callers, tokens, scopes, limits, call context)
@@ -24,8 +24,11 @@
 //! - [`app`]: builds the database, services and doors; runs them until a
 //!   shutdown signal.
 //! - [`token_admin`]: `connections token create|list|revoke`.
+//! - [`app_key_admin`]: `connections app-key create|list|revoke`.
 //! - [`grpc`]: the gRPC door (handlers, conversions, the status map, the
 //!   per-call and security layers, the path-to-permission table).
+//! - [`http`]: the HTTP door (Gigya-compatible REST `socialize.removeConnection`,
+//!   its error-code table, the per-call layer; Prometheus `/metrics`).
 //! - [`service`]: the application services every door calls.
 //! - [`access`]: who is calling and what they may do; the call context.
 //! - [`domain`]: the rules (SPEC sections 3 to 8) as plain functions.
@@ -37,11 +40,13 @@
 
 pub mod access;
 pub mod app;
+pub mod app_key_admin;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub(crate) mod events;
 pub(crate) mod grpc;
+pub(crate) mod http;
 pub(crate) mod service;
 pub mod storage;
 pub mod telemetry;

@@ -11,8 +11,8 @@ use connections::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Token commands print a secret on stdout: keep log lines out of it.
-    let telemetry = if matches!(cli.command, Command::Token(_)) {
+    // Token and app-key commands print a secret on stdout: keep log lines out of it.
+    let telemetry = if matches!(cli.command, Command::Token(_) | Command::AppKey(_)) {
         None
     } else {
         match telemetry::init(&telemetry::TelemetryConfig::new(cli.log_format)) {
@@ -25,9 +25,13 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Token(command) => {
             connections::token_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
+                .await
+        }
+        Command::AppKey(command) => {
+            connections::app_key_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
                 .await
         }
     };
@@ -58,7 +62,15 @@ async fn serve(args: connections::cli::ServeArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-    app.run(listener, shutdown_signal())
+    let http_listener = match settings.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for REST on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    app.run_with(listener, http_listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

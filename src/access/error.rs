@@ -9,6 +9,12 @@ pub enum AccessError {
     /// A token that was valid and has expired.
     #[error("the token has expired; ask for a new one")]
     TokenExpired,
+    /// A signed request whose timestamp is too far from the server's clock.
+    #[error("timestamp is more than {window_seconds} s away from the server's time")]
+    StaleTimestamp { window_seconds: u64 },
+    /// A signed request whose nonce was already used (a replay).
+    #[error("nonce was already used")]
+    ReplayedNonce,
     /// A valid caller without the permission the call needs.
     #[error("the caller lacks the permission this call needs")]
     MissingPermission,

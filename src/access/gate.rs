@@ -1,9 +1,12 @@
 //! The gate every door puts in front of its calls: authenticates the caller
-//! (a bearer token), checks the permission the call needs, applies the
-//! per-caller rate limit and the bound on concurrent streams.
+//! (a bearer token, or for the REST door an application key's proof),
+//! checks the permission the call needs, applies the per-caller rate limit
+//! and the bound on concurrent streams.
 //!
-//! Open mode (no tokens, loopback only, decided at start-up) lets every call
-//! through as `anonymous`; it ends for good once a token exists. Token
+//! Open mode (no tokens or application keys, loopback only, decided at
+//! start-up) lets every call through as `anonymous`; it ends for good once
+//! a token or an application key exists. An application key's proof is
+//! checked even in open mode, so its caller is named. Token
 //! lookups, and the "do tokens exist" check of open mode, are cached for
 //! `token_cache_ttl` (2 s by default): a new token or a revocation takes
 //! effect within that delay.
@@ -21,7 +24,9 @@ use std::{
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
-    Access, AccessError, AccessMode, Caller, Grant, bearer_token, hash_token, hashes_match,
+    Access, AccessError, AccessMode, Caller, Grant,
+    app_keys::{AppKeyProof, AppKeys},
+    bearer_token, hash_token, hashes_match,
     limits::{RateLimiter, StreamLimiter},
     parse_permissions, parse_sites,
 };
@@ -33,6 +38,15 @@ use crate::{config::SecuritySettings, storage::TokenStore};
 pub struct Admission {
     pub caller: Caller,
     pub stream_permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The credentials a door found in a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// The `authorization` header's value, if any (`Bearer <token>`).
+    Header(Option<&'a str>),
+    /// An application key and its proof (REST).
+    AppKey(&'a AppKeyProof),
 }
 
 /// Cached token lookups kept before the cache is emptied.
@@ -54,6 +68,8 @@ pub struct Gate {
     /// bad tokens is refused before its tokens are looked up.
     failures: Option<RateLimiter>,
     streams: Option<StreamLimiter>,
+    /// Application keys (REST); None when the door that needs them is off.
+    app_keys: Option<AppKeys>,
 }
 
 impl Gate {
@@ -72,7 +88,15 @@ impl Gate {
             }),
             streams: (settings.max_streams_per_caller > 0)
                 .then(|| StreamLimiter::new(settings.max_streams_per_caller)),
+            app_keys: None,
         }
+    }
+
+    /// Also accepts application keys (and counts them when deciding
+    /// whether open mode has ended).
+    pub fn with_app_keys(mut self, app_keys: AppKeys) -> Self {
+        self.app_keys = Some(app_keys);
+        self
     }
 
     /// The current mode (open mode ends when the first token appears).
@@ -97,12 +121,17 @@ impl Gate {
                 _ => *checked = Some(Instant::now()),
             }
         }
-        match self.tokens.any_active().await {
+        let credentials_exist = match (self.tokens.any_active().await, &self.app_keys) {
+            (Ok(false), Some(app_keys)) => app_keys.any_active().await,
+            (tokens, _) => tokens,
+        };
+        match credentials_exist {
             Ok(false) => Ok(false),
             Ok(true) => {
                 if !self.authenticated.swap(true, Ordering::AcqRel) {
                     tracing::warn!(
-                        "API tokens now exist: open mode ended, callers must authenticate"
+                        "API tokens or application keys now exist: open mode ended, callers \
+                         must authenticate"
                     );
                 }
                 Ok(true)
@@ -193,7 +222,19 @@ impl Gate {
         peer: Option<IpAddr>,
         stream: bool,
     ) -> Result<Admission, AccessError> {
-        let (caller, key) = self.authorise(access, header, peer).await?;
+        self.admit_credential(access, Credential::Header(header), peer, stream)
+            .await
+    }
+
+    /// [`Gate::admit`] for any kind of credential.
+    pub async fn admit_credential(
+        &self,
+        access: Access,
+        credential: Credential<'_>,
+        peer: Option<IpAddr>,
+        stream: bool,
+    ) -> Result<Admission, AccessError> {
+        let (caller, key) = self.authorise(access, credential, peer).await?;
         let stream_permit = self.limit(&key, stream)?;
         Ok(Admission {
             caller,
@@ -206,10 +247,15 @@ impl Gate {
     async fn authorise(
         &self,
         access: Access,
-        header: Option<&str>,
+        credential: Credential<'_>,
         peer: Option<IpAddr>,
     ) -> Result<(Caller, String), AccessError> {
-        if access == Access::Open || !self.requires_authentication().await? {
+        let anonymous = match credential {
+            _ if access == Access::Open => true,
+            Credential::Header(_) => !self.requires_authentication().await?,
+            Credential::AppKey(_) => false,
+        };
+        if anonymous {
             let key = peer.map_or_else(|| "anonymous".to_owned(), |ip| format!("peer:{ip}"));
             return Ok((Caller::anonymous(), key));
         }
@@ -222,7 +268,16 @@ impl Gate {
                 "too many failed authentications: slow down and retry later".into(),
             ));
         }
-        let grant = match self.authenticate(header).await {
+        let authenticated = match credential {
+            Credential::Header(header) => self.authenticate(header).await,
+            Credential::AppKey(proof) => match &self.app_keys {
+                Some(app_keys) => app_keys.verify(proof, chrono::Utc::now()).await,
+                None => Err(AccessError::Unauthenticated(
+                    "application keys are not accepted here".into(),
+                )),
+            },
+        };
+        let grant = match authenticated {
             Ok(grant) => grant,
             Err(err) => {
                 if let (

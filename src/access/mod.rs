@@ -1,6 +1,7 @@
 //! Calls as a concept of their own, shared by every door: who the caller
 //! is ([`Caller`], its [`SiteScope`] and [`Permission`]s), API tokens
-//! (generated, hashed, parsed from the `authorization` header), the
+//! (generated, hashed, parsed from the `authorization` header), application
+//! keys and signed requests ([`app_keys`], [`signature`]), the
 //! start-up decision between open and authenticated mode, the [`Gate`] that
 //! admits callers and applies the abuse [`limits`], and the [`CallContext`]
 //! (call id, caller, trace context, deadline) that a door hands to the
@@ -9,14 +10,17 @@
 //! A door only translates: it finds the credentials in its protocol, asks
 //! the gate, and maps an [`AccessError`] to its own error shape.
 
+pub mod app_keys;
 mod call;
 mod error;
 mod gate;
 pub mod limits;
+pub mod signature;
 
+pub use app_keys::{AppKeyProof, AppKeys, Proof};
 pub use call::{ANONYMOUS_ACTOR, CALL_ID_HEADER, CallContext, CallId, TraceParent};
 pub use error::AccessError;
-pub use gate::{Admission, Gate};
+pub use gate::{Admission, Credential, Gate};
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, str::FromStr};
 
@@ -172,6 +176,24 @@ pub fn bearer_token(header: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     well_formed.then_some(token)
+}
+
+/// A caller's name (the `actor` of its events): 1 to 100 printable characters.
+pub fn parse_caller_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err("a caller name must be 1 to 100 printable characters".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// Whether every site of `inner` is also in `outer`.
+pub fn scope_contains(outer: &SiteScope, inner: &SiteScope) -> bool {
+    match (outer, inner) {
+        (SiteScope::All, _) => true,
+        (SiteScope::Only(_), SiteScope::All) => false,
+        (SiteScope::Only(outer), SiteScope::Only(inner)) => inner.is_subset(outer),
+    }
 }
 
 /// Parses a token's sites: `*` for all, else comma-separated api_keys.

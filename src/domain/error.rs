@@ -45,6 +45,8 @@ pub enum DomainError {
     VhostInUse { vhost: i64 },
     #[error("position {requested} was pruned; the earliest retained position is {earliest}")]
     PositionPruned { requested: u64, earliest: u64 },
+    #[error("no active application key has this user_key")]
+    AppKeyNotFound,
 }
 
 /// Longest part of a caller's value that an error message repeats.
@@ -92,7 +94,8 @@ impl DomainError {
             | Self::ActionDisabled
             | Self::IdentityLinkedElsewhere
             | Self::LoginIdTaken { .. }
-            | Self::PositionPruned { .. } => None,
+            | Self::PositionPruned { .. }
+            | Self::AppKeyNotFound => None,
         }
     }
 }

@@ -86,6 +86,8 @@ pub struct RemoveConnectionInput {
     /// Empty: no idempotency key.
     pub request_id: String,
     pub dry_run: bool,
+    /// `None`: the default (true).
+    pub force_providers_logout: Option<bool>,
 }
 
 impl RemoveConnectionInput {
@@ -103,6 +105,7 @@ impl RemoveConnectionInput {
             context,
             request_id,
             dry_run,
+            force_providers_logout,
         } = self;
         let api_key = ApiKey::parse_key("api_key", &api_key)?;
         let uid = Uid::parse("uid", &uid)?;
@@ -126,6 +129,7 @@ impl RemoveConnectionInput {
             context,
             request_id: optional_request_id(&request_id)?,
             dry_run,
+            force_providers_logout: force_providers_logout.unwrap_or(true),
         })
     }
 }

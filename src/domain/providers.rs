@@ -171,10 +171,11 @@ impl ProviderRegistry {
                 has_sub_providers: entry.has_sub_providers,
             }
         } else if is_saml(&canonical) {
+            // SAML sessions can be forcibly logged out (the JS seed).
             Provider {
                 name: canonical,
                 family: ProviderFamily::Social,
-                logout_requested: false,
+                logout_requested: true,
                 has_sub_providers: false,
             }
         } else {
@@ -310,13 +311,16 @@ mod tests {
     }
 
     #[test]
-    fn logout_is_requested_for_four_providers() {
+    fn logout_is_requested_for_four_social_providers_and_every_saml_provider() {
         let registry = ProviderRegistry::default();
         let flagged: Vec<_> = SOCIAL
             .iter()
             .filter(|p| registry.logout_requested(p))
             .collect();
         assert_eq!(flagged, [&"facebook", &"googleplus", &"linkedin", &"yahoo"]);
+        assert!(registry.logout_requested("saml-okta"));
+        assert!(registry.logout_requested("saml-a_b-1"));
+        assert!(!registry.logout_requested("janrain"));
     }
 
     #[test]

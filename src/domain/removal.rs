@@ -44,6 +44,9 @@ pub struct RemoveConnectionCommand {
     pub context: Option<serde_json::Value>,
     pub request_id: Option<RequestId>,
     pub dry_run: bool,
+    /// The JS seed's logout parameter (default true): when false, no removal
+    /// of this call asks for a provider logout.
+    pub force_providers_logout: bool,
 }
 
 /// Which external-id identities UnlinkAccount deletes.
@@ -149,7 +152,8 @@ impl RemovalRequest {
     /// serde_json objects keep their keys sorted, so the encoding is stable.
     pub fn fingerprint(&self) -> String {
         let canonical = match self {
-            Self::RemoveConnection(c) => serde_json::json!({
+            Self::RemoveConnection(c) => {
+                let mut canonical = serde_json::json!({
                 "rpc": "RemoveConnection",
                 "api_key": c.api_key.as_str(),
                 "uid": c.uid.as_str(),
@@ -159,7 +163,16 @@ impl RemovalRequest {
                 "last_identity_handling": c.last_identity_handling,
                 "context": c.context,
                 "dry_run": c.dry_run,
-            }),
+                });
+                // Only when off, so records stored before the field existed
+                // still match their retries.
+                if !c.force_providers_logout
+                    && let Some(fields) = canonical.as_object_mut()
+                {
+                    fields.insert("force_providers_logout".into(), false.into());
+                }
+                canonical
+            }
             Self::UnlinkAccount(c) => serde_json::json!({
                 "rpc": "UnlinkAccount",
                 "vhost": c.vhost.get(),
@@ -315,12 +328,15 @@ impl RemovalPlan {
             .collect()
     }
 
+    /// `logout_allowed` false (forceProvidersLogout=false) turns every
+    /// provider logout of the call off.
     fn build(
         account: &Account,
         registry: &ProviderRegistry,
         targets: Vec<&Identity>,
         mode: RemovalMode,
         login_ids_to_delete: BTreeSet<String>,
+        logout_allowed: bool,
     ) -> Self {
         let target_ids: BTreeSet<i64> = targets.iter().map(|i| i.id).collect();
         let removals = targets
@@ -332,7 +348,8 @@ impl RemovalPlan {
                     .filter(|l| login_ids_to_delete.contains(*l))
                     .cloned()
                     .collect(),
-                provider_logout_requested: registry.logout_requested(&identity.provider),
+                provider_logout_requested: logout_allowed
+                    && registry.logout_requested(&identity.provider),
                 identity: identity.clone(),
                 mode,
             })
@@ -387,6 +404,7 @@ pub fn plan_remove_connection(
                 Vec::new(),
                 RemovalMode::Hard,
                 BTreeSet::new(),
+                command.force_providers_logout,
             )),
         };
     }
@@ -433,7 +451,14 @@ pub fn plan_remove_connection(
             }
         }
     }
-    let plan = RemovalPlan::build(account, registry, targets, mode, to_delete);
+    let plan = RemovalPlan::build(
+        account,
+        registry,
+        targets,
+        mode,
+        to_delete,
+        command.force_providers_logout,
+    );
     if command.remove_login_id
         && !plan.login_ids_to_delete.is_empty()
         && plan.remaining_login_methods == 0
@@ -462,12 +487,14 @@ pub fn plan_unlink_account(
             provider: provider.to_owned(),
         });
     }
+    // The unlinkaccount action has no logout parameter: the registry decides.
     Ok(RemovalPlan::build(
         account,
         registry,
         targets,
         RemovalMode::Hard,
         BTreeSet::new(),
+        true,
     ))
 }
 
@@ -520,6 +547,7 @@ mod tests {
             context: None,
             request_id: None,
             dry_run: false,
+            force_providers_logout: true,
         }
     }
 
@@ -587,6 +615,51 @@ mod tests {
         assert_eq!(plan.remaining_login_methods, 2);
         assert_eq!(plan.after.identities.len(), 1);
         assert!(plan.removals[0].provider_logout_requested);
+    }
+
+    #[test]
+    fn saml_removals_request_a_provider_logout_unless_the_caller_turns_it_off() {
+        let acc = account(
+            &[("a@x", true)],
+            vec![
+                identity(1, "facebook", Active),
+                identity(2, "saml-okta", Active),
+                identity(3, "twitter", Active),
+            ],
+        );
+        let plan = plan_remove_connection(&acc, &registry(), &command(None, Fail)).unwrap();
+        let logout: Vec<_> = plan
+            .removals
+            .iter()
+            .map(|r| (r.identity.provider.as_str(), r.provider_logout_requested))
+            .collect();
+        assert_eq!(
+            logout,
+            [("facebook", true), ("saml-okta", true), ("twitter", false)]
+        );
+        let mut quiet = command(None, Fail);
+        quiet.force_providers_logout = false;
+        let plan = plan_remove_connection(&acc, &registry(), &quiet).unwrap();
+        assert_eq!(plan.removals.len(), 3);
+        assert!(plan.removals.iter().all(|r| !r.provider_logout_requested));
+        assert!(
+            plan.removed(None)
+                .iter()
+                .all(|r| !r.provider_logout_requested)
+        );
+    }
+
+    #[test]
+    fn the_logout_flag_is_part_of_the_idempotency_fingerprint() {
+        let on = RemovalRequest::RemoveConnection(command(None, Fail));
+        let mut off = command(None, Fail);
+        off.force_providers_logout = false;
+        let off = RemovalRequest::RemoveConnection(off);
+        assert_ne!(on.fingerprint(), off.fingerprint());
+        assert_eq!(
+            on.fingerprint(),
+            RemovalRequest::RemoveConnection(command(None, Fail)).fingerprint()
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! AdminService: sites and accounts.
+//! AdminService: sites, accounts and application keys.
 
 use tonic::{Request, Response, Status};
 
 use super::{call_context, convert, respond, status::ApiError};
 use crate::{
     proto::v1::{self as pb, admin_service_server::AdminService},
-    service::Services,
+    service::{AppKeyInput, Services},
 };
 
 #[derive(Debug, Clone)]
@@ -71,6 +71,68 @@ impl AdminService for AdminApi {
             Ok::<_, ApiError>(pb::UpsertAccountResponse {
                 account: Some(convert::account(account)),
                 created,
+                call_id: call.call_id.clone(),
+            })
+        }
+        .await;
+        respond(&call, result)
+    }
+
+    async fn create_app_key(
+        &self,
+        request: Request<pb::CreateAppKeyRequest>,
+    ) -> Result<Response<pb::CreateAppKeyResponse>, Status> {
+        let call = call_context(&request);
+        let result = async {
+            let pb::CreateAppKeyRequest {
+                caller,
+                sites,
+                permissions,
+            } = request.into_inner();
+            let new_key = AppKeyInput {
+                caller,
+                sites,
+                permissions,
+            }
+            .parse()?;
+            let created = self.services.create_app_key(&call, new_key).await?;
+            Ok::<_, ApiError>(pb::CreateAppKeyResponse {
+                app_key: Some(convert::app_key(created.key)),
+                secret: created.secret,
+                call_id: call.call_id.clone(),
+            })
+        }
+        .await;
+        respond(&call, result)
+    }
+
+    async fn list_app_keys(
+        &self,
+        request: Request<pb::ListAppKeysRequest>,
+    ) -> Result<Response<pb::ListAppKeysResponse>, Status> {
+        let call = call_context(&request);
+        let result = async {
+            let pb::ListAppKeysRequest {} = request.into_inner();
+            let keys = self.services.list_app_keys(&call).await?;
+            Ok::<_, ApiError>(pb::ListAppKeysResponse {
+                app_keys: keys.into_iter().map(convert::app_key).collect(),
+                call_id: call.call_id.clone(),
+            })
+        }
+        .await;
+        respond(&call, result)
+    }
+
+    async fn revoke_app_key(
+        &self,
+        request: Request<pb::RevokeAppKeyRequest>,
+    ) -> Result<Response<pb::RevokeAppKeyResponse>, Status> {
+        let call = call_context(&request);
+        let result = async {
+            let pb::RevokeAppKeyRequest { user_key } = request.into_inner();
+            let key = self.services.revoke_app_key(&call, &user_key).await?;
+            Ok::<_, ApiError>(pb::RevokeAppKeyResponse {
+                app_key: Some(convert::app_key(key)),
                 call_id: call.call_id.clone(),
             })
         }

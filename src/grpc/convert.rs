@@ -15,7 +15,7 @@ use crate::{
         removal::{LastIdentityHandling, RemovalOutcome, RemovedIdentity},
     },
     proto::v1 as pb,
-    service::{LinkRequest, MAX_HEARTBEAT_SECONDS, SubscribeRequest, SubscribeStart},
+    service::{LinkRequest, MAX_HEARTBEAT_SECONDS, StoredAppKey, SubscribeRequest, SubscribeStart},
 };
 
 fn from_timestamp(field: &'static str, ts: Timestamp) -> Result<DateTime<Utc>, DomainError> {
@@ -254,6 +254,32 @@ pub fn value_from_json(value: serde_json::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// An application key as AdminService reports it: never its secret.
+pub fn app_key(key: StoredAppKey) -> pb::AppKey {
+    let StoredAppKey {
+        user_key,
+        caller,
+        sites,
+        permissions,
+        created_at,
+        revoked_at,
+    } = key;
+    let list = |spec: String| -> Vec<String> {
+        spec.split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    pb::AppKey {
+        user_key,
+        caller,
+        sites: list(sites),
+        permissions: list(permissions),
+        created_at: Some(timestamp(created_at)),
+        revoked_at: revoked_at.map(timestamp),
+    }
+}
+
 pub fn remove_connection(
     request: pb::RemoveConnectionRequest,
 ) -> Result<RemoveConnectionInput, DomainError> {
@@ -267,6 +293,7 @@ pub fn remove_connection(
         context,
         request_id,
         dry_run,
+        force_providers_logout,
     } = request;
     let last_identity_handling = match pb::LastIdentityHandling::try_from(last_identity_handling) {
         Ok(pb::LastIdentityHandling::Unspecified) => None,
@@ -290,6 +317,7 @@ pub fn remove_connection(
         context: context.map(|c| json_from_value("context", c)).transpose()?,
         request_id,
         dry_run,
+        force_providers_logout,
     })
 }
 

@@ -37,6 +37,18 @@ const ROUTES: &[(&str, Permission)] = &[
         "/connections.v1.AdminService/UpsertAccount",
         Permission::Admin,
     ),
+    (
+        "/connections.v1.AdminService/CreateAppKey",
+        Permission::Admin,
+    ),
+    (
+        "/connections.v1.AdminService/ListAppKeys",
+        Permission::Admin,
+    ),
+    (
+        "/connections.v1.AdminService/RevokeAppKey",
+        Permission::Admin,
+    ),
 ];
 
 /// Services that stay open whatever the mode.
@@ -101,6 +113,9 @@ mod tests {
             ("/connections.v1.AdminService/UpsertSite", Admin),
             ("/connections.v1.AdminService/GetSite", Admin),
             ("/connections.v1.AdminService/UpsertAccount", Admin),
+            ("/connections.v1.AdminService/CreateAppKey", Admin),
+            ("/connections.v1.AdminService/ListAppKeys", Admin),
+            ("/connections.v1.AdminService/RevokeAppKey", Admin),
         ] {
             assert_eq!(access_for_path(path), Access::Requires(expected), "{path}");
         }

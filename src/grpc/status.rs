@@ -63,6 +63,7 @@ fn rule_code(err: &DomainError) -> (Code, &'static str) {
         DomainError::LoginIdTaken { .. } => (Code::AlreadyExists, "LOGIN_ID_TAKEN"),
         DomainError::VhostInUse { .. } => (Code::AlreadyExists, "VHOST_IN_USE"),
         DomainError::PositionPruned { .. } => (Code::OutOfRange, "POSITION_PRUNED"),
+        DomainError::AppKeyNotFound => (Code::NotFound, "APP_KEY_NOT_FOUND"),
     }
 }
 
@@ -95,6 +96,8 @@ fn access_code(err: &AccessError) -> (Code, &'static str) {
     match err {
         AccessError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
         AccessError::TokenExpired => (Code::Unauthenticated, "TOKEN_EXPIRED"),
+        AccessError::StaleTimestamp { .. } => (Code::Unauthenticated, "TIMESTAMP_OUT_OF_WINDOW"),
+        AccessError::ReplayedNonce => (Code::Unauthenticated, "NONCE_REUSED"),
         AccessError::MissingPermission | AccessError::ForbiddenSite | AccessError::NotOwner(_) => {
             (Code::PermissionDenied, "PERMISSION_DENIED")
         }
@@ -117,6 +120,10 @@ impl ApiError {
             Self::Service(ServiceError::StorageFull(_)) => {
                 (Code::ResourceExhausted, "STORAGE_FULL")
             }
+            Self::Service(ServiceError::Conflict(_)) => (Code::Aborted, "CONCURRENT_UPDATE"),
+            Self::Service(ServiceError::NotConfigured(_)) => {
+                (Code::FailedPrecondition, "NOT_CONFIGURED")
+            }
             Self::Service(ServiceError::Internal(_)) => (Code::Internal, "INTERNAL"),
             Self::MessageTooLarge => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
             Self::MalformedRequest { .. } => (Code::InvalidArgument, "MALFORMED_REQUEST"),
@@ -138,6 +145,14 @@ impl ApiError {
                 (rule.to_string(), details)
             }
             Self::Service(ServiceError::Access(access)) => (access.to_string(), info()),
+            Self::Service(ServiceError::NotConfigured(what)) => ((*what).to_owned(), info()),
+            Self::Service(ServiceError::Conflict(cause)) => {
+                tracing::warn!(call_id, error = %cause, "concurrent update");
+                (
+                    format!("a concurrent update conflicted; retry (call id {call_id})"),
+                    info(),
+                )
+            }
             Self::Service(ServiceError::Unavailable(cause)) => {
                 tracing::warn!(call_id, error = %cause, "database unavailable");
                 (

@@ -17,6 +17,14 @@ pub enum ServiceError {
     /// The database has no space left; writes fail until space is freed.
     #[error("the database storage is full: {0}")]
     StorageFull(String),
+    /// A concurrent update conflicted with this one; nothing changed and a
+    /// retry may succeed.
+    #[error("concurrent update: {0}")]
+    Conflict(String),
+    /// The server lacks a setting the call needs (e.g. a `--session-key` to
+    /// seal application keys with); the message says which.
+    #[error("{0}")]
+    NotConfigured(&'static str),
     /// Anything unexpected underneath. The cause is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -32,6 +40,7 @@ impl From<StorageError> for ServiceError {
             }
             StorageError::Full(cause) => Self::StorageFull(cause.to_string()),
             StorageError::Busy(cause) => Self::Unavailable(format!("busy: {cause}")),
+            StorageError::Conflict(cause) => Self::Conflict(cause.to_string()),
             StorageError::Database(cause) => Self::Internal(cause.to_string()),
             StorageError::Corrupt(cause) => Self::Internal(format!("inconsistent data: {cause}")),
         }

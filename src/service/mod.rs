@@ -5,12 +5,16 @@
 //! convert their protocol to and from these types.
 
 mod admin;
+mod app_keys;
 mod connections;
 mod error;
 mod events;
 
 use std::sync::Arc;
 
+/// An application key as the services report it (never its secret).
+pub use crate::storage::StoredAppKey;
+pub use app_keys::AppKeyInput;
 pub use connections::LinkRequest;
 pub use error::{ServiceError, ServiceResult};
 pub use events::{MAX_HEARTBEAT_SECONDS, SubscribeRequest, SubscribeStart};

@@ -27,6 +27,10 @@ pub enum StorageError {
     /// SQLite stayed locked past its busy timeout (or could not wait).
     #[error("database is busy: {0}")]
     Busy(DbErr),
+    /// A concurrent transaction won: serialization failure or deadlock
+    /// (PostgreSQL 40001 / 40P01). Nothing was changed; the caller may retry.
+    #[error("concurrent update: {0}")]
+    Conflict(DbErr),
     #[error("database error: {0}")]
     Database(DbErr),
     #[error("stored data is inconsistent: {0}")]
@@ -42,6 +46,8 @@ pub(crate) enum Failure {
     Full,
     /// SQLite SQLITE_BUSY / SQLITE_LOCKED.
     Busy,
+    /// PostgreSQL serialization failure or deadlock.
+    Conflict,
     Other,
 }
 
@@ -87,6 +93,7 @@ fn classify_code(code: &str) -> Failure {
     }
     match code {
         "53100" => Failure::Full,
+        "40001" | "40P01" => Failure::Conflict,
         "57P01" | "57P02" | "57P03" => Failure::ConnectionLost,
         _ if code.starts_with("08") => Failure::ConnectionLost,
         _ => Failure::Other,
@@ -99,6 +106,7 @@ impl From<DbErr> for StorageError {
             Failure::ConnectionLost => Self::Unavailable(err),
             Failure::Full => Self::Full(err),
             Failure::Busy => Self::Busy(err),
+            Failure::Conflict => Self::Conflict(err),
             Failure::Other => Self::Database(err),
         }
     }
@@ -171,6 +179,7 @@ mod tests {
         assert_eq!(classify_code("517"), Failure::Busy, "SQLITE_BUSY_SNAPSHOT");
         assert_eq!(classify_code("2067"), Failure::Other, "SQLite unique");
         assert_eq!(classify_code("23505"), Failure::Other);
-        assert_eq!(classify_code("40001"), Failure::Other);
+        assert_eq!(classify_code("40001"), Failure::Conflict);
+        assert_eq!(classify_code("40P01"), Failure::Conflict);
     }
 }

@@ -1,6 +1,7 @@
 //! Storage: SeaORM entities, migrations and the repository that owns every
 //! SQL statement and transaction.
 
+pub mod app_keys;
 pub mod db;
 pub mod entities;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod repository;
 pub(crate) mod secrets;
 pub mod tokens;
 
+pub use app_keys::{AppKeySecret, AppKeyStore, StoredAppKey};
 pub use error::{StorageError, StorageResult};
 pub use health::{DbHealth, PoolSettings};
 pub use repository::Repository;

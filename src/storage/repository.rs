@@ -77,6 +77,12 @@ impl Repository {
         super::TokenStore::with_health(self.db.clone(), self.health.clone())
     }
 
+    /// The application key and nonce tables, on the same pool, sealing
+    /// with the server's secret key.
+    pub fn app_keys(&self) -> super::AppKeyStore {
+        super::AppKeyStore::new(self.db.clone(), self.sealer.clone())
+    }
+
     /// Closes the connection pool (at shutdown).
     pub async fn close(&self) {
         let _ = self.db.clone().close().await;

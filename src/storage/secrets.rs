@@ -1,9 +1,10 @@
-//! Sealing provider session data at rest (AES-256-GCM). Sealed bytes are
-//! `nonce || ciphertext`; the key comes from configuration.
+//! Sealing secrets at rest (AES-256-GCM): provider session data, and the
+//! secrets of application keys. Sealed bytes are `nonce || ciphertext`; the
+//! key comes from configuration (`--session-key`).
 
 use aes_gcm::{
     Aes256Gcm, Key, KeyInit, Nonce,
-    aead::{Aead, AeadCore, OsRng},
+    aead::{Aead, AeadCore, OsRng, Payload},
 };
 
 use crate::domain::ProviderSession;
@@ -14,6 +15,9 @@ const NONCE_LEN: usize = 12;
 #[derive(Clone)]
 pub struct SessionSealer {
     cipher: Aes256Gcm,
+    /// False for a random per-process key: what it seals is unreadable
+    /// after a restart.
+    persistent: bool,
 }
 
 impl std::fmt::Debug for SessionSealer {
@@ -26,6 +30,7 @@ impl SessionSealer {
     pub fn new(key: &[u8; 32]) -> Self {
         Self {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
+            persistent: true,
         }
     }
 
@@ -35,7 +40,50 @@ impl SessionSealer {
         let key = Aes256Gcm::generate_key(&mut OsRng);
         Self {
             cipher: Aes256Gcm::new(&key),
+            persistent: false,
         }
+    }
+
+    /// Whether the key outlives the process (configured, not random).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Seals `plaintext`, bound to `aad`: it opens only with the same `aad`
+    /// (e.g. an application key's user key, so a sealed secret copied to
+    /// another row does not open).
+    pub fn seal_bytes(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, String> {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| "encryption failed".to_owned())?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&ciphertext);
+        Ok(sealed)
+    }
+
+    /// Opens what `seal_bytes` sealed with the same `aad`.
+    pub fn open_bytes(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, String> {
+        if sealed.len() < NONCE_LEN {
+            return Err("sealed value too short".into());
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .map_err(|_| "decryption failed".to_owned())
     }
 
     pub fn seal(&self, session: &ProviderSession) -> Result<Vec<u8>, String> {
@@ -79,5 +127,17 @@ mod tests {
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
         assert_eq!(sealer.open(&sealed).unwrap(), session);
         assert!(SessionSealer::new(&[8; 32]).open(&sealed).is_err());
+    }
+
+    #[test]
+    fn sealed_bytes_open_only_with_their_associated_data() {
+        let sealer = SessionSealer::new(&[7; 32]);
+        let sealed = sealer.seal_bytes(b"c2VjcmV0", b"key-a").unwrap();
+        assert!(!sealed.windows(8).any(|w| w == b"c2VjcmV0"));
+        assert_eq!(sealer.open_bytes(&sealed, b"key-a").unwrap(), b"c2VjcmV0");
+        assert!(sealer.open_bytes(&sealed, b"key-b").is_err());
+        assert!(sealer.open_bytes(&sealed[..5], b"key-a").is_err());
+        assert!(sealer.is_persistent());
+        assert!(!SessionSealer::ephemeral().is_persistent());
     }
 }

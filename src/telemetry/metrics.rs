@@ -173,6 +173,62 @@ impl RpcMetrics {
     }
 }
 
+/// Series of the HTTP door kept; further ones are not counted. Routes come
+/// from the door's own table, so this is only a backstop.
+const MAX_HTTP_SERIES: usize = 1024;
+
+/// Metrics of the HTTP door, recorded by its per-call layer: requests by
+/// route, HTTP status and Gigya errorCode (0 on success), and latency by route.
+#[derive(Debug, Default)]
+struct HttpMetrics {
+    requests: RwLock<HashMap<(String, u16, u32), Arc<AtomicU64>>>,
+    durations: RwLock<HashMap<String, Arc<Histogram>>>,
+}
+
+impl HttpMetrics {
+    fn counter(&self, key: (String, u16, u32)) -> Option<Arc<AtomicU64>> {
+        if let Some(counter) = self
+            .requests
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Some(counter.clone());
+        }
+        let mut map = self
+            .requests
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_HTTP_SERIES && !map.contains_key(&key) {
+            return None;
+        }
+        Some(map.entry(key).or_default().clone())
+    }
+
+    fn histogram(&self, route: &str) -> Option<Arc<Histogram>> {
+        if let Some(histogram) = self
+            .durations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(route)
+        {
+            return Some(histogram.clone());
+        }
+        let mut map = self
+            .durations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_HTTP_SERIES && !map.contains_key(route) {
+            return None;
+        }
+        Some(
+            map.entry(route.to_owned())
+                .or_insert_with(|| Arc::new(Histogram::new(RPC_BUCKETS)))
+                .clone(),
+        )
+    }
+}
+
 /// Metrics of the outbox sequencer and the event fan-out. Get it with
 /// [`events()`]; every method is a few atomic operations.
 #[derive(Debug)]
@@ -258,6 +314,7 @@ impl Drop for SubscriberGuard {
 #[derive(Debug)]
 struct Registry {
     rpc: RpcMetrics,
+    http: HttpMetrics,
     events: EventMetrics,
 }
 
@@ -265,6 +322,7 @@ fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| Registry {
         rpc: RpcMetrics::default(),
+        http: HttpMetrics::default(),
         events: EventMetrics::new(),
     })
 }
@@ -291,6 +349,29 @@ pub fn record_rpc(rpc: &str, code: Code, elapsed: Duration) {
             ],
         );
     }
+}
+
+/// Records one finished HTTP request: its route (from the door's table),
+/// HTTP status, Gigya errorCode (0 on success) and latency.
+pub fn record_http(route: &str, status: u16, error_code: u32, elapsed: Duration) {
+    let http = &registry().http;
+    if let Some(counter) = http.counter((route.to_owned(), status, error_code)) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(histogram) = http.histogram(route) {
+        histogram.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// HTTP requests of `route` that ended with `status` and `error_code` so far.
+pub fn http_requests(route: &str, status: u16, error_code: u32) -> u64 {
+    registry()
+        .http
+        .requests
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&(route.to_owned(), status, error_code))
+        .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 /// Calls of `rpc` that ended with `code` so far (for tests and checks).
@@ -374,6 +455,8 @@ pub fn render_prometheus() -> String {
         );
     }
 
+    render_http(&mut out, &registry.http);
+
     let events = &registry.events;
     let gauges: [(&str, &str, &str, String); 4] = [
         (
@@ -414,6 +497,45 @@ pub fn render_prometheus() -> String {
         .sequencing_lag
         .render(&mut out, "connections_events_sequencing_lag_seconds", "");
     out
+}
+
+fn render_http(out: &mut String, http: &HttpMetrics) {
+    let mut requests: Vec<_> = http
+        .requests
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(key, count)| (key.clone(), count.load(Ordering::Relaxed)))
+        .collect();
+    requests.sort();
+    out.push_str("# HELP connections_http_requests_total HTTP requests handled, by route, HTTP status and Gigya errorCode.\n");
+    out.push_str("# TYPE connections_http_requests_total counter\n");
+    for ((route, status, error_code), count) in requests {
+        let _ = writeln!(
+            out,
+            "connections_http_requests_total{{route=\"{}\",status=\"{status}\",error_code=\"{error_code}\"}} {count}",
+            label(&route)
+        );
+    }
+    let mut durations: Vec<_> = http
+        .durations
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(route, histogram)| (route.clone(), histogram.clone()))
+        .collect();
+    durations.sort_by(|a, b| a.0.cmp(&b.0));
+    out.push_str(
+        "# HELP connections_http_request_duration_seconds Time to handle an HTTP request.\n",
+    );
+    out.push_str("# TYPE connections_http_request_duration_seconds histogram\n");
+    for (route, histogram) in durations {
+        histogram.render(
+            out,
+            "connections_http_request_duration_seconds",
+            &format!("route=\"{}\",", label(&route)),
+        );
+    }
 }
 
 /// OpenTelemetry instruments, present once an OTLP meter provider exists.

@@ -9,10 +9,10 @@
 //!   incoming `traceparent` is continued into the events.
 //! - [`layer`]: the per-call tower layer (call id, `rpc` span, outcome, latency).
 //! - [`metrics`]: process-wide counters, gauges and histograms, exported over
-//!   OTLP when configured and served as Prometheus text by [`metrics_http`].
+//!   OTLP when configured and served as Prometheus text by the HTTP door's
+//!   `/metrics` endpoint.
 
 pub mod metrics;
-pub mod metrics_http;
 pub mod trace_context;
 
 use std::{io::IsTerminal, time::Duration};

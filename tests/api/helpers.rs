@@ -109,6 +109,8 @@ async fn create_postgres_database(base: &str) -> String {
 /// A running server.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The REST listener (`socialize.removeConnection`), on its own port.
+    pub http_addr: SocketAddr,
     /// The server's own repository, for tests that write at the storage level
     /// (e.g. holding an outbox transaction open).
     pub repo: connections::storage::Repository,
@@ -163,9 +165,13 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind http");
+        let http_addr = http_listener.local_addr().expect("http local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            app.run(listener, async {
+            app.run_with(listener, Some(http_listener), async {
                 let _ = rx.await;
             })
             .await
@@ -187,6 +193,7 @@ impl TestApp {
         };
         Self {
             addr,
+            http_addr,
             repo,
             database_url: database_url.to_owned(),
             channel,

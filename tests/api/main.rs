@@ -12,6 +12,7 @@ mod link_connection;
 mod outage;
 mod pg_cluster;
 mod remove_connection;
+mod rest;
 mod security;
 mod server;
 mod trace_context;

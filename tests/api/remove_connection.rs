@@ -17,6 +17,7 @@ on_both_backends!(
     remove_connection_removes_one_provider_and_writes_its_event,
     remove_connection_matches_providers_case_insensitively_and_messenger_as_microsoft,
     remove_connection_of_all_providers_removes_only_social_identities,
+    remove_connection_requests_saml_logouts_unless_force_providers_logout_is_false,
     remove_connection_of_all_with_nothing_connected_succeeds_without_events,
     remove_connection_refuses_unknown_and_empty_providers,
     remove_connection_of_a_provider_not_connected_is_not_connected,
@@ -53,6 +54,7 @@ pub fn remove(uid: &str, provider: Option<&str>) -> pb::RemoveConnectionRequest 
         context: None,
         request_id: String::new(),
         dry_run: false,
+        force_providers_logout: None,
     }
 }
 
@@ -205,6 +207,47 @@ async fn remove_connection_of_all_providers_removes_only_social_identities(backe
         [("janrain".to_owned(), pb::IdentityState::Active)]
     );
     assert_eq!(outbox_events(&app).await.len(), 2);
+}
+
+async fn remove_connection_requests_saml_logouts_unless_force_providers_logout_is_false(
+    backend: Backend,
+) {
+    let app = setup(&backend).await;
+    app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
+    app.link(KEY, "u1", "saml-okta", "", "s1", None).await;
+    app.link(KEY, "u1", "facebook", "", "fb1", None).await;
+    app.link(KEY, "u1", "twitter", "", "tw1", None).await;
+    let response = app
+        .connections()
+        .remove_connection(remove("u1", Some("saml-okta")))
+        .await
+        .expect("remove saml")
+        .into_inner();
+    assert!(response.removed[0].provider_logout_requested);
+    let mut quiet = remove("u1", None);
+    quiet.force_providers_logout = Some(false);
+    let response = app
+        .connections()
+        .remove_connection(quiet)
+        .await
+        .expect("remove all without logout")
+        .into_inner();
+    assert_eq!(response.removed.len(), 2);
+    assert!(
+        response
+            .removed
+            .iter()
+            .all(|r| !r.provider_logout_requested)
+    );
+    let events = outbox_events(&app).await;
+    let logout: Vec<_> = events
+        .iter()
+        .map(|e| (e.provider.as_str(), e.provider_logout_requested))
+        .collect();
+    assert_eq!(
+        logout,
+        [("saml-okta", true), ("facebook", false), ("twitter", false)]
+    );
 }
 
 async fn remove_connection_of_all_with_nothing_connected_succeeds_without_events(backend: Backend) {

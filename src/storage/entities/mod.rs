@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod api_token;
+pub mod app_key;
 pub mod consumer;
 pub mod context_id;
 pub mod event;
@@ -9,4 +10,5 @@ pub mod event_sequence;
 pub mod idempotency_key;
 pub mod identity;
 pub mod login_id;
+pub mod request_nonce;
 pub mod site;

@@ -6,6 +6,7 @@ mod m20261122_000001_create_tables;
 mod m20261122_000002_create_api_tokens;
 mod m20261127_000010_consumer_owner;
 mod m20261127_000011_token_expiry;
+mod m20261127_000020_app_keys;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_api_tokens::Migration),
             Box::new(m20261127_000010_consumer_owner::Migration),
             Box::new(m20261127_000011_token_expiry::Migration),
+            Box::new(m20261127_000020_app_keys::Migration),
         ]
     }
 }

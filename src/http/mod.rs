@@ -1,0 +1,85 @@
+//! The HTTP door (axum on the hyper stack tonic already uses): the
+//! Gigya-compatible REST endpoint `socialize.removeConnection` (SPEC section
+//! 11), and the Prometheus `/metrics` endpoint on its own listener.
+//!
+//! - [`server`]: the accept loop (TLS optional), HTTP/1.1 and HTTP/2, header
+//!   read timeout, graceful shutdown.
+//! - [`call_layer`]: every request's call id, span, trace context, metrics,
+//!   log line, and the bound on requests in flight.
+//! - [`params`]: strict `application/x-www-form-urlencoded` decoding.
+//! - [`rest`]: the REST handler: parameters to the domain's raw input,
+//!   credentials to the gate, the service, the answer.
+//! - [`error_codes`]: the one exhaustive map from every error to Gigya's
+//!   errorCode and statusCode.
+//! - [`response`]: the response shape (JSON or JSONP).
+//! - [`metrics`]: `GET /metrics`.
+
+pub mod call_layer;
+pub mod error_codes;
+pub mod metrics;
+pub mod params;
+pub mod response;
+pub mod rest;
+pub mod server;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, routing::get};
+
+use crate::{access::Gate, service::Services};
+
+/// The REST endpoint's path.
+pub const REMOVE_CONNECTION_PATH: &str = "/socialize.removeConnection";
+
+/// How the HTTP door protects itself and what it needs to know about how
+/// clients reach it.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers, and its body.
+    pub read_timeout: Duration,
+    /// Requests handled at once; more wait up to `queue_timeout`, then are refused.
+    pub max_in_flight: usize,
+    pub queue_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            read_timeout: Duration::from_secs(10),
+            max_in_flight: 256,
+            queue_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the REST handler needs.
+#[derive(Debug, Clone)]
+pub struct RestConfig {
+    /// `scheme://host[:port][/prefix]` clients use to reach the service,
+    /// for the signature base string; None: from `X-Forwarded-Proto` and
+    /// `Host`.
+    pub public_base_url: Option<String>,
+    /// Whether this listener speaks TLS (the scheme when no header says).
+    pub tls: bool,
+    pub limits: HttpLimits,
+}
+
+/// The REST router over the shared services and gate.
+pub fn rest_router(services: Services, gate: Arc<Gate>, config: RestConfig) -> Router {
+    let call_limits = call_layer::InFlight::new(&config.limits);
+    let door = Arc::new(rest::RestDoor::new(services, gate, config));
+    Router::new()
+        .route(
+            REMOVE_CONNECTION_PATH,
+            get(rest::remove_connection).post(rest::remove_connection),
+        )
+        .fallback(rest::not_found)
+        .with_state(door)
+        .layer(axum::middleware::from_fn_with_state(
+            call_limits,
+            call_layer::per_call,
+        ))
+}
