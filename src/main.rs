@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use connections::{
-    app::App,
+    app::{App, AppError},
     cli::{Cli, Command},
     storage::db,
     telemetry,
@@ -38,7 +38,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!("{message}");
+            // Once, on stderr, whatever the log format: the log (stdout) may
+            // not be set up, and a line in both would print twice.
             eprintln!("connections: {message}");
             ExitCode::FAILURE
         }
@@ -46,15 +47,22 @@ async fn main() -> ExitCode {
 }
 
 async fn migrate(database_url: &str) -> Result<(), String> {
-    let connection = db::connect(database_url).await.map_err(|e| e.to_string())?;
-    db::migrate(&connection).await.map_err(|e| e.to_string())?;
+    let connection = db::connect(database_url)
+        .await
+        .map_err(|e| db::describe(&e))?;
+    db::migrate(&connection)
+        .await
+        .map_err(|e| db::describe(&e))?;
     tracing::info!("migrations applied");
     Ok(())
 }
 
 async fn serve(args: connections::cli::ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
-    let app = App::build(&settings).await.map_err(|e| e.to_string())?;
+    let app = App::build(&settings).await.map_err(|e| match e {
+        AppError::Database(e) => db::describe(&e),
+        other => other.to_string(),
+    })?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;

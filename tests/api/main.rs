@@ -9,5 +9,6 @@ mod link_connection;
 mod remove_connection;
 mod security;
 mod server;
+mod startup_errors;
 mod trace_context;
 mod unlink_account;
