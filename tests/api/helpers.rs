@@ -170,11 +170,28 @@ impl Drop for PostgresDatabase {
                 let admin = sea_orm::Database::connect(&base)
                     .await
                     .map_err(|e| e.to_string())?;
-                let result = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                // A server still shutting down reconnects (its pool, its
+                // LISTEN connection) while FORCE ends its sessions: refuse new
+                // connections first, and try again if one slipped in.
+                let _ = admin
+                    .execute_unprepared(&format!(
+                        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"
+                    ))
+                    .await;
+                let mut result = Ok(());
+                for _ in 0..10 {
+                    result = admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
                 let _ = admin.close().await;
                 result
             })
