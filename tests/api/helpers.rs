@@ -28,6 +28,8 @@ use tonic::{
 use tonic_types::StatusExt;
 
 pub const POSTGRES_URL_VAR: &str = "CONNECTIONS_TEST_POSTGRES_URL";
+/// Optional; part of every test database's name (`ct_<pid>_<run><random>`).
+pub const RUN_ID_VAR: &str = "CONNECTIONS_TEST_RUN_ID";
 
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -90,7 +92,7 @@ pub enum TestDatabase {
     Postgres(PostgresDatabase),
 }
 
-/// A `ct_<pid>_<random>` database on the server of `base`.
+/// A `ct_<pid>_<run><random>` database on the server of `base`.
 #[derive(Debug)]
 pub struct PostgresDatabase {
     base: String,
@@ -125,8 +127,15 @@ impl PostgresDatabase {
                 }
             }
         }
+        // `.ci/run` sets a run id to find its own databases afterwards.
+        let run: String = std::env::var(RUN_ID_VAR)
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(16)
+            .collect();
         let name = format!(
-            "ct_{}_{}",
+            "ct_{}_{run}{}",
             std::process::id(),
             uuid::Uuid::new_v4()
                 .simple()
