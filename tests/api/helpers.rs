@@ -4,7 +4,11 @@
 //! database (a temporary SQLite file, or a new PostgreSQL database when
 //! `CONNECTIONS_TEST_POSTGRES_URL` is set), and typed gRPC clients.
 
-use std::{net::SocketAddr, sync::OnceLock};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock, Weak},
+};
 
 use connections::{
     app::App,
@@ -24,8 +28,8 @@ use tonic::{
 use tonic_types::StatusExt;
 
 pub const POSTGRES_URL_VAR: &str = "CONNECTIONS_TEST_POSTGRES_URL";
-/// Set by `.ci/run`: a missing PostgreSQL URL is then a failure, not a skip.
-pub const REQUIRE_POSTGRES_VAR: &str = "CONNECTIONS_TEST_REQUIRE_POSTGRES";
+/// Optional; part of every test database's name (`ct_<pid>_<run><random>`).
+pub const RUN_ID_VAR: &str = "CONNECTIONS_TEST_RUN_ID";
 
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -34,76 +38,180 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The PostgreSQL backend, or None (test skipped) when not configured.
-    pub fn postgres() -> Option<Self> {
+    /// The PostgreSQL backend. The `postgres` tests are compiled as ignored
+    /// when `CONNECTIONS_TEST_POSTGRES_URL` is not set (see `build.rs`), so a
+    /// test that gets here without it was asked for by name: fail, do not
+    /// pass without having run.
+    pub fn postgres() -> Self {
         match std::env::var(POSTGRES_URL_VAR) {
-            Ok(url) if !url.is_empty() => Some(Self::Postgres(url)),
-            _ => {
-                assert!(
-                    std::env::var(REQUIRE_POSTGRES_VAR).is_err(),
-                    "{REQUIRE_POSTGRES_VAR} is set but {POSTGRES_URL_VAR} is not"
-                );
-                eprintln!("skipped: {POSTGRES_URL_VAR} is not set");
-                None
-            }
+            Ok(url) if !url.is_empty() => Self::Postgres(url),
+            _ => panic!(
+                "{POSTGRES_URL_VAR} is not set: set it to a PostgreSQL server the tests may \
+                 create databases on, e.g. postgres://postgres@127.0.0.1:5432/test"
+            ),
         }
     }
 
-    /// A fresh, empty database for one test: (url, temp dir keeping SQLite alive).
-    pub async fn fresh_database(&self) -> (String, Option<tempfile::TempDir>) {
-        match self {
+    /// A fresh, empty database for one test: its URL, and the guard that
+    /// removes it when the last server on it is dropped.
+    pub async fn fresh_database(&self) -> (String, Arc<TestDatabase>) {
+        let (url, database) = match self {
             Self::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-                (url, Some(dir))
+                (url, TestDatabase::Sqlite(dir))
             }
-            Self::Postgres(base) => (create_postgres_database(base).await, None),
-        }
+            Self::Postgres(base) => {
+                let database = PostgresDatabase::create(base).await;
+                (database.url(), TestDatabase::Postgres(database))
+            }
+        };
+        let database = Arc::new(database);
+        let mut live = live_databases().lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|_, weak| weak.strong_count() > 0);
+        live.insert(url.clone(), Arc::downgrade(&database));
+        (url, database)
     }
 }
 
-/// Creates `ct_<pid>_<n>` on the server of `base`, after dropping databases
-/// left by test processes that are no longer running.
-async fn create_postgres_database(base: &str) -> String {
-    static CLEANED: OnceLock<()> = OnceLock::new();
-    let admin = sea_orm::Database::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    if CLEANED.set(()).is_ok() {
-        let rows = admin
-            .query_all_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT datname FROM pg_database WHERE datname LIKE 'ct\\_%'",
-            ))
+/// The databases of running test servers by URL, so that a second server
+/// started on the same URL (a replica, `TestApp::spawn_on`) shares the guard
+/// and the database outlives whichever server stops first.
+fn live_databases() -> &'static Mutex<HashMap<String, Weak<TestDatabase>>> {
+    static LIVE: OnceLock<Mutex<HashMap<String, Weak<TestDatabase>>>> = OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// A test's own database, removed when this is dropped: also when the test
+/// fails, since unwinding drops it too. Databases of test processes that were
+/// killed before they could drop theirs are swept by the next run.
+#[derive(Debug)]
+pub enum TestDatabase {
+    /// The temporary directory holding the SQLite file.
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresDatabase),
+}
+
+/// A `ct_<pid>_<run><random>` database on the server of `base`.
+#[derive(Debug)]
+pub struct PostgresDatabase {
+    base: String,
+    name: String,
+}
+
+impl PostgresDatabase {
+    /// Creates the database, after dropping those left by test processes
+    /// that are no longer running (once per test process).
+    async fn create(base: &str) -> Self {
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        let admin = sea_orm::Database::connect(base)
             .await
-            .expect("list databases");
-        for row in rows {
-            let name: String = row.try_get("", "datname").expect("datname");
-            let pid = name.split('_').nth(1).unwrap_or_default();
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await;
+            .expect("connect to PostgreSQL");
+        if SWEPT.set(()).is_ok() {
+            let rows = admin
+                .query_all_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'ct\\_%'",
+                ))
+                .await
+                .expect("list databases");
+            for row in rows {
+                let name: String = row.try_get("", "datname").expect("datname");
+                let pid = name.split('_').nth(1).unwrap_or_default();
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await;
+                }
             }
         }
+        // `.ci/run` sets a run id to find its own databases afterwards.
+        let run: String = std::env::var(RUN_ID_VAR)
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(16)
+            .collect();
+        let name = format!(
+            "ct_{}_{run}{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .get(..12)
+                .unwrap_or("x")
+        );
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        Self {
+            base: base.to_owned(),
+            name,
+        }
     }
-    let name = format!(
-        "ct_{}_{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-            .simple()
-            .to_string()
-            .get(..12)
-            .unwrap_or("x")
-    );
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create test database");
-    let _ = admin.close().await;
-    let mut url = url::Url::parse(base).expect("postgres url");
-    url.set_path(&name);
-    url.to_string()
+
+    pub fn url(&self) -> String {
+        let mut url = url::Url::parse(&self.base).expect("postgres url");
+        url.set_path(&self.name);
+        url.to_string()
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime (or while a panic unwinds out
+        // of it), which cannot block on itself: a thread with a runtime of
+        // its own removes the database. FORCE ends the connections a server
+        // that is still shutting down holds. Never panic here: a panic while
+        // unwinding would abort the whole test binary.
+        let base = self.base.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let admin = sea_orm::Database::connect(&base)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // A server still shutting down reconnects (its pool, its
+                // LISTEN connection) while FORCE ends its sessions: refuse new
+                // connections first, and try again if one slipped in.
+                let _ = admin
+                    .execute_unprepared(&format!(
+                        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"
+                    ))
+                    .await;
+                let mut result = Ok(());
+                for _ in 0..10 {
+                    result = admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                let _ = admin.close().await;
+                result
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("could not drop test database {}", self.name),
+        }
+    }
 }
 
 /// A running server.
@@ -118,7 +226,10 @@ pub struct TestApp {
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    _dir: Option<tempfile::TempDir>,
+    /// The test database under this server, removed when the last server
+    /// on it is dropped (after the shutdown signal `drop` sends); None for a
+    /// database the test made itself.
+    _database: Option<Arc<TestDatabase>>,
 }
 
 impl TestApp {
@@ -128,10 +239,8 @@ impl TestApp {
 
     /// Starts a server after `configure` adjusted the default settings.
     pub async fn spawn_with(backend: &Backend, configure: impl FnOnce(&mut Settings)) -> Self {
-        let (database_url, dir) = backend.fresh_database().await;
-        let mut app = Self::spawn_on(&database_url, configure).await;
-        app._dir = dir;
-        app
+        let (database_url, _database) = backend.fresh_database().await;
+        Self::spawn_on(&database_url, configure).await
     }
 
     /// Starts a server on an existing database (e.g. a second replica).
@@ -146,10 +255,8 @@ impl TestApp {
         configure: impl FnOnce(&mut Settings),
         client: ClientTlsConfig,
     ) -> Self {
-        let (database_url, dir) = backend.fresh_database().await;
-        let mut app = Self::spawn_on_tls(&database_url, configure, Some(client)).await;
-        app._dir = dir;
-        app
+        let (database_url, _database) = backend.fresh_database().await;
+        Self::spawn_on_tls(&database_url, configure, Some(client)).await
     }
 
     async fn spawn_on_tls(
@@ -199,7 +306,11 @@ impl TestApp {
             channel,
             shutdown: Some(tx),
             server: Some(server),
-            _dir: None,
+            _database: live_databases()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(database_url)
+                .and_then(Weak::upgrade),
         }
     }
 
@@ -380,7 +491,10 @@ pub fn assert_refused(
 }
 
 /// Declares each listed `async fn name(backend: Backend)` as two tests,
-/// `name::sqlite` and `name::postgres` (skipped without a PostgreSQL URL).
+/// `name::sqlite` and `name::postgres`. Without `CONNECTIONS_TEST_POSTGRES_URL`
+/// at build time the `postgres` ones are compiled as ignored, so `cargo test`
+/// reports them as "ignored, needs CONNECTIONS_TEST_POSTGRES_URL" and counts
+/// them in its "N ignored", instead of passing tests that did not run.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -392,10 +506,9 @@ macro_rules! on_both_backends {
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
                 async fn postgres() {
-                    if let Some(backend) = $crate::helpers::Backend::postgres() {
-                        super::$name(backend).await;
-                    }
+                    super::$name($crate::helpers::Backend::postgres()).await;
                 }
             }
         )*

@@ -15,5 +15,6 @@ mod remove_connection;
 mod rest;
 mod security;
 mod server;
+mod startup_errors;
 mod trace_context;
 mod unlink_account;

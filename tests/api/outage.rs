@@ -15,7 +15,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    helpers::{Backend, REQUIRE_POSTGRES_VAR, TestApp, reason},
+    helpers::{Backend, TestApp, reason},
     pg_cluster::PgCluster,
 };
 use connections::proto::v1 as pb;
@@ -43,10 +43,9 @@ fn remove(uid: &str) -> pb::RemoveConnectionRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
 async fn killed_connections_are_retried_or_unavailable_never_internal() {
-    let Some(backend) = Backend::postgres() else {
-        return;
-    };
+    let backend = Backend::postgres();
     let Backend::Postgres(base) = &backend else {
         unreachable!("postgres backend");
     };
@@ -167,9 +166,11 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_fails_fast_and_recovers_by_itself() {
     let Some(cluster) = PgCluster::start() else {
+        // CI runs where the server binaries are installed: not being able
+        // to make a cluster there is a failure, not a skip.
         assert!(
-            std::env::var(REQUIRE_POSTGRES_VAR).is_err(),
-            "a private PostgreSQL cluster is required ({REQUIRE_POSTGRES_VAR} is set)"
+            std::env::var_os("CONNECTIONS_TEST_RUN_ID").is_none(),
+            "CI needs a private PostgreSQL cluster for the outage test"
         );
         return;
     };

@@ -1,0 +1,108 @@
+//! A database that cannot be opened stops `serve` and `migrate` within
+//! seconds, with one line on stderr naming what was tried and why.
+
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use crate::helpers::{Backend, POSTGRES_URL_VAR};
+
+/// Runs the binary with `args`; returns its output and how long it took.
+fn run(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_connections"))
+        .args(args)
+        .env_remove("CONNECTIONS_DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run connections");
+    (output, started.elapsed())
+}
+
+/// The one line on stderr, after checking it is printed once in all.
+fn the_error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    let line = stderr.trim_end().to_owned();
+    assert!(
+        !stdout.contains("cannot open the database"),
+        "printed twice: {stdout}"
+    );
+    assert!(!line.contains("at line"), "{line}");
+    assert!(!line.contains("Some("), "{line}");
+    line
+}
+
+#[test]
+fn serve_fails_within_seconds_when_postgres_refuses_the_connection() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("postgres://app:hunter2@127.0.0.1:{port}/orders");
+    let (output, took) = run(&["serve", "--listen", "127.0.0.1:0", "--database-url", &url]);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let line = the_error_line(&output);
+    assert_eq!(
+        line,
+        format!(
+            "connections: cannot open the database: PostgreSQL at 127.0.0.1:{port}, \
+             database \"orders\", user app: connection refused \
+             (is PostgreSQL running and listening on that address?)"
+        )
+    );
+    assert!(!line.contains("hunter2"), "no password: {line}");
+}
+
+#[test]
+fn migrate_names_a_sqlite_path_it_cannot_create_and_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("not-there");
+    let url = format!("sqlite://{}/c.db?mode=rwc", missing.display());
+    let (output, _) = run(&["migrate", "--database-url", &url]);
+    assert_eq!(
+        the_error_line(&output),
+        format!(
+            "connections: cannot open the database: SQLite file {}/c.db: directory {} does not exist",
+            missing.display(),
+            missing.display()
+        )
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
+async fn serve_names_a_postgres_database_that_does_not_exist() {
+    let Backend::Postgres(base) = Backend::postgres() else {
+        unreachable!("Backend::postgres is PostgreSQL")
+    };
+    let mut url = url::Url::parse(&base).expect(POSTGRES_URL_VAR);
+    url.set_path("ct_missing_database");
+    let (host, port) = (
+        url.host_str().unwrap_or_default().to_owned(),
+        url.port().unwrap_or(5432),
+    );
+    let (output, took) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        url.as_str(),
+    ]);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let line = the_error_line(&output);
+    assert!(
+        line.starts_with(&format!(
+            "connections: cannot open the database: PostgreSQL at {host}:{port}, \
+             database \"ct_missing_database\", user "
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("database \"ct_missing_database\" does not exist (create it, e.g. `createdb"),
+        "{line}"
+    );
+}
