@@ -26,6 +26,7 @@ use crate::{
             event_service_server::EventServiceServer,
         },
     },
+    relay::Relay,
     storage::{Repository, SessionSealer, TokenStore, db},
     telemetry::{self, TelemetryLayer},
 };
@@ -61,6 +62,8 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     /// Sequencer, fan-out and pruner, started by `run`.
     event_tasks: EventTasks,
+    /// The JetStream relay (`--nats-url`), started by `run`.
+    relay: Option<Relay>,
     /// Raised when shutdown starts: ends Subscribe streams and background tasks.
     stop: tokio::sync::watch::Sender<bool>,
     shutdown: Shutdown,
@@ -89,12 +92,15 @@ impl App {
         // Read before serving: the fan-out broadcasts every position after
         // this head, and streams opened before it starts rely on that.
         let head = repo.sequence_state().await?.last_position;
-        let (hub, event_tasks) = events::build(
-            repo.clone(),
-            settings.events.clone(),
-            shutdown.clone(),
-            head,
-        );
+        let events = crate::config::EventSettings {
+            keep_unrelayed: settings.relay.is_some(),
+            ..settings.events.clone()
+        };
+        let (hub, event_tasks) = events::build(repo.clone(), events, shutdown.clone(), head);
+        let relay = settings
+            .relay
+            .clone()
+            .map(|relay| Relay::new(repo.clone(), relay, telemetry::metrics::relay()));
         Ok(Self {
             state: AppState {
                 repo,
@@ -105,6 +111,7 @@ impl App {
             tls,
             metrics_listener,
             event_tasks,
+            relay,
             stop,
             shutdown,
             drain_timeout: settings.events.drain_timeout,
@@ -139,6 +146,7 @@ impl App {
             tls,
             metrics_listener,
             event_tasks,
+            relay,
             stop,
             shutdown: stopping,
             drain_timeout,
@@ -150,7 +158,11 @@ impl App {
                 std::future::pending(),
             ))
         });
-        let background = event_tasks.start(stopping.clone());
+        let mut background = event_tasks.start(stopping.clone());
+        if let Some(relay) = relay {
+            let head = state.events.head.clone();
+            background.push(relay.start(head, Some(health.clone()), stopping.clone()));
+        }
         let stop = Arc::new(stop);
         let stop_after_serving = stop.clone();
         let health_for_shutdown = health.clone();

@@ -19,6 +19,8 @@
 //! - [`grpc`]: thin tonic adapters; proto types end there. Errors become
 //!   statuses in `grpc::status` only. `grpc::auth_layer` authenticates
 //!   callers (bearer tokens), checks permissions and applies abuse limits.
+//! - [`relay`]: the JetStream door: publishes every event to NATS JetStream
+//!   in position order, one leader per database (`--nats-url`).
 //! - [`proto`]: code generated from `proto/connections/v1`.
 
 pub mod app;
@@ -27,6 +29,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod relay;
 pub mod storage;
 pub mod telemetry;
 pub mod token_admin;

@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Token(command) => {
             connections::token_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
                 .await

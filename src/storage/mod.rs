@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod migrations;
 pub mod outbox;
+pub mod relay;
 pub mod removal;
 pub mod repository;
 pub mod secrets;
