@@ -29,10 +29,16 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
-/// Builds the message of `event`. Published with
-/// `Nats-Expected-Last-Sequence = position - 1`, so it can only be stored
-/// as stream sequence `position`.
-pub fn outgoing(event: SequencedEvent, prefix: &str, format: RelayFormat) -> Outgoing {
+/// Builds the message of `event`, with `Nats-Expected-Last-Sequence =
+/// expected_last` (`position - 1`, so that it can only be stored as stream
+/// sequence `position`; see `publisher::Publisher::sequence_offset` for the
+/// one case where the server counts differently).
+pub fn outgoing(
+    event: SequencedEvent,
+    prefix: &str,
+    format: RelayFormat,
+    expected_last: u64,
+) -> Outgoing {
     let position = event.position;
     let subject = subject::subject(prefix, &event.event.api_key, &event.event.provider);
     let message = codec::event(event);
@@ -40,7 +46,7 @@ pub fn outgoing(event: SequencedEvent, prefix: &str, format: RelayFormat) -> Out
     headers.insert(header::NATS_MESSAGE_ID, message.event_id.as_str());
     headers.insert(
         header::NATS_EXPECTED_LAST_SEQUENCE,
-        position.saturating_sub(1).to_string(),
+        expected_last.to_string(),
     );
     headers.insert(POSITION_HEADER, position.to_string());
     // A header value must not break the protocol's line framing.
@@ -157,7 +163,7 @@ mod tests {
 
     #[test]
     fn protobuf_messages_carry_the_headers_of_section_13() {
-        let out = outgoing(event(), "connections.v1.removed", RelayFormat::Protobuf);
+        let out = outgoing(event(), "connections.v1.removed", RelayFormat::Protobuf, 41);
         assert_eq!(out.position, 42);
         assert_eq!(out.subject, "connections.v1.removed.3_a%2Eb.facebook");
         let get = |name: &str| out.headers.get(name).map(|v| v.as_str().to_owned());
@@ -181,7 +187,7 @@ mod tests {
 
     #[test]
     fn json_is_canonical_proto3_json() {
-        let out = outgoing(event(), "connections.v1.removed", RelayFormat::Json);
+        let out = outgoing(event(), "connections.v1.removed", RelayFormat::Json, 41);
         assert_eq!(
             out.headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str()),
             Some("application/json")
@@ -216,7 +222,7 @@ mod tests {
     fn a_malformed_traceparent_is_left_out() {
         let mut bad = event();
         bad.event.traceparent = Some("00-abc\r\nX-Injected: 1".into());
-        let out = outgoing(bad, "p", RelayFormat::Protobuf);
+        let out = outgoing(bad, "p", RelayFormat::Protobuf, 41);
         assert!(out.headers.get(TRACEPARENT_HEADER).is_none());
         assert_eq!(out.position, 42);
     }

@@ -134,14 +134,17 @@ impl Publisher<'_> {
             Ok(after) => after,
             Err(reason) => return Ended::Failed(reason),
         };
-        backoff.reset();
+        let offset = match self.sequence_offset(&js, after).await {
+            Ok(offset) => offset,
+            Err(reason) => return Ended::Failed(reason),
+        };
         self.metrics.set_connected(true);
         tracing::info!(
             stream = %self.settings.stream,
             after,
             "relaying events to JetStream after the stream's last sequence"
         );
-        self.pump(&js, after).await
+        self.pump(&js, after, offset, backoff).await
     }
 
     async fn lease_alive(&mut self) -> bool {
@@ -232,6 +235,64 @@ impl Publisher<'_> {
         }
     }
 
+    /// How far the server's own count of the stream's last sequence (what
+    /// `Nats-Expected-Last-Sequence` is checked against) is behind the
+    /// stream's real last sequence `last`. Zero, except on servers before
+    /// 2.10 after a purge with `seq` moved an empty stream's first sequence:
+    /// they count the messages stored since, until they restart. A probe
+    /// that expects an impossible sequence is refused (never stored) with
+    /// that count.
+    async fn sequence_offset(&self, js: &jetstream::Context, last: u64) -> Result<u64, String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+            u64::MAX.to_string(),
+        );
+        let probe = subject::subject(&self.settings.subject_prefix, "", "");
+        let answer = js
+            .publish_with_headers(probe, headers, bytes::Bytes::new())
+            .await
+            .map_err(|e| format!("cannot probe stream {}: {e}", self.settings.stream))?
+            .await;
+        let counted = match answer {
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                server_last_sequence(&err.to_string())
+            }
+            Err(err) => {
+                return Err(format!(
+                    "cannot probe stream {}: {err}",
+                    self.settings.stream
+                ));
+            }
+            Ok(ack) => {
+                return Err(format!(
+                    "stream {} stored a probe at sequence {}",
+                    self.settings.stream, ack.sequence
+                ));
+            }
+        };
+        match counted {
+            Some(counted) if counted <= last => {
+                let offset = last - counted;
+                if offset > 0 {
+                    tracing::info!(
+                        stream = %self.settings.stream,
+                        offset,
+                        "the server counts this stream's sequences from its first sequence \
+                         (nats-server before 2.10): expected sequences are shifted to match"
+                    );
+                }
+                Ok(offset)
+            }
+            Some(counted) => Err(format!(
+                "stream {}: the server counts {counted} messages, beyond its last sequence {last}",
+                self.settings.stream
+            )),
+            // Unknown answer format: assume a server that counts right.
+            None => Ok(0),
+        }
+    }
+
     /// Refuses a stream whose last message is not this database's event at
     /// that position (when both are still there).
     async fn check_same_database(&self, stream: &stream::Stream, last: u64) -> Result<(), String> {
@@ -268,7 +329,13 @@ impl Publisher<'_> {
 
     /// Publishes from `after + 1` on, forever (until an error, the loss of
     /// the lease or shutdown).
-    async fn pump(&mut self, js: &jetstream::Context, after: u64) -> Ended {
+    async fn pump(
+        &mut self,
+        js: &jetstream::Context,
+        after: u64,
+        offset: u64,
+        backoff: &mut Backoff,
+    ) -> Ended {
         let everything = EventFilter::default();
         let mut progress = Progress {
             next: after + 1,
@@ -355,7 +422,13 @@ impl Publisher<'_> {
                     return Ended::Failed(reason);
                 }
             }
-            let out = message::outgoing(event, &self.settings.subject_prefix, self.settings.format);
+            let expected = event.position - 1 - offset;
+            let out = message::outgoing(
+                event,
+                &self.settings.subject_prefix,
+                self.settings.format,
+                expected,
+            );
             match js
                 .publish_with_headers(out.subject, out.headers, out.payload)
                 .await
@@ -370,6 +443,12 @@ impl Publisher<'_> {
                 }
             }
             progress.next += 1;
+            if progress.acked > after {
+                // Something went through: the next failure starts the
+                // backoff afresh. (Not before: a stream that refuses every
+                // message must not be retried in a tight loop.)
+                backoff.reset();
+            }
             if progress.stored_at.elapsed() >= STORE_EVERY {
                 self.store(&mut progress).await;
             }
@@ -434,9 +513,34 @@ impl Publisher<'_> {
     }
 }
 
+/// The sequence in a "wrong last sequence: N" refusal.
+fn server_last_sequence(refusal: &str) -> Option<u64> {
+    const MARK: &str = "wrong last sequence: ";
+    let at = refusal.rfind(MARK)? + MARK.len();
+    let digits: String = refusal
+        .get(at..)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_count_is_read_from_its_refusal() {
+        assert_eq!(
+            server_last_sequence(
+                "wrong last sequence: wrong last sequence: 3 (code 400, error code 10071)"
+            ),
+            Some(3)
+        );
+        assert_eq!(server_last_sequence("wrong last sequence: 0"), Some(0));
+        assert_eq!(server_last_sequence("wrong last sequence"), None);
+        assert_eq!(server_last_sequence("timed out"), None);
+    }
 
     fn table(last_position: u64, pruned_through: u64) -> RelayProgress {
         RelayProgress {

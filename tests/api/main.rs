@@ -6,6 +6,7 @@ mod end_to_end;
 mod events;
 mod helpers;
 mod link_connection;
+mod relay;
 mod remove_connection;
 mod security;
 mod server;
