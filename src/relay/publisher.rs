@@ -49,14 +49,61 @@ pub(super) enum Ended {
 /// A client that connects in the background and reconnects by itself, so
 /// that a NATS server that is down at start-up delays nothing.
 pub(super) async fn connect(settings: &RelaySettings) -> Result<Client, async_nats::ConnectError> {
-    ConnectOptions::new()
+    let (urls, credentials) = split_credentials(settings.url.expose());
+    let options = ConnectOptions::new()
         .name("connections-relay")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(settings.timeout)
-        .request_timeout(Some(settings.timeout))
-        .connect(settings.url.expose())
-        .await
+        .request_timeout(Some(settings.timeout));
+    let options = match credentials {
+        Some(Credentials::UserPassword(user, password)) => {
+            options.user_and_password(user, password)
+        }
+        Some(Credentials::Token(token)) => options.token(token),
+        None => options,
+    };
+    options.connect(urls).await
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// Takes `user:password@` (or `token@`) out of the server URL(s): the
+/// client takes credentials as options, and logs server addresses, which
+/// must then hold no secret. Several URLs may be given, comma-separated.
+fn split_credentials(urls: &str) -> (Vec<String>, Option<Credentials>) {
+    let mut credentials = None;
+    let bare = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|raw| {
+            let with_scheme = if raw.contains("://") {
+                raw.to_owned()
+            } else {
+                format!("nats://{raw}")
+            };
+            let Ok(mut url) = url::Url::parse(&with_scheme) else {
+                return raw.to_owned();
+            };
+            if !url.username().is_empty() {
+                let user = url.username().to_owned();
+                let found = match url.password() {
+                    Some(password) => Credentials::UserPassword(user, password.to_owned()),
+                    None => Credentials::Token(user),
+                };
+                credentials.get_or_insert(found);
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+            }
+            url.to_string()
+        })
+        .collect();
+    (bare, credentials)
 }
 
 /// Where a session starts, from the stream's state and the table's.
@@ -528,6 +575,28 @@ fn server_last_sequence(refusal: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_leave_the_urls() {
+        assert_eq!(
+            split_credentials("nats://u:p%40ss@127.0.0.1:4222"),
+            (
+                vec!["nats://127.0.0.1:4222".to_owned()],
+                Some(Credentials::UserPassword("u".into(), "p%40ss".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("tok@h1:4222, nats://h2:4222"),
+            (
+                vec!["nats://h1:4222".to_owned(), "nats://h2:4222".to_owned()],
+                Some(Credentials::Token("tok".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            (vec!["nats://127.0.0.1:4222".to_owned()], None)
+        );
+    }
 
     #[test]
     fn the_servers_count_is_read_from_its_refusal() {
