@@ -145,7 +145,18 @@ impl Relay {
                 shutdown,
             };
             loop {
-                match publisher.session(&mut backoff).await {
+                // A session notices shutdown itself (and collects the acks
+                // in flight); this bounds the wait when it is stuck opening
+                // the stream on an unreachable server.
+                let stuck = async {
+                    shutdown.raised().await;
+                    tokio::time::sleep(publisher::DRAIN_ON_SHUTDOWN * 2).await;
+                };
+                let ended = tokio::select! {
+                    ended = publisher.session(&mut backoff) => ended,
+                    () = stuck => publisher::Ended::Shutdown,
+                };
+                match ended {
                     publisher::Ended::Shutdown => break,
                     publisher::Ended::LostLease => {
                         tracing::warn!("lost the relay lock's connection: no longer relaying");

@@ -32,7 +32,7 @@ const STORE_EVERY: Duration = Duration::from_millis(200);
 /// How often the leader checks that its lease connection still lives.
 const LEASE_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the acks in flight.
-const DRAIN_ON_SHUTDOWN: Duration = Duration::from_secs(2);
+pub(super) const DRAIN_ON_SHUTDOWN: Duration = Duration::from_secs(2);
 /// JetStream's default duplicate window (deduplication by `Nats-Msg-Id`).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
