@@ -25,6 +25,9 @@ use connections::{
 };
 use futures::StreamExt;
 use prost::Message as _;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::{
     events::removed,
@@ -345,6 +348,32 @@ async fn every_position_reaches_the_stream_once_in_order(backend: Backend) {
     )
     .await;
     assert_eq!(all_relayed(&a.repo, &js, &settings.stream).await, head + 1);
+
+    // Caught up: the relay's health entry says so, and the lag is exported.
+    let status = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let answer = HealthClient::new(a.channel.clone())
+                .check(HealthCheckRequest {
+                    service: connections::relay::HEALTH_SERVICE.into(),
+                })
+                .await;
+            if let Ok(answer) = answer {
+                return answer.into_inner().status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("no relay health entry");
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let text = connections::telemetry::metrics::render_prometheus();
+    for name in [
+        "connections_relay_lag_positions ",
+        "connections_relay_lag_seconds ",
+        "connections_relay_position ",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
 
     if let Some(b) = b {
         b.stop().await;
