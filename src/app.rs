@@ -92,11 +92,13 @@ impl App {
         // Read before serving: the fan-out broadcasts every position after
         // this head, and streams opened before it starts rely on that.
         let head = repo.sequence_state().await?.last_position;
-        let events = crate::config::EventSettings {
+        // With the relay on, retention waits for it.
+        let event_settings = crate::config::EventSettings {
             keep_unrelayed: settings.relay.is_some(),
             ..settings.events.clone()
         };
-        let (hub, event_tasks) = events::build(repo.clone(), events, shutdown.clone(), head);
+        let (hub, event_tasks) =
+            events::build(repo.clone(), event_settings, shutdown.clone(), head);
         let relay = settings
             .relay
             .clone()

@@ -327,7 +327,7 @@ async fn every_position_reaches_the_stream_once_in_order(backend: Backend) {
     };
     let mut repos = vec![a.repo.clone()];
     repos.extend(b.iter().map(|b| b.repo.clone()));
-    let written = write_concurrently(&repos, 16, 60).await;
+    let written = write_concurrently(&repos, 8, 120).await;
     assert!(written >= 1900, "{written}");
 
     let js = jetstream(&url).await;
