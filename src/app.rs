@@ -28,6 +28,7 @@ use crate::{
             event_service_server::EventServiceServer,
         },
     },
+    relay::Relay,
     service::Services,
     storage::{Repository, SessionSealer, db},
     telemetry,
@@ -70,6 +71,8 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     /// Sequencer, fan-out and pruner, started by `run`.
     event_tasks: EventTasks,
+    /// The JetStream relay (`--nats-url`), started by `run`.
+    relay: Option<Relay>,
     /// Raised when shutdown starts: ends Subscribe streams and background tasks.
     stop: tokio::sync::watch::Sender<bool>,
     shutdown: Shutdown,
@@ -110,13 +113,22 @@ impl App {
         // Read before serving: the fan-out broadcasts every position after
         // this head, and streams opened before it starts rely on that.
         let head = repo.sequence_state().await?.last_position;
+        // With the relay on, retention waits for it.
+        let event_settings = crate::config::EventSettings {
+            keep_unrelayed: settings.relay.is_some(),
+            ..settings.events.clone()
+        };
         let (hub, event_tasks) = events::build(
             repo.clone(),
-            settings.events.clone(),
+            event_settings,
             shutdown.clone(),
             head,
             telemetry::metrics::events(),
         );
+        let relay = settings
+            .relay
+            .clone()
+            .map(|relay| Relay::new(repo.clone(), relay, telemetry::metrics::relay()));
         Ok(Self {
             services: Services::new(repo.clone(), settings.registry.clone(), hub),
             repo,
@@ -126,6 +138,7 @@ impl App {
             http: settings.http.clone(),
             metrics_listener,
             event_tasks,
+            relay,
             stop,
             shutdown,
             drain_timeout: settings.events.drain_timeout,
@@ -193,6 +206,7 @@ impl App {
             http,
             metrics_listener,
             event_tasks,
+            relay,
             stop,
             shutdown: stopping,
             drain_timeout,
@@ -237,7 +251,11 @@ impl App {
                 async move { stopping.raised().await },
             ))
         });
-        let background = event_tasks.start(stopping.clone());
+        let mut background = event_tasks.start(stopping.clone());
+        if let Some(relay) = relay {
+            let head = services.event_head();
+            background.push(relay.start(head, Some(health.clone()), stopping.clone()));
+        }
         let stop = Arc::new(stop);
         let stop_after_serving = stop.clone();
         let health_for_shutdown = health.clone();

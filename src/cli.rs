@@ -4,10 +4,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    config::{self, Secret, SecuritySettings, Settings, TlsSettings},
+    config::{self, RelayFormat, RelaySettings, Secret, SecuritySettings, Settings, TlsSettings},
     storage::db::DEFAULT_DATABASE_URL,
 };
 
@@ -223,6 +223,77 @@ pub struct ServeArgs {
     /// How often the database is probed while it answers (`1s`, `250ms`).
     #[arg(long, env = "CONNECTIONS_DB_PROBE_INTERVAL", default_value = "1s", value_parser = config::parse_duration)]
     pub db_probe_interval: std::time::Duration,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// The JetStream relay of `serve` (off unless --nats-url is given).
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// Publish every event to NATS JetStream at this server, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long, env = "CONNECTIONS_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+    /// JetStream stream the events go to (created with file storage when missing).
+    #[arg(long, env = "CONNECTIONS_NATS_STREAM", default_value = config::DEFAULT_NATS_STREAM)]
+    pub nats_stream: String,
+    /// First subject tokens: subjects are `<prefix>.<api_key>.<provider>`.
+    #[arg(long, env = "CONNECTIONS_NATS_SUBJECT_PREFIX", default_value = config::DEFAULT_NATS_SUBJECT_PREFIX)]
+    pub nats_subject_prefix: String,
+    /// Payload: the protobuf `ConnectionRemoved`, or its canonical protobuf JSON.
+    #[arg(long, env = "CONNECTIONS_NATS_FORMAT", default_value = "protobuf")]
+    pub nats_format: NatsFormat,
+    /// Replicas of the stream when the service creates it.
+    #[arg(long, env = "CONNECTIONS_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// Max age of messages in a stream the service creates (`7d`, `24h`, ...).
+    #[arg(long, env = "CONNECTIONS_NATS_MAX_AGE", default_value = "7d", value_parser = config::parse_duration)]
+    pub nats_max_age: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NatsFormat {
+    Protobuf,
+    Json,
+}
+
+impl NatsArgs {
+    pub fn settings(&self) -> Result<Option<RelaySettings>, String> {
+        let Some(url) = self.nats_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let stream = self.nats_stream.trim();
+        if stream.is_empty()
+            || stream.contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+        {
+            return Err("--nats-stream must be a name without '.', '*', '>' or spaces".into());
+        }
+        let prefix = self.nats_subject_prefix.trim();
+        if prefix.is_empty()
+            || prefix.split('.').any(|token| {
+                token.is_empty()
+                    || token.contains(|c: char| c == '*' || c == '>' || c.is_whitespace())
+            })
+        {
+            return Err(
+                "--nats-subject-prefix must be dot-separated tokens without wildcards or spaces"
+                    .into(),
+            );
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err("--nats-replicas must be between 1 and 5".into());
+        }
+        Ok(Some(RelaySettings {
+            stream: stream.to_owned(),
+            subject_prefix: prefix.to_owned(),
+            format: match self.nats_format {
+                NatsFormat::Protobuf => RelayFormat::Protobuf,
+                NatsFormat::Json => RelayFormat::Json,
+            },
+            replicas: self.nats_replicas,
+            max_age: self.nats_max_age,
+            ..RelaySettings::new(url.trim())
+        }))
+    }
 }
 
 impl ServeArgs {
@@ -252,6 +323,7 @@ impl ServeArgs {
                 acquire_timeout: self.db_acquire_timeout,
                 probe_interval: self.db_probe_interval,
             },
+            relay: self.nats.settings()?,
         })
     }
 }
@@ -302,5 +374,38 @@ mod tests {
             Some("https://api.example.com")
         );
         assert!(serve(&["--public-base-url", "api.example.com"]).is_err());
+    }
+
+    #[test]
+    fn the_relay_is_off_without_a_nats_url_and_takes_its_options() {
+        assert!(serve(&[]).unwrap().relay.is_none());
+        let relay = serve(&[
+            "--nats-url",
+            "nats://u:secret@127.0.0.1:4222",
+            "--nats-format",
+            "json",
+            "--nats-stream",
+            "EVENTS",
+            "--nats-max-age",
+            "2d",
+        ])
+        .unwrap()
+        .relay
+        .unwrap();
+        assert_eq!(relay.stream, "EVENTS");
+        assert_eq!(relay.subject_prefix, "connections.v1.removed");
+        assert_eq!(relay.format, RelayFormat::Json);
+        assert_eq!(relay.replicas, 1);
+        assert_eq!(relay.max_age, std::time::Duration::from_secs(2 * 86_400));
+        assert!(!format!("{relay:?}").contains("secret"));
+        for bad in [
+            &["--nats-url", "nats://h", "--nats-stream", "A.B"][..],
+            &["--nats-url", "nats://h", "--nats-subject-prefix", "a.*"],
+            &["--nats-url", "nats://h", "--nats-subject-prefix", "a..b"],
+            &["--nats-url", "nats://h", "--nats-replicas", "0"],
+            &["--nats-url", "nats://h", "--nats-format", "xml"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
     }
 }

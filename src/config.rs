@@ -47,6 +47,62 @@ pub struct Settings {
     pub events: EventSettings,
     /// Connection pool and database probe.
     pub pool: PoolSettings,
+    /// The NATS JetStream relay; off when None.
+    pub relay: Option<RelaySettings>,
+}
+
+/// Where and how the relay publishes events to NATS JetStream.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// `nats://[user:password@]host:port`: may hold credentials, never printed.
+    pub url: Secret,
+    /// The JetStream stream, created (file storage) when missing.
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<api_key>.<provider>`.
+    pub subject_prefix: String,
+    pub format: RelayFormat,
+    /// Replicas of a stream the service creates (clustered JetStream).
+    pub replicas: usize,
+    /// Max age of a stream the service creates; zero keeps messages forever.
+    pub max_age: Duration,
+    /// How long the relay waits for a JetStream answer before it reconnects.
+    pub timeout: Duration,
+    /// Slowest wake-up when nothing pushed one (a safety net).
+    pub poll_interval: Duration,
+    /// How often a replica that is not the relay tries to become it.
+    pub leader_retry: Duration,
+}
+
+/// Payload encoding of the relayed events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayFormat {
+    /// The `ConnectionRemoved` protobuf bytes (`application/protobuf`).
+    #[default]
+    Protobuf,
+    /// Canonical protobuf JSON of `ConnectionRemoved` (`application/json`).
+    Json,
+}
+
+/// The stream name the relay uses unless told otherwise.
+pub const DEFAULT_NATS_STREAM: &str = "CONNECTIONS";
+/// The subject prefix of relayed events (SPEC section 13).
+pub const DEFAULT_NATS_SUBJECT_PREFIX: &str = "connections.v1.removed";
+
+impl RelaySettings {
+    /// Defaults for the given server URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: Secret::new(url),
+            stream: DEFAULT_NATS_STREAM.to_owned(),
+            subject_prefix: DEFAULT_NATS_SUBJECT_PREFIX.to_owned(),
+            format: RelayFormat::Protobuf,
+            replicas: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            leader_retry: Duration::from_secs(2),
+        }
+    }
 }
 
 /// TLS, token cache and abuse limits (see `access::Gate`).
@@ -144,6 +200,9 @@ pub struct EventSettings {
     pub default_heartbeat: Duration,
     /// How long shutdown waits for open streams and calls to finish.
     pub drain_timeout: Duration,
+    /// Set when the JetStream relay is on: pruning stops at the last
+    /// position the relay has published, so no event is lost to retention.
+    pub keep_unrelayed: bool,
 }
 
 impl Default for EventSettings {
@@ -155,6 +214,7 @@ impl Default for EventSettings {
             leader_retry: Duration::from_secs(2),
             default_heartbeat: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            keep_unrelayed: false,
         }
     }
 }
@@ -209,6 +269,7 @@ impl Settings {
             http: HttpSettings::default(),
             events: EventSettings::default(),
             pool: PoolSettings::default(),
+            relay: None,
         }
     }
 }

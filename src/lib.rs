@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! ```text
-//! doors:      grpc/ (tonic)   http/ (axum: REST)     [relay/: next]
+//! doors:      grpc/ (tonic)   http/ (axum: REST)   relay/ (NATS JetStream)
 //!                 |  convert protocol <-> service types, map errors
 //! services:   service/  one function per use case: request + CallContext -> result
 //!                 |  uses access/ (callers, tokens, scopes, limits, call context)
@@ -29,6 +29,8 @@
 //!   per-call and security layers, the path-to-permission table).
 //! - [`http`]: the HTTP door (Gigya-compatible REST `socialize.removeConnection`,
 //!   its error-code table, the per-call layer; Prometheus `/metrics`).
+//! - [`relay`]: the JetStream door: publishes every event to NATS JetStream
+//!   in position order, one leader per database (`--nats-url`).
 //! - [`service`]: the application services every door calls.
 //! - [`access`]: who is calling and what they may do; the call context.
 //! - [`domain`]: the rules (SPEC sections 3 to 8) as plain functions.
@@ -47,6 +49,7 @@ pub mod domain;
 pub(crate) mod events;
 pub(crate) mod grpc;
 pub(crate) mod http;
+pub mod relay;
 pub(crate) mod service;
 pub mod storage;
 pub mod telemetry;

@@ -43,6 +43,12 @@ impl Services {
         }
     }
 
+    /// The newest sequenced position this replica has published (for the
+    /// relay, which follows it to wake up).
+    pub(crate) fn event_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.head.clone()
+    }
+
     /// The provider registry requests are parsed against.
     pub fn registry(&self) -> &ProviderRegistry {
         &self.registry

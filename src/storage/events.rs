@@ -39,7 +39,7 @@ pub struct SequenceState {
 }
 
 /// Writes `$n` placeholders as the backend wants them.
-fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+pub(super) fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     let sql = match backend {
         DbBackend::Sqlite => sql.replace('$', "?"),
         _ => sql.to_owned(),
@@ -47,11 +47,11 @@ fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(backend, sql, values)
 }
 
-fn to_u64(value: i64) -> u64 {
+pub(super) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(super) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -267,9 +267,22 @@ impl Repository {
     }
 
     /// Deletes up to `batch` of the oldest sequenced events, as long as each
-    /// occurred before `cutoff`, and moves `pruned_through`. Returns how many
-    /// events were deleted.
-    pub async fn prune_events(&self, cutoff: DateTime<Utc>, batch: u64) -> StorageResult<u64> {
+    /// occurred before `cutoff`, and moves `pruned_through`. With
+    /// `keep_unrelayed` (the JetStream relay is on), nothing after the
+    /// relay's `relayed_through` is deleted. Returns how many events were
+    /// deleted.
+    pub async fn prune_events(
+        &self,
+        cutoff: DateTime<Utc>,
+        batch: u64,
+        keep_unrelayed: bool,
+    ) -> StorageResult<u64> {
+        // Read before the rows: it only grows, so an older value is safe.
+        let ceiling = if keep_unrelayed {
+            self.relay_progress().await?.relayed_through.unwrap_or(0)
+        } else {
+            u64::MAX
+        };
         let rows = event::Entity::find()
             .select_only()
             .column(event::Column::Position)
@@ -283,6 +296,7 @@ impl Repository {
         let rows: Vec<(u64, DateTime<Utc>)> = rows
             .into_iter()
             .filter_map(|(p, at)| p.map(|p| (to_u64(p), at)))
+            .filter(|(p, _)| *p <= ceiling)
             .collect();
         let Some(through) = prunable_prefix(&rows, cutoff) else {
             return Ok(0);
@@ -318,15 +332,21 @@ impl Repository {
     /// Tries to become the database's sequencer (PostgreSQL only): a session
     /// advisory lock on a connection of its own, released when it closes.
     pub async fn try_sequencer_lease(&self) -> Result<Option<SequencerLease>, DbErr> {
+        self.try_advisory_lease(SEQUENCER_LOCK_KEY).await
+    }
+
+    /// Tries to take the session advisory lock `key` on a connection of its
+    /// own (PostgreSQL only); the lock lives as long as that connection.
+    pub(super) async fn try_advisory_lease(&self, key: i64) -> Result<Option<LeaderLease>, DbErr> {
         let pool = self.connection().get_postgres_connection_pool();
         let mut conn = pool.acquire().await.map_err(sqlx_err)?.detach();
         let locked: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SEQUENCER_LOCK_KEY)
+            .bind(key)
             .fetch_one(&mut conn)
             .await
             .map_err(sqlx_err)?;
         if locked {
-            Ok(Some(SequencerLease { conn }))
+            Ok(Some(LeaderLease { conn }))
         } else {
             conn.close().await.ok();
             Ok(None)
@@ -334,14 +354,17 @@ impl Repository {
     }
 }
 
-/// Leadership of the sequencer on PostgreSQL: holds the advisory lock for as
-/// long as its connection lives.
+/// Leadership on PostgreSQL (of the sequencer, or of the JetStream relay):
+/// holds a session advisory lock for as long as its connection lives.
 #[derive(Debug)]
-pub struct SequencerLease {
+pub struct LeaderLease {
     conn: PgConnection,
 }
 
-impl SequencerLease {
+/// The sequencer's lease.
+pub type SequencerLease = LeaderLease;
+
+impl LeaderLease {
     /// Whether the lock's connection still answers (else leadership is lost).
     pub async fn is_alive(&mut self) -> bool {
         let ping = tokio::time::timeout(std::time::Duration::from_secs(5), self.conn.ping());

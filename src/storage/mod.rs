@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub(crate) mod migrations;
 pub mod outbox;
+pub mod relay;
 pub(crate) mod removal;
 pub mod repository;
 pub(crate) mod secrets;

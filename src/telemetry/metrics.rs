@@ -299,6 +299,78 @@ impl EventMetrics {
     }
 }
 
+/// Metrics of the JetStream relay. The relay task is handed a reference (see
+/// [`relay()`]); every method is one atomic operation.
+#[derive(Debug, Default)]
+pub struct RelayMetrics {
+    lag_positions: AtomicU64,
+    /// f64 bits.
+    lag_seconds: AtomicU64,
+    relayed_position: AtomicU64,
+    published: AtomicU64,
+    leader: AtomicU64,
+    connected: AtomicU64,
+}
+
+impl RelayMetrics {
+    /// Positions stamped but not yet acknowledged by JetStream, and the age
+    /// of the oldest of them in seconds (0 when none).
+    pub fn set_lag(&self, positions: u64, seconds: f64) {
+        self.lag_positions.store(positions, Ordering::Relaxed);
+        let seconds = if seconds.is_finite() {
+            seconds.max(0.0)
+        } else {
+            0.0
+        };
+        self.lag_seconds.store(seconds.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The last position JetStream acknowledged.
+    pub fn set_relayed_position(&self, position: u64) {
+        self.relayed_position.store(position, Ordering::Relaxed);
+    }
+
+    /// Events published and acknowledged by this replica.
+    pub fn published(&self, count: u64) {
+        self.published.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Whether this replica is the relay leader.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(u64::from(leader), Ordering::Relaxed);
+    }
+
+    /// Whether this replica's relay has a working JetStream session.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected
+            .store(u64::from(connected), Ordering::Relaxed);
+    }
+
+    pub fn lag_positions(&self) -> u64 {
+        self.lag_positions.load(Ordering::Relaxed)
+    }
+
+    pub fn lag_seconds(&self) -> f64 {
+        f64::from_bits(self.lag_seconds.load(Ordering::Relaxed))
+    }
+
+    pub fn relayed_position(&self) -> u64 {
+        self.relayed_position.load(Ordering::Relaxed)
+    }
+
+    pub fn published_total(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed) == 1
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) == 1
+    }
+}
+
 /// One live subscriber; see [`EventMetrics::subscriber_opened`].
 #[derive(Debug)]
 pub struct SubscriberGuard {
@@ -316,6 +388,7 @@ struct Registry {
     rpc: RpcMetrics,
     http: HttpMetrics,
     events: EventMetrics,
+    relay: RelayMetrics,
 }
 
 fn registry() -> &'static Registry {
@@ -324,7 +397,13 @@ fn registry() -> &'static Registry {
         rpc: RpcMetrics::default(),
         http: HttpMetrics::default(),
         events: EventMetrics::new(),
+        relay: RelayMetrics::default(),
     })
+}
+
+/// The relay metrics the process exports; `app` hands them to the relay.
+pub fn relay() -> &'static RelayMetrics {
+    &registry().relay
 }
 
 /// The event metrics (global, always available).
@@ -491,6 +570,52 @@ pub fn render_prometheus() -> String {
         );
     }
 
+    let relay = &registry.relay;
+    let relay_gauges: [(&str, &str, &str, String); 6] = [
+        (
+            "connections_relay_lag_positions",
+            "gauge",
+            "Positions stamped but not yet acknowledged by JetStream.",
+            relay.lag_positions().to_string(),
+        ),
+        (
+            "connections_relay_lag_seconds",
+            "gauge",
+            "Age of the oldest event not yet acknowledged by JetStream (0 when none).",
+            relay.lag_seconds().to_string(),
+        ),
+        (
+            "connections_relay_position",
+            "gauge",
+            "The last position JetStream acknowledged.",
+            relay.relayed_position().to_string(),
+        ),
+        (
+            "connections_relay_published_total",
+            "counter",
+            "Events this replica published to JetStream.",
+            relay.published_total().to_string(),
+        ),
+        (
+            "connections_relay_leader",
+            "gauge",
+            "1 when this replica is the relay leader.",
+            u64::from(relay.is_leader()).to_string(),
+        ),
+        (
+            "connections_relay_connected",
+            "gauge",
+            "1 when this replica's relay has a working JetStream session.",
+            u64::from(relay.is_connected()).to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in relay_gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+
     out.push_str("# HELP connections_events_sequencing_lag_seconds Time from an outbox row's commit to its position.\n");
     out.push_str("# TYPE connections_events_sequencing_lag_seconds histogram\n");
     events
@@ -611,6 +736,22 @@ pub(crate) fn register_otel(meter: &Meter) {
         .u64_observable_counter("connections.events.delivered")
         .with_description("Events sent to subscribers")
         .with_callback(|observer| observer.observe(events().delivered(), &[]))
+        .build();
+    meter
+        .u64_observable_gauge("connections.relay.lag_positions")
+        .with_description("Positions stamped but not yet acknowledged by JetStream")
+        .with_callback(|observer| observer.observe(relay().lag_positions(), &[]))
+        .build();
+    meter
+        .f64_observable_gauge("connections.relay.lag")
+        .with_unit("s")
+        .with_description("Age of the oldest event not yet acknowledged by JetStream")
+        .with_callback(|observer| observer.observe(relay().lag_seconds(), &[]))
+        .build();
+    meter
+        .u64_observable_counter("connections.relay.published")
+        .with_description("Events this replica published to JetStream")
+        .with_callback(|observer| observer.observe(relay().published_total(), &[]))
         .build();
 }
 

@@ -11,6 +11,7 @@ mod hostile_input;
 mod link_connection;
 mod outage;
 mod pg_cluster;
+mod relay;
 mod remove_connection;
 mod rest;
 mod security;

@@ -11,6 +11,8 @@ pub struct Model {
     pub last_position: i64,
     /// Every position up to this one has been pruned.
     pub pruned_through: i64,
+    /// The last position the JetStream relay published (NULL: never).
+    pub relayed_through: Option<i64>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_tables;
 mod m20261122_000002_create_api_tokens;
+mod m20261127_000003_relay_progress;
 mod m20261127_000010_consumer_owner;
 mod m20261127_000011_token_expiry;
 mod m20261127_000020_app_keys;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_tables::Migration),
             Box::new(m20261122_000002_create_api_tokens::Migration),
+            Box::new(m20261127_000003_relay_progress::Migration),
             Box::new(m20261127_000010_consumer_owner::Migration),
             Box::new(m20261127_000011_token_expiry::Migration),
             Box::new(m20261127_000020_app_keys::Migration),
