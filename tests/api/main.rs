@@ -2,6 +2,7 @@
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
 mod admin;
+mod crash;
 mod end_to_end;
 mod events;
 mod helpers;
@@ -9,6 +10,7 @@ mod hostile_input;
 mod link_connection;
 mod outage;
 mod pg_cluster;
+mod process;
 mod remove_connection;
 mod security;
 mod server;
