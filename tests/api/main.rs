@@ -2,6 +2,7 @@
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
 mod admin;
+mod concurrency;
 mod crash;
 mod end_to_end;
 mod events;

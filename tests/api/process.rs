@@ -130,6 +130,14 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the server said.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- end of the log of the server on port {} ---\n{}",
+                self.port,
+                self.log_tail()
+            );
+        }
     }
 }
 
