@@ -13,6 +13,7 @@ mod outage;
 mod pg_cluster;
 mod process;
 mod remove_connection;
+mod resource_bounds;
 mod security;
 mod server;
 mod trace_context;

@@ -83,6 +83,10 @@ impl ServerProcess {
         self.wait_ready().await;
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A channel that connects when first used and reconnects after a
     /// restart.
     pub fn channel(&self) -> Channel {
@@ -93,6 +97,20 @@ impl ServerProcess {
         Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
             .expect("uri")
             .connect_timeout(Duration::from_secs(5))
+    }
+
+    /// (peak, current) resident set size in KiB, from `/proc/<pid>/status`.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"))
+        };
+        (field("VmHWM:"), field("VmRSS:"))
     }
 
     /// Polls health (bounded) until the server answers SERVING; panics with
@@ -172,6 +190,21 @@ async fn serving(endpoint: &Endpoint) -> bool {
         })
         .await
         .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+}
+
+/// Runs `connections <args>` to completion and returns its stdout.
+pub fn run_binary(args: &[&str]) -> String {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the connections binary");
+    assert!(
+        output.status.success(),
+        "connections {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
 /// Reads events from `stream` until `CaughtUp`, skipping heartbeats, within
