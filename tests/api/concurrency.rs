@@ -603,3 +603,104 @@ async fn one_request_id_sent_eight_times_at_once_acts_once_with_one_answer() {
         RETRIED_REQUESTS * COPIES
     );
 }
+
+/// Found by the race above while it still linked every soft-removed
+/// identity to one account: calls queued behind one hot account's row lock
+/// hold every pooled connection, a call waits for the pool past its acquire
+/// timeout, and that timeout must not pass for a database outage (breaker
+/// open, health NOT_SERVING, unrelated calls refused at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_saturated_by_one_hot_account_is_not_a_database_outage() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let app = crate::helpers::TestApp::spawn_with(&backend, |s| {
+        s.pool.acquire_timeout = Duration::from_millis(300);
+        s.pool.probe_interval = Duration::from_millis(100);
+        s.security.rate_limit_per_second = 0.0;
+    })
+    .await;
+    app.create_site(SITE, 5).await;
+    app.create_account(SITE, "hot", &[("hot@example.com", true)])
+        .await;
+    app.link(SITE, "hot", "facebook", "", "fb-hot", None).await;
+
+    // Health as a load balancer follows it.
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch health")
+        .into_inner();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(status)) = watch.message().await {
+                seen.lock().expect("statuses").push(status.status());
+            }
+        })
+    };
+
+    // Another session holds the hot account's row; every removal of it
+    // queues behind, each holding a pooled connection (32) or waiting for one.
+    let db = sea_orm::Database::connect(app.database_url.as_str())
+        .await
+        .expect("connect");
+    let holder = sea_orm::TransactionTrait::begin(&db).await.expect("begin");
+    holder
+        .execute_unprepared("SELECT id FROM accounts WHERE uid = 'hot' FOR UPDATE")
+        .await
+        .expect("lock the hot account");
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls: Vec<_> = (0..48)
+        .map(|_| {
+            let mut client = app.connections();
+            let finished = finished.clone();
+            tokio::spawn(async move {
+                let answer = client
+                    .remove_connection(remove("hot", "facebook", pb::LastIdentityHandling::Fail))
+                    .await;
+                finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                answer
+            })
+        })
+        .collect();
+    // Wait (bounded) for the first call to give up on the pool, then keep
+    // the pool saturated for a few probe intervals.
+    let deadline = Instant::now() + PATIENCE;
+    while finished.load(std::sync::atomic::Ordering::Acquire) == 0 {
+        assert!(Instant::now() < deadline, "no call gave up on the pool");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.rollback().await.expect("release the hot account");
+
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.expect("call task"));
+    }
+    let timed_out = answers
+        .iter()
+        .filter(|a| a.as_ref().is_err_and(|s| s.code() == Code::Unavailable))
+        .count();
+    let removed = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(timed_out > 0, "the pool was never saturated: {answers:?}");
+    assert_eq!(removed, 1, "{answers:?}");
+    watcher.abort();
+    let seen = seen.lock().expect("statuses").clone();
+    assert_eq!(
+        seen.first(),
+        Some(&tonic_health::pb::health_check_response::ServingStatus::Serving),
+        "the health watch saw nothing"
+    );
+    eprintln!(
+        "hot account: 48 removals queued on one row lock, {timed_out} gave up on the pool \
+         (UNAVAILABLE), health {seen:?}"
+    );
+    assert!(
+        !seen.contains(&tonic_health::pb::health_check_response::ServingStatus::NotServing),
+        "a busy pool was reported as a database outage: {seen:?}"
+    );
+}
