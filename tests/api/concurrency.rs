@@ -15,6 +15,8 @@
 //!   replicas: exactly one wins, the other is ALREADY_EXISTS.
 //! - Same request_id retries: one RemoveConnection sent eight times at once
 //!   across the replicas acts once and gives eight identical answers.
+//! - One hot account saturating the pool (calls queued on its row lock) is
+//!   not a database outage: health stays SERVING.
 //!
 //! Every success has exactly one event per removed identity (counted by
 //! call id), positions stay dense, and no client ever sees INTERNAL, ABORTED
