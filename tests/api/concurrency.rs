@@ -43,14 +43,22 @@ use crate::{
 };
 
 const SITE: &str = "3_race";
-/// Calls in flight at once (across both replicas).
-const IN_FLIGHT: usize = 64;
+/// Calls in flight at once (across both replicas). Each replica's pool
+/// holds at most 32 connections and PostgreSQL accepts 100 by default:
+/// 24 calls per replica leave room for a test running alongside.
+const IN_FLIGHT: usize = 48;
+
+/// The proofs of this file take turns: two of them at once (each with two
+/// replicas' pools) would exhaust PostgreSQL's connections, which is not
+/// what they are about.
+static TAKE_TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Two replicas of the service on one fresh PostgreSQL database.
 struct Replicas {
     /// Killed when the test ends.
     _servers: [ServerProcess; 2],
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     channels: [Channel; 2],
     /// For the set-up (thousands of accounts in a few statements) and for
     /// reading what the races left.
@@ -60,6 +68,7 @@ struct Replicas {
 impl Replicas {
     async fn start() -> Option<Self> {
         let backend = Backend::postgres()?;
+        let turn = TAKE_TURNS.lock().await;
         let (url, _) = backend.fresh_database().await;
         let args = ["--rate-limit", "0"];
         // One after the other: the first migrates the database.
@@ -81,6 +90,7 @@ impl Replicas {
             .expect("connect to the test database");
         Some(Self {
             _servers: [one, two],
+            _turn: turn,
             channels,
             db,
         })
@@ -616,6 +626,7 @@ async fn a_pool_saturated_by_one_hot_account_is_not_a_database_outage() {
     let Some(backend) = Backend::postgres() else {
         return;
     };
+    let _turn = TAKE_TURNS.lock().await;
     let app = crate::helpers::TestApp::spawn_with(&backend, |s| {
         s.pool.acquire_timeout = Duration::from_millis(300);
         s.pool.probe_interval = Duration::from_millis(100);
