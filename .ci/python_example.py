@@ -80,7 +80,7 @@ def main() -> int:
     ).stdout.strip()
     target = f"127.0.0.1:{free_port()}"
     log = open(os.path.join(workdir, "server.log"), "w")
-    server = subprocess.Popen([binary, "serve", "--listen", target], env=env, stdout=log, stderr=log)
+    server = subprocess.Popen([binary, "serve", "--listen", target, "--http-listen", "127.0.0.1:0"], env=env, stdout=log, stderr=log)
     try:
         wait_serving(target, server)
         metadata = [("authorization", f"Bearer {token}")]

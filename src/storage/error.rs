@@ -5,7 +5,7 @@
 //! (outcome unknown: never retried), a full disk, and everything else.
 //! Callers never see a `DbErr`.
 
-use sea_orm::{DbErr, RuntimeErr, TransactionError, sqlx};
+use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, TransactionError, sqlx};
 
 use crate::domain::DomainError;
 
@@ -143,6 +143,22 @@ impl StorageError {
             // still releasing a failed transaction (e.g. after a full
             // disk); another connection gets through.
             Self::Busy(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether no pooled connection came free in time. Every connection
+    /// busy (e.g. calls queued behind one hot row) and a database gone both
+    /// end this way: only a connection of its own tells them apart.
+    pub fn is_pool_timeout(&self) -> bool {
+        let Self::Unavailable(err) = self else {
+            return false;
+        };
+        match err {
+            DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => true,
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+                matches!(e.as_ref(), sqlx::Error::PoolTimedOut)
+            }
             _ => false,
         }
     }

@@ -1,6 +1,7 @@
 //! Whether the database answers, known to every caller at once: a breaker
 //! that calls trip when they find the database unavailable, and a probe
-//! that checks it in the background. While it is open, calls fail at once
+//! that checks it in the background (a pool with no free connection is
+//! checked, not trusted: busy is not down). While it is open, calls fail at once
 //! (no pool acquire timeout to wait out) and health reports NOT_SERVING;
 //! the probe retries every 50 ms with a fresh connection, so the first call
 //! after the database returns succeeds within about 0.1 s.
@@ -117,9 +118,16 @@ impl DbHealth {
         // One connection lost during COMMIT says nothing about the server
         // (e.g. an administrator killed that backend); no connection to be
         // had, or a retry that failed too, does.
+        // A pool timeout may only mean that every connection is busy: the
+        // probe decides, with a connection of its own.
         if let Err(err @ StorageError::Unavailable(_)) = &result {
-            tracing::debug!(error = %err, "tripping the database breaker");
-            self.trip();
+            if err.is_pool_timeout() {
+                tracing::debug!(error = %err, "no pooled connection in time; probing the database");
+                self.tripped.notify_one();
+            } else {
+                tracing::debug!(error = %err, "tripping the database breaker");
+                self.trip();
+            }
         }
         result
     }
@@ -135,18 +143,30 @@ impl Repository {
         self.health().guarded(step).await
     }
 
-    /// Whether the database answers one cheap query now. While the breaker
-    /// is open on PostgreSQL it opens a fresh connection rather than asking
-    /// the pool, whose acquire would keep retrying until its timeout.
+    /// Whether the database answers one cheap query now. On PostgreSQL a
+    /// pool that does not answer (every connection busy, or all of them
+    /// lost) is not taken for a database that does not: a fresh connection
+    /// decides. While the breaker is open only that fresh connection is
+    /// tried, as the pool's acquire would keep retrying until its timeout.
     async fn probe_once(&self, available: bool) -> bool {
-        let attempt = async {
-            if available || !self.is_postgres() {
-                return self.ping().await.is_ok();
-            }
-            let options = self
-                .connection()
-                .get_postgres_connection_pool()
-                .connect_options();
+        let pooled = async { self.ping().await.is_ok() };
+        if !self.is_postgres() {
+            return tokio::time::timeout(PROBE_TIMEOUT, pooled)
+                .await
+                .unwrap_or(false);
+        }
+        if available
+            && tokio::time::timeout(PROBE_TIMEOUT, pooled)
+                .await
+                .unwrap_or(false)
+        {
+            return true;
+        }
+        let options = self
+            .connection()
+            .get_postgres_connection_pool()
+            .connect_options();
+        let fresh = async {
             match sea_orm::sqlx::PgConnection::connect_with(&options).await {
                 Ok(connection) => {
                     let _ = connection.close().await;
@@ -155,7 +175,7 @@ impl Repository {
                 Err(_) => false,
             }
         };
-        tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        tokio::time::timeout(PROBE_TIMEOUT, fresh)
             .await
             .unwrap_or(false)
     }

@@ -2,6 +2,8 @@
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
 mod admin;
+mod concurrency;
+mod crash;
 mod deadlines;
 mod disk_full;
 mod end_to_end;
@@ -11,8 +13,10 @@ mod hostile_input;
 mod link_connection;
 mod outage;
 mod pg_cluster;
+mod process;
 mod relay;
 mod remove_connection;
+mod resource_bounds;
 mod rest;
 mod security;
 mod server;

@@ -830,7 +830,15 @@ async fn serve_refuses_a_public_address_without_tokens() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_connections"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--database-url", &url])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--http-listen",
+            "off",
+            "--database-url",
+            &url,
+        ])
         .output()
         .expect("run connections");
     assert!(!output.status.success());
