@@ -10,7 +10,7 @@
 //! services:   service/  one function per use case: request + CallContext -> result
 //!                 |  uses access/ (callers, tokens, scopes, limits, call context)
 //! domain:     domain/   rules, validation, plans; no I/O
-//! storage:    storage/  SQL and transactions (the only place that knows SeaORM/sqlx)
+//! storage:    storage/  SQL and transactions (the only place that knows the ORM)
 //! events:     events/   sequencer, fan-out, subscriptions over storage
 //! telemetry:  telemetry/ logs, traces, metrics; imports no door
 //! ```

@@ -449,3 +449,135 @@ mod tests {
         );
     }
 }
+
+/// Hostile input, generated: any unicode (control characters, very long
+/// values, SQL and URL tricks) in every field of every request a door hands
+/// over. Parsing never panics, and every refusal names a field and repeats
+/// at most a short prefix of the value. `PROPTEST_CASES=100000 cargo test
+/// --lib hostile` runs a longer search; CI runs proptest's default (256).
+#[cfg(test)]
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Strings an attacker would try: arbitrary unicode of any length up to
+    /// 5,000 characters, plus known tricks.
+    fn nasty() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,40}",
+            "\\PC{0,300}",
+            "[\\x00-\\x1f\\x7f]{0,20}",
+            (0usize..5000).prop_map(|n| "a".repeat(n)),
+            Just("' OR 1=1; DROP TABLE accounts; --".to_owned()),
+            Just("//evil.example/%2e%2e/".to_owned()),
+            Just("javascript:alert(1)".to_owned()),
+            Just("/\\\\evil.example".to_owned()),
+            Just("https://*.example.com".to_owned()),
+            Just("\r\nSet-Cookie: x=1".to_owned()),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i32>().prop_map(|n| serde_json::json!(n)),
+            nasty().prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(24, 256, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A refusal a door can report: a field, and a bounded message.
+    fn well_formed(err: &DomainError) -> Result<(), TestCaseError> {
+        prop_assert!(err.field().is_some(), "no field named: {err:?}");
+        let message = err.to_string();
+        prop_assert!(
+            message.chars().count() <= 400,
+            "message too long: {message}"
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn hostile_remove_connection_requests_are_refused_cleanly(
+            api_key in nasty(), uid in nasty(), provider in prop::option::of(nasty()),
+            cid in prop::option::of(nasty()), request_id in nasty(),
+            context in prop::option::of(json()), remove_login_id in any::<bool>(),
+        ) {
+            let input = RemoveConnectionInput {
+                api_key, uid, provider, cid, remove_login_id, context, request_id,
+                ..RemoveConnectionInput::default()
+            };
+            if let Err(err) = input.parse(&ProviderRegistry::default()) {
+                well_formed(&err)?;
+            }
+        }
+
+        #[test]
+        fn hostile_unlink_requests_are_refused_cleanly(
+            vhost in any::<i64>(), uid in any::<i64>(), redirect_url in nasty(),
+            provider in prop::option::of(nasty()), sub in nasty(), request_id in nasty(),
+        ) {
+            let input = UnlinkAccountInput {
+                vhost, uid, redirect_url, external_id_provider_name: provider,
+                sub_provider_name: sub, request_id, dry_run: false,
+            };
+            if let Err(err) = input.parse(&ProviderRegistry::default()) {
+                well_formed(&err)?;
+            }
+        }
+
+        #[test]
+        fn hostile_sites_are_refused_cleanly(
+            api_key in nasty(), vhost in any::<i64>(), name in nasty(),
+            origins in prop::collection::vec(nasty(), 0..4),
+        ) {
+            let input = SiteInput {
+                api_key, vhost, name, unlink_action_enabled: true,
+                allowed_redirect_origins: origins,
+            };
+            if let Err(err) = input.parse() {
+                well_formed(&err)?;
+            }
+        }
+
+        #[test]
+        fn hostile_links_are_refused_cleanly(
+            provider in nasty(), sub_provider in nasty(), provider_uid in nasty(),
+            login_id in prop::option::of(nasty()), token in nasty(),
+        ) {
+            let input = LinkInput {
+                provider, sub_provider, provider_uid, login_id,
+                session: Some(SessionInput {
+                    access_token: token, refresh_token: String::new(), expires_at: None,
+                }),
+            };
+            if let Err(err) = input.parse(&ProviderRegistry::default()) {
+                well_formed(&err)?;
+            }
+        }
+
+        #[test]
+        fn accepted_redirects_never_leave_the_site(value in nasty()) {
+            let allowed = vec!["https://www.example.com".to_owned()];
+            if let Ok(target) = crate::domain::RedirectTarget::parse(&value, &allowed) {
+                let target = target.into_string();
+                let local = target.starts_with('/')
+                    && !target.starts_with("//")
+                    && !target.starts_with("/\\\\");
+                prop_assert!(
+                    local || target.to_lowercase().starts_with("https://www.example.com"),
+                    "{target}"
+                );
+            }
+        }
+    }
+}
