@@ -10,7 +10,6 @@
 //! a revocation takes effect within that delay, as for tokens.
 
 use std::{
-    collections::HashMap,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -23,6 +22,7 @@ use subtle::ConstantTimeEq;
 use super::{
     AccessError, Caller, Grant, parse_permissions, parse_sites,
     signature::{self, TIMESTAMP_WINDOW},
+    ttl_cache::{TtlCache, lock},
 };
 use crate::storage::{AppKeySecret, AppKeyStore, StorageError, StoredAppKey};
 
@@ -32,8 +32,6 @@ pub const SECRET_BYTES: usize = 24;
 pub const USER_KEY_CHARS: usize = 12;
 /// Longest accepted nonce: they are stored until their window ends.
 pub const MAX_NONCE_CHARS: usize = 128;
-/// Cached lookups kept before the cache is emptied.
-const MAX_CACHED_KEYS: usize = 10_000;
 /// How often expired nonces are deleted (by whichever replica gets there).
 const NONCE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -102,9 +100,8 @@ type Cached = Option<(StoredAppKey, AppKeySecret)>;
 #[derive(Debug)]
 pub struct AppKeys {
     store: AppKeyStore,
-    ttl: Duration,
-    /// User key -> (looked up at, active key and secret, if any).
-    cache: Mutex<HashMap<String, (Instant, Cached)>>,
+    /// User key -> active key and secret, if any.
+    cache: TtlCache<Cached>,
     pruned_at: Mutex<Option<Instant>>,
 }
 
@@ -112,8 +109,7 @@ impl AppKeys {
     pub fn new(store: AppKeyStore, ttl: Duration) -> Self {
         Self {
             store,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlCache::new(ttl),
             pruned_at: Mutex::new(None),
         }
     }
@@ -178,10 +174,8 @@ impl AppKeys {
 
     /// The active key and its secret, from the cache or the database.
     async fn lookup(&self, user_key: &str) -> Result<Cached, AccessError> {
-        if let Some((at, cached)) = lock(&self.cache).get(user_key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(cached.clone());
+        if let Some(cached) = self.cache.get(user_key) {
+            return Ok(cached);
         }
         let found = match self.store.active_with_secret(user_key).await {
             Ok(found) => found,
@@ -194,13 +188,7 @@ impl AppKeys {
                 return Err(AccessError::Unavailable);
             }
         };
-        if !self.ttl.is_zero() {
-            let mut cache = lock(&self.cache);
-            if cache.len() >= MAX_CACHED_KEYS {
-                cache.clear();
-            }
-            cache.insert(user_key.to_owned(), (Instant::now(), found.clone()));
-        }
+        self.cache.insert(user_key.to_owned(), found.clone());
         Ok(found)
     }
 
@@ -270,12 +258,6 @@ fn grant_of(key: StoredAppKey) -> Result<Grant, AccessError> {
 /// The same refusal for an unknown key, a revoked key and a wrong secret.
 fn invalid_key() -> AccessError {
     AccessError::Unauthenticated("invalid application key or secret".into())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@
 //! effect within that delay.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::{
         Mutex,
@@ -29,6 +28,7 @@ use super::{
     bearer_token, hash_token, hashes_match,
     limits::{RateLimiter, StreamLimiter},
     parse_permissions, parse_sites,
+    ttl_cache::{TtlCache, lock},
 };
 use crate::{config::SecuritySettings, storage::TokenStore};
 
@@ -49,9 +49,6 @@ pub enum Credential<'a> {
     AppKey(&'a AppKeyProof),
 }
 
-/// Cached token lookups kept before the cache is emptied.
-const MAX_CACHED_TOKENS: usize = 10_000;
-
 /// Admits callers: shared by every door, one per process.
 #[derive(Debug)]
 pub struct Gate {
@@ -61,8 +58,8 @@ pub struct Gate {
     /// When open mode last asked the database whether tokens exist.
     tokens_checked_at: Mutex<Option<Instant>>,
     ttl: Duration,
-    /// Token hash -> (looked up at, grant if active).
-    cache: Mutex<HashMap<String, (Instant, Option<Grant>)>>,
+    /// Token hash -> grant if active.
+    cache: TtlCache<Option<Grant>>,
     rate: Option<RateLimiter>,
     /// Failed authentications per peer address: a peer that keeps sending
     /// bad tokens is refused before its tokens are looked up.
@@ -79,7 +76,7 @@ impl Gate {
             authenticated: AtomicBool::new(mode == AccessMode::Authenticated),
             tokens_checked_at: Mutex::new(Some(Instant::now())),
             ttl: settings.token_cache_ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlCache::new(settings.token_cache_ttl),
             rate: (settings.rate_limit_per_second > 0.0).then(|| {
                 RateLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
             }),
@@ -153,7 +150,7 @@ impl Gate {
             )
         })?;
         let hash = hash_token(token);
-        if let Some(cached) = self.cached(&hash) {
+        if let Some(cached) = self.cache.get(&hash) {
             return cached.ok_or_else(invalid_token).and_then(unexpired);
         }
         let found = self.tokens.active_by_hash(&hash).await.map_err(|err| {
@@ -188,27 +185,8 @@ impl Gate {
                 }
             }
         });
-        self.remember(hash, grant.clone());
+        self.cache.insert(hash, grant.clone());
         grant.ok_or_else(invalid_token).and_then(unexpired)
-    }
-
-    fn cached(&self, hash: &str) -> Option<Option<Grant>> {
-        let cache = lock(&self.cache);
-        cache
-            .get(hash)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, grant)| grant.clone())
-    }
-
-    fn remember(&self, hash: String, grant: Option<Grant>) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut cache = lock(&self.cache);
-        if cache.len() >= MAX_CACHED_TOKENS {
-            cache.clear();
-        }
-        cache.insert(hash, (Instant::now(), grant));
     }
 
     /// Admits one call: authenticates and authorises the caller, then
@@ -324,12 +302,6 @@ impl Gate {
             _ => Ok(None),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Refuses a grant whose token has expired (checked on every call, cached

@@ -16,6 +16,7 @@ mod error;
 mod gate;
 pub mod limits;
 pub mod signature;
+mod ttl_cache;
 
 pub use app_keys::{AppKeyProof, AppKeys, Proof};
 pub use call::{ANONYMOUS_ACTOR, CALL_ID_HEADER, CallContext, CallId, TraceParent};

@@ -94,8 +94,9 @@ impl DbHealth {
     /// connection lost before anything was committed (a killed backend, a
     /// restarted server) is retried on another connection, a few times at
     /// most; a step that still finds the database unavailable trips the
-    /// breaker, so that the calls after it fail fast. A connection lost during COMMIT is never
-    /// retried (the outcome is unknown; callers retry with a request_id).
+    /// breaker, so that the calls after it fail fast. A connection lost
+    /// during COMMIT is never retried (the outcome is unknown; callers retry
+    /// with a request_id).
     pub async fn guarded<T, F, Fut>(&self, step: F) -> StorageResult<T>
     where
         F: Fn() -> Fut,
