@@ -6,10 +6,6 @@
 use std::io::Write;
 
 use crate::{
-    access::{
-        app_keys::{generate_secret, generate_user_key},
-        format_permissions, format_sites,
-    },
     cli::AppKeyCommand,
     config::parse_session_key,
     service::AppKeyInput,
@@ -66,17 +62,7 @@ async fn create(
     err: &mut impl Write,
 ) -> Result<(), String> {
     let request = input.parse().map_err(|e| e.to_string())?;
-    let (secret, encoded) = generate_secret();
-    let key = store
-        .create(
-            &generate_user_key(),
-            &request.caller,
-            &secret,
-            &format_sites(&request.sites),
-            &format_permissions(&request.permissions),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let (key, encoded) = request.mint(store).await.map_err(|e| e.to_string())?;
     writeln!(out, "{} {encoded}", key.user_key).map_err(io)?;
     writeln!(
         err,

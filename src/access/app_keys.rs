@@ -20,7 +20,7 @@ use rand::{Rng, RngCore};
 use subtle::ConstantTimeEq;
 
 use super::{
-    AccessError, Caller, Grant, parse_permissions, parse_sites,
+    AccessError, Grant,
     signature::{self, TIMESTAMP_WINDOW},
     ttl_cache::{TtlCache, lock},
 };
@@ -234,25 +234,21 @@ impl AppKeys {
 
 /// What a stored key grants; an unreadable row grants nothing.
 fn grant_of(key: StoredAppKey) -> Result<Grant, AccessError> {
-    match (parse_sites(&key.sites), parse_permissions(&key.permissions)) {
-        (Ok(sites), Ok(permissions)) => Ok(Grant {
-            caller: Caller {
-                name: key.caller,
-                sites,
-            },
-            permissions,
-            expires_at: None,
-        }),
-        (sites, permissions) => {
-            tracing::error!(
-                user_key = key.user_key,
-                sites = ?sites.err(),
-                permissions = ?permissions.err(),
-                "stored application key is unreadable: refused"
-            );
-            Err(invalid_key())
-        }
-    }
+    let StoredAppKey {
+        user_key,
+        caller,
+        sites,
+        permissions,
+        ..
+    } = key;
+    Grant::from_stored(caller, &sites, &permissions, None).map_err(|unreadable| {
+        tracing::error!(
+            user_key,
+            unreadable,
+            "stored application key is unreadable: refused"
+        );
+        invalid_key()
+    })
 }
 
 /// The same refusal for an unknown key, a revoked key and a wrong secret.

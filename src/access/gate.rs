@@ -27,7 +27,6 @@ use super::{
     app_keys::{AppKeyProof, AppKeys},
     bearer_token, hash_token, hashes_match,
     limits::{RateLimiter, StreamLimiter},
-    parse_permissions, parse_sites,
     ttl_cache::{TtlCache, lock},
 };
 use crate::{config::SecuritySettings, storage::TokenStore};
@@ -162,28 +161,20 @@ impl Gate {
                 return None;
             }
             let token = found.token;
-            match (
-                parse_sites(&token.sites),
-                parse_permissions(&token.permissions),
-            ) {
-                (Ok(sites), Ok(permissions)) => Some(Grant {
-                    caller: Caller {
-                        name: token.caller,
-                        sites,
-                    },
-                    permissions,
-                    expires_at: token.expires_at,
-                }),
-                (sites, permissions) => {
-                    tracing::error!(
-                        token_id = token.id,
-                        sites = ?sites.err(),
-                        permissions = ?permissions.err(),
-                        "stored API token is unreadable: refused"
-                    );
-                    None
-                }
-            }
+            Grant::from_stored(
+                token.caller,
+                &token.sites,
+                &token.permissions,
+                token.expires_at,
+            )
+            .map_err(|unreadable| {
+                tracing::error!(
+                    token_id = token.id,
+                    unreadable,
+                    "stored API token is unreadable: refused"
+                );
+            })
+            .ok()
         });
         self.cache.insert(hash, grant.clone());
         grant.ok_or_else(invalid_token).and_then(unexpired)

@@ -256,6 +256,33 @@ pub struct Grant {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl Grant {
+    /// What a stored credential grants, from its stored sites and
+    /// permissions; the error says what is unreadable.
+    pub fn from_stored(
+        caller: String,
+        sites: &str,
+        permissions: &str,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Self, String> {
+        match (parse_sites(sites), parse_permissions(permissions)) {
+            (Ok(sites), Ok(permissions)) => Ok(Self {
+                caller: Caller {
+                    name: caller,
+                    sites,
+                },
+                permissions,
+                expires_at,
+            }),
+            (sites, permissions) => Err(format!(
+                "sites: {:?}; permissions: {:?}",
+                sites.err(),
+                permissions.err()
+            )),
+        }
+    }
+}
+
 /// Whether callers must authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessMode {

@@ -13,6 +13,7 @@ use crate::{
         scope_contains,
     },
     domain::DomainError,
+    storage::{AppKeyStore, StorageResult},
 };
 
 /// CreateAppKey as a door received it.
@@ -30,6 +31,24 @@ pub struct NewAppKey {
     pub caller: String,
     pub sites: SiteScope,
     pub permissions: BTreeSet<Permission>,
+}
+
+impl NewAppKey {
+    /// Generates the key and its secret and stores it (sealed); returns the
+    /// stored key and the secret, base64, to show once.
+    pub async fn mint(&self, store: &AppKeyStore) -> StorageResult<(StoredAppKey, String)> {
+        let (secret, encoded) = generate_secret();
+        let key = store
+            .create(
+                &generate_user_key(),
+                &self.caller,
+                &secret,
+                &format_sites(&self.sites),
+                &format_permissions(&self.permissions),
+            )
+            .await?;
+        Ok((key, encoded))
+    }
 }
 
 impl AppKeyInput {
@@ -92,16 +111,7 @@ impl Services {
                  --session-key (CONNECTIONS_SESSION_KEY)",
             ));
         }
-        let (secret, encoded) = generate_secret();
-        let key = store
-            .create(
-                &generate_user_key(),
-                &request.caller,
-                &secret,
-                &format_sites(&request.sites),
-                &format_permissions(&request.permissions),
-            )
-            .await?;
+        let (key, encoded) = request.mint(&store).await?;
         tracing::info!(
             user_key = key.user_key,
             caller = key.caller,
