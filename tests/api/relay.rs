@@ -200,8 +200,11 @@ async fn write_concurrently(repos: &[Repository], writers: usize, per_writer: us
 async fn all_relayed(repo: &Repository, js: &jetstream::Context, stream: &str) -> u64 {
     let waited = tokio::time::timeout(PATIENCE, async {
         loop {
-            let progress = repo.relay_progress().await.expect("progress");
+            // Count first: once nothing is unsequenced, a progress read after
+            // it sees every event written so far (read the other way round,
+            // an event stamped between the reads would be missed).
             let unsequenced = repo.count_unsequenced_events().await.expect("count");
+            let progress = repo.relay_progress().await.expect("progress");
             let last = match js.get_stream(stream).await {
                 Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).ok(),
                 Err(_) => None,
