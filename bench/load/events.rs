@@ -1,0 +1,234 @@
+//! Event figures: commit-to-subscriber latency under a write load, and replay
+//! speed from BEGINNING.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use connections::proto::v1::{
+    self as pb, event_service_client::EventServiceClient, subscribe_response::Message,
+};
+use serde_json::{Map, json};
+use tokio::sync::watch;
+use tonic::{Streaming, codegen::InterceptedService, transport::Channel};
+
+use crate::{
+    Accounts, Bearer, Error, Target, channels,
+    load::{self, Workload},
+    stats::{self, Latencies, ProcessSample},
+};
+
+type Events = EventServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub struct LatencyRun {
+    pub read: String,
+    pub subscribers: usize,
+    pub idle_subscribers: usize,
+    pub rate: f64,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub server_pids: Vec<u32>,
+    pub label: String,
+}
+
+async fn subscribe(
+    client: &mut Events,
+    request: pb::SubscribeRequest,
+) -> Result<Streaming<pb::SubscribeResponse>, Error> {
+    Ok(client.subscribe(request).await?.into_inner())
+}
+
+/// Opens a stream from NOW and waits for its first heartbeat or caught-up
+/// marker, so that it is live before the writers start.
+async fn live_stream(
+    client: &mut Events,
+    api_key: &str,
+) -> Result<Streaming<pb::SubscribeResponse>, Error> {
+    let mut stream = subscribe(
+        client,
+        pb::SubscribeRequest {
+            start_from: pb::StartFrom::Now.into(),
+            api_keys: vec![api_key.to_owned()],
+            heartbeat_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Ok(Ok(Some(pb::SubscribeResponse {
+                message: Some(Message::CaughtUp(_) | Message::Heartbeat(_)),
+            }))) => return Ok(stream),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return Err("stream ended before it was live".into()),
+            Ok(Err(status)) => return Err(status.into()),
+            Err(_) => return Err("no heartbeat within 10 s".into()),
+        }
+    }
+}
+
+/// Reads events until `stop` turns true and every expected call id has
+/// arrived (or the grace period ends); returns arrival times by call id.
+async fn read_events(
+    mut stream: Streaming<pb::SubscribeResponse>,
+    mut stop: watch::Receiver<usize>,
+) -> Result<HashMap<String, Instant>, Error> {
+    let mut arrived = HashMap::new();
+    let mut seen = 0usize;
+    loop {
+        let expected = *stop.borrow();
+        if expected != usize::MAX && seen >= expected {
+            return Ok(arrived);
+        }
+        tokio::select! {
+            message = stream.message() => match message? {
+                Some(pb::SubscribeResponse { message: Some(Message::Event(event)) }) => {
+                    arrived.entry(event.call_id).or_insert_with(Instant::now);
+                    seen = arrived.len();
+                }
+                Some(_) => {}
+                None => return Err("stream ended".into()),
+            },
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return Ok(arrived);
+                }
+            }
+        }
+    }
+}
+
+pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> Result<(), Error> {
+    let bearer = Bearer::new(&target.token)?;
+    let read_channels = channels(&run.read, target.channels).await?;
+    let mut readers = Vec::new();
+    // usize::MAX: still writing; afterwards the number of acknowledged calls.
+    let (expected_tx, expected_rx) = watch::channel(usize::MAX);
+    for i in 0..run.subscribers {
+        let mut client = EventServiceClient::with_interceptor(
+            read_channels[i % read_channels.len()].clone(),
+            bearer.clone(),
+        );
+        let stream = live_stream(&mut client, &accounts.api_key).await?;
+        readers.push(tokio::spawn(read_events(stream, expected_rx.clone())));
+    }
+    // Streams nobody reads: the server must neither buffer without bound
+    // nor slow the writers for them.
+    let mut idle = Vec::new();
+    for i in 0..run.idle_subscribers {
+        let mut client = EventServiceClient::with_interceptor(
+            read_channels[i % read_channels.len()].clone(),
+            bearer.clone(),
+        );
+        idle.push(live_stream(&mut client, &accounts.api_key).await?);
+    }
+
+    let clients = load::clients(target, run.concurrency).await?;
+    let before = ProcessSample::take(&run.server_pids);
+    let started = Instant::now();
+    let mut written = load::drive(
+        clients,
+        accounts,
+        Workload::RemoveOne,
+        started + run.duration,
+        run.rate,
+        true,
+    )
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = expected_tx.send(written.acknowledged.len());
+
+    let mut latencies = Latencies::default();
+    let mut missing = 0usize;
+    for reader in readers {
+        let arrived = match tokio::time::timeout(Duration::from_secs(30), reader).await {
+            Ok(joined) => joined??,
+            Err(_) => return Err("a subscriber did not receive every event within 30 s".into()),
+        };
+        for (call_id, acknowledged) in &written.acknowledged {
+            match arrived.get(call_id) {
+                // An event can overtake its call's answer: count it as 0.
+                Some(at) => latencies.push(at.saturating_duration_since(*acknowledged)),
+                None => missing += 1,
+            }
+        }
+    }
+    drop(idle);
+
+    let mut out = Map::new();
+    before.since(&run.server_pids, &mut out);
+    out.insert("subscribers".into(), json!(run.subscribers));
+    out.insert("idle_subscribers".into(), json!(run.idle_subscribers));
+    out.insert("removes".into(), json!(written.acknowledged.len()));
+    out.insert(
+        "removes_per_s".into(),
+        json!(stats::round3(written.acknowledged.len() as f64 / elapsed)),
+    );
+    out.insert("deliveries".into(), json!(latencies.len()));
+    out.insert("missing".into(), json!(missing));
+    latencies.summary("event", &mut out);
+    written.removes.summary("remove", &mut out);
+    out.insert("errors".into(), written.errors.to_json());
+    out.insert("error_count".into(), json!(written.errors.total()));
+    stats::emit("events", &run.label, out);
+    Ok(())
+}
+
+pub async fn replay(target: &Target, events: u64, pids: &[u32], label: &str) -> Result<(), Error> {
+    let bearer = Bearer::new(&target.token)?;
+    let channel = channels(&target.grpc, 1).await?.remove(0);
+    let mut client = EventServiceClient::with_interceptor(channel, bearer);
+    let before = ProcessSample::take(pids);
+    let started = Instant::now();
+    let mut stream = subscribe(
+        &mut client,
+        pb::SubscribeRequest {
+            start_from: pb::StartFrom::Beginning.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut received = 0u64;
+    let mut last_position = 0u64;
+    let mut first_at = None;
+    while received < events {
+        match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+            Ok(Ok(Some(pb::SubscribeResponse {
+                message: Some(Message::Event(event)),
+            }))) => {
+                first_at.get_or_insert_with(Instant::now);
+                if event.position <= last_position {
+                    return Err(format!(
+                        "position {} after {last_position}: out of order",
+                        event.position
+                    )
+                    .into());
+                }
+                last_position = event.position;
+                received += 1;
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return Err("stream ended".into()),
+            Ok(Err(status)) => return Err(status.into()),
+            Err(_) => return Err(format!("stalled after {received} events").into()),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut out = Map::new();
+    before.since(pids, &mut out);
+    out.insert("events".into(), json!(received));
+    out.insert("seconds".into(), json!(stats::round3(elapsed)));
+    out.insert(
+        "events_per_s".into(),
+        json!(stats::round3(received as f64 / elapsed)),
+    );
+    out.insert(
+        "first_event_ms".into(),
+        json!(stats::round3(
+            first_at.map_or(0.0, |t| (t - started).as_secs_f64() * 1000.0)
+        )),
+    );
+    stats::emit("replay", label, out);
+    Ok(())
+}

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The benchmark: the service beside the database's own ceiling, in one run.
+#
+#   bench/run.sh            full run (under ten minutes on 2 cores)
+#   bench/run.sh --quick    reduced run for CI smoke (debug build, small
+#                           sizes: the numbers are not a measurement)
+#
+# For each database (a fresh SQLite file, and a fresh PostgreSQL database when
+# one is reachable) it builds the release binaries if needed, creates a token,
+# starts `connections serve` exactly as users run it (authentication on),
+# seeds a site and accounts, runs the write workloads at concurrency 1, 8 and
+# 32, the same removal as the database's ceiling (pgbench with
+# bench/reference/remove_connection.sql; for SQLite the reference program
+# `connections-bench sqlite-reference`), the event figures, and prints one
+# table. Everything it creates is removed on exit.
+#
+# Settings (environment):
+#   CONNECTIONS_BENCH_POSTGRES_URL  server to create the bench database on
+#                                   (default: CONNECTIONS_TEST_POSTGRES_URL, else
+#                                   postgres://postgres@127.0.0.1:5432/postgres);
+#                                   set to "off" to skip PostgreSQL
+#   CONNECTIONS_BENCH_DATABASES     which to run (default "sqlite postgres")
+#   CONNECTIONS_BENCH_OUT           also write the raw JSON lines here
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
+  esac
+done
+
+if [ -n "$quick" ]; then
+  ACCOUNTS=200; SECONDS_HEADLINE=1.5; SECONDS_OTHER=1; BACKLOG=20000; LEVELS="1 8"
+else
+  ACCOUNTS=2000; SECONDS_HEADLINE=8; SECONDS_OTHER=4; BACKLOG=1000000; LEVELS="1 8 32"
+fi
+API_KEY=3_bench
+VHOST=7001
+FIRST_UID=1000000
+
+say() { printf '== %s\n' "$*" >&2; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/connections-bench.XXXXXX")
+results="$work/results.jsonl"
+servers=()
+pg_admin=
+pg_db=
+cleanup() {
+  for pid in "${servers[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${servers[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$pg_db" ]; then
+    psql "$pg_admin" -qc "DROP DATABASE IF EXISTS \"$pg_db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+profile=release; build_flags=(--release)
+if [ -n "$quick" ]; then profile=debug; build_flags=(); fi
+say "$profile build"
+cargo build "${build_flags[@]}" --quiet --bin connections --bin connections-bench
+target_dir=$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+CONNECTIONS="$target_dir/$profile/connections"
+BENCH="$target_dir/$profile/connections-bench"
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_server DATABASE_URL NAME: starts a replica, sets $port and $pid.
+start_server() {
+  port=$(free_port)
+  RUST_LOG=warn "$CONNECTIONS" serve --database-url "$1" --listen "127.0.0.1:$port" \
+    --http-listen off --rate-limit 0 --max-streams-per-caller 1000 \
+    >"$work/$2.log" 2>&1 &
+  pid=$!
+  servers+=("$pid")
+  "$BENCH" ready --grpc "http://127.0.0.1:$port" --seconds 120 \
+    || { cat "$work/$2.log" >&2; exit 1; }
+}
+
+stop_server() {
+  kill "$1"; wait "$1" 2>/dev/null || true
+}
+
+target_args() { echo --grpc "http://127.0.0.1:$1" --api-key "$API_KEY" --vhost "$VHOST" --accounts "$ACCOUNTS"; }
+
+max_rate() { # the c=8 headline removals/s of a database
+  python3 - "$results" "$1" <<'EOF'
+import json, sys
+rate = 0
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r["kind"] == "load" and r["label"] == sys.argv[2] + ":headline" and r["concurrency"] == 8:
+        rate = r["removes_per_s"]
+print(rate)
+EOF
+}
+
+# bench_database NAME URL
+bench_database() {
+  local db=$1 url=$2
+  say "$db: token, server, $ACCOUNTS accounts"
+  BENCH_TOKEN=$("$CONNECTIONS" token create --database-url "$url" --caller bench --sites '*' \
+    --permissions admin,connections.write,connections.read,events.subscribe)
+  export BENCH_TOKEN
+  start_server "$url" "$db-a"
+  local a_port=$port a_pid=$pid
+  # shellcheck disable=SC2046
+  "$BENCH" seed $(target_args "$a_port")
+
+  for c in $LEVELS; do
+    say "$db: RemoveConnection (one provider), concurrency $c"
+    # shellcheck disable=SC2046
+    "$BENCH" load $(target_args "$a_port") --workload remove-one --concurrency "$c" \
+      --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid" --label "$db:headline" >>"$results"
+  done
+  for workload in remove-all unlink mixed; do
+    for c in $LEVELS; do
+      say "$db: $workload, concurrency $c"
+      # shellcheck disable=SC2046
+      "$BENCH" load $(target_args "$a_port") --workload "$workload" --concurrency "$c" \
+        --seconds "$SECONDS_OTHER" --server-pid "$a_pid" --label "$db:$workload" >>"$results"
+    done
+  done
+
+  local half
+  half=$(python3 -c "print(max(1.0, $(max_rate "$db") / 2))")
+  say "$db: events, 10 subscribers, writers at $half removals/s"
+  # shellcheck disable=SC2046
+  "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$a_port" --subscribers 10 \
+    --rate "$half" --concurrency 8 --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid" \
+    --label "$db:same-replica" >>"$results"
+  if [ "$db" = postgres ]; then
+    start_server "$url" "$db-b"
+    local b_port=$port b_pid=$pid
+    say "$db: events written on replica A, read on replica B"
+    # shellcheck disable=SC2046
+    "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$b_port" --subscribers 10 \
+      --rate "$half" --concurrency 8 --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid,$b_pid" \
+      --label "$db:cross-replica" >>"$results"
+    stop_server "$b_pid"
+  fi
+  say "$db: writers with 100 subscribers that never read"
+  # shellcheck disable=SC2046
+  "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$a_port" --subscribers 0 \
+    --idle-subscribers 100 --rate 0 --concurrency 8 --seconds "$SECONDS_HEADLINE" \
+    --server-pid "$a_pid" --label "$db:idle-subscribers" >>"$results"
+  say "$db: 200 live subscribers (100 reading, 100 not) under half load"
+  # shellcheck disable=SC2046
+  "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$a_port" --subscribers 100 \
+    --idle-subscribers 100 --rate "$half" --concurrency 8 --seconds "$SECONDS_OTHER" \
+    --server-pid "$a_pid" --label "$db:200-subscribers" >>"$results"
+  stop_server "$a_pid"
+
+  for c in $LEVELS; do
+    say "$db: ceiling, concurrency $c"
+    if [ "$db" = sqlite ]; then
+      local file=${url#sqlite://}
+      "$BENCH" sqlite-reference --db "${file%%\?*}" --api-key "$API_KEY" --accounts "$ACCOUNTS" \
+        --concurrency "$c" --seconds "$SECONDS_HEADLINE" --label "$db:reference" >>"$results"
+    else
+      pgbench_reference "$url" "$c"
+    fi
+  done
+
+  say "$db: replay of $BACKLOG events from BEGINNING"
+  "$BENCH" backlog --database-url "$url" --events "$BACKLOG"
+  start_server "$url" "$db-replay"
+  "$BENCH" replay --grpc "http://127.0.0.1:$port" --events "$BACKLOG" --server-pid "$pid" \
+    --label "$db:replay" >>"$results"
+  stop_server "$pid"
+}
+
+# pgbench_reference URL CONCURRENCY: the ceiling's removals/s and the
+# removal transaction's own latency (its statements' latencies summed).
+pgbench_reference() {
+  local url=$1 c=$2 site_id out
+  site_id=$(psql "$url" -qtAc "SELECT id FROM sites WHERE api_key = '$API_KEY'")
+  out=$(pgbench -n -M prepared -r -c "$c" -j "$(( c < 2 ? c : 2 ))" -T "${SECONDS_HEADLINE%.*}" \
+    -D site_id="$site_id" -D first_uid="$FIRST_UID" -D accounts="$ACCOUNTS" -D clients="$c" \
+    -f bench/reference/remove_connection.sql "$url" 2>&1) || { echo "$out" >&2; exit 1; }
+  psql "$url" -qc "DELETE FROM events WHERE source = 'REFERENCE'" >/dev/null
+  printf '%s\n' "$out" >"$work/pgbench.out"
+  python3 - "$c" "$work/pgbench.out" >>"$results" <<'EOF'
+import json, re, sys
+out = open(sys.argv[2]).read()
+tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
+# Per-statement latencies: the removal is everything up to the first COMMIT.
+removal = 0.0
+for line in out.split("statement latencies in milliseconds", 1)[1].splitlines()[1:]:
+    m = re.match(r"\s+([0-9.]+)\s+(?:[0-9]+\s+)*(.*)", line)
+    if not m:
+        continue
+    removal += float(m.group(1))
+    if m.group(2).strip().upper().startswith("COMMIT"):
+        break
+print(json.dumps({"kind": "reference", "label": "postgres:reference", "concurrency": int(sys.argv[1]),
+                  "removes_per_s": tps, "remove_avg_ms": round(removal, 3)}))
+EOF
+}
+
+databases=${CONNECTIONS_BENCH_DATABASES:-sqlite postgres}
+if [[ " $databases " == *" sqlite "* ]]; then
+  bench_database sqlite "sqlite://$work/bench.db?mode=rwc"
+fi
+
+pg_admin=${CONNECTIONS_BENCH_POSTGRES_URL:-${CONNECTIONS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}}
+if [[ " $databases " != *" postgres "* ]] || [ "$pg_admin" = off ]; then
+  say "PostgreSQL not selected (CONNECTIONS_BENCH_DATABASES / CONNECTIONS_BENCH_POSTGRES_URL=off)"
+elif ! psql "$pg_admin" -qtAc 'SELECT 1' >/dev/null 2>&1; then
+  say "PostgreSQL SKIPPED: cannot reach $pg_admin (set CONNECTIONS_BENCH_POSTGRES_URL)"
+else
+  pg_db="connections_bench_$$"
+  psql "$pg_admin" -qc "CREATE DATABASE \"$pg_db\"" >/dev/null
+  pg_url=$(python3 -c "import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path='/' + sys.argv[2])))" "$pg_admin" "$pg_db")
+  bench_database postgres "$pg_url"
+fi
+
+if [ -n "${CONNECTIONS_BENCH_OUT:-}" ]; then cp "$results" "$CONNECTIONS_BENCH_OUT"; fi
+python3 bench/table.py "$results" ${quick:+--quick}

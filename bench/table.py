@@ -1,0 +1,85 @@
+"""Prints bench/run.sh's table from the JSON lines the load generator wrote."""
+
+import json
+import sys
+
+
+def error_text(row: dict) -> str:
+    """0, or the count by gRPC code."""
+    if not row["error_count"]:
+        return "0"
+    return ", ".join(f"{code} {n}" for code, n in row["errors"].items())
+
+
+def main() -> None:
+    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    quick = "--quick" in sys.argv
+    by = lambda kind, label: [r for r in rows if r["kind"] == kind and r["label"] == label]
+    databases = [d for d in ("sqlite", "postgres") if by("load", f"{d}:headline")]
+
+    if quick:
+        print("bench/run.sh --quick: reduced sizes, numbers are a smoke test, not a measurement\n")
+
+    print("## Writes (removals/s and latency of the removal calls; each removal is followed by its re-link)\n")
+    print("| database | workload | c | removals/s | ceiling/s | ratio | p50 ms | p99 ms | p99.9 ms | ceiling p50 ms | p50 / ceiling | links/s | errors | CPU s per 1k removals |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for db in databases:
+        references = {r["concurrency"]: r for r in by("reference", f"{db}:reference")}
+        for label in ("headline", "remove-all", "unlink", "mixed"):
+            for r in by("load", f"{db}:{label}"):
+                c = r["concurrency"]
+                ref = references.get(c) if label == "headline" else None
+                ceiling = ratio = ref_p50 = p50_ratio = ""
+                if ref:
+                    ceiling = f"{ref['removes_per_s']:.0f}"
+                    ratio = f"{r['removes_per_s'] / ref['removes_per_s']:.2f}x"
+                    # pgbench gives the average of the removal transaction;
+                    # the reference program its p50.
+                    ref_latency = ref.get("remove_p50_ms", ref.get("remove_avg_ms"))
+                    ref_p50 = f"{ref_latency:.2f}"
+                    p50_ratio = f"{r['remove_p50_ms'] / ref_latency:.1f}x" if ref_latency else ""
+                name = {"headline": "remove one", "remove-all": "remove all", "unlink": "unlink", "mixed": "mixed"}[label]
+                print(
+                    f"| {db} | {name} | {c} | {r['removes_per_s']:.0f} | {ceiling} | {ratio} | "
+                    f"{r['remove_p50_ms']:.2f} | {r['remove_p99_ms']:.2f} | {r['remove_p999_ms']:.2f} | "
+                    f"{ref_p50} | {p50_ratio} | {r['links_per_s']:.0f} | {error_text(r)} | "
+                    f"{r.get('cpu_s_per_1000_removes', '')} |"
+                )
+
+    print("\n## Events (commit = the writer's answer; latency to each subscriber's receipt)\n")
+    print("| database | figure | removals/s | subscribers | deliveries | missing | p50 ms | p99 ms | max ms | writer ratio | server peak RSS MiB | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for db in databases:
+        full = next((r["removes_per_s"] for r in by("load", f"{db}:headline") if r["concurrency"] == 8), None)
+        for label, name in (
+            ("same-replica", "10 subscribers, half load, same replica"),
+            ("cross-replica", "10 subscribers, half load, replica A to B"),
+            ("idle-subscribers", "100 subscribers that never read, full load"),
+            ("200-subscribers", "200 subscribers (100 never read), half load"),
+        ):
+            for r in by("events", f"{db}:{label}"):
+                subscribers = r["subscribers"] + r["idle_subscribers"]
+                writer_ratio = ""
+                if label == "idle-subscribers" and full:
+                    writer_ratio = f"{r['removes_per_s'] / full:.2f}x"
+                latency = ("", "", "")
+                if r["deliveries"]:
+                    latency = (f"{r['event_p50_ms']:.2f}", f"{r['event_p99_ms']:.2f}", f"{r['event_max_ms']:.2f}")
+                print(
+                    f"| {db} | {name} | {r['removes_per_s']:.0f} | {subscribers} | {r['deliveries']} | "
+                    f"{r['missing']} | {latency[0]} | {latency[1]} | {latency[2]} | {writer_ratio} | "
+                    f"{r.get('server_peak_rss_mib', 0):.0f} | {error_text(r)} |"
+                )
+        for r in by("replay", f"{db}:replay"):
+            print(
+                f"| {db} | replay of {r['events']} events from BEGINNING: {r['events_per_s']:.0f} events/s "
+                f"| | | | | | | | | {r.get('server_peak_rss_mib', 0):.0f} | |"
+            )
+
+    errors = sum(r.get("error_count", 0) for r in rows) + sum(r.get("missing", 0) for r in rows)
+    if errors:
+        print(f"\nFAILED: {errors} errors or missing deliveries")
+        sys.exit(1)
+
+
+main()
