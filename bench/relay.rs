@@ -87,7 +87,7 @@ fn event() -> ConnectionRemoved {
 
 async fn commit(repo: &Repository, events: &[ConnectionRemoved]) {
     let txn = repo.begin_write().await.expect("begin");
-    outbox::append(&txn, events).await.expect("append");
+    outbox::append(&*txn, events).await.expect("append");
     txn.commit().await.expect("commit");
     repo.outbox_committed();
 }

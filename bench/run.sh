@@ -21,6 +21,8 @@
 #                                   set to "off" to skip PostgreSQL
 #   CONNECTIONS_BENCH_DATABASES     which to run (default "sqlite postgres")
 #   CONNECTIONS_BENCH_OUT           also write the raw JSON lines here
+#   CONNECTIONS_BENCH_BIN_DIR       use the connections and connections-bench
+#                                   binaries in this directory instead of building
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,14 +60,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-profile=release; build_flags=(--release)
-if [ -n "$quick" ]; then profile=debug; build_flags=(); fi
-say "$profile build"
-cargo build "${build_flags[@]}" --quiet --bin connections --bin connections-bench
-target_dir=$(cargo metadata --format-version 1 --no-deps \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-CONNECTIONS="$target_dir/$profile/connections"
-BENCH="$target_dir/$profile/connections-bench"
+if [ -n "${CONNECTIONS_BENCH_BIN_DIR:-}" ]; then
+  bin_dir=$CONNECTIONS_BENCH_BIN_DIR
+else
+  profile=release; build_flags=(--release)
+  if [ -n "$quick" ]; then profile=debug; build_flags=(); fi
+  say "$profile build"
+  cargo build "${build_flags[@]}" --quiet --bin connections --bin connections-bench
+  target_dir=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  bin_dir="$target_dir/$profile"
+fi
+CONNECTIONS="$bin_dir/connections"
+BENCH="$bin_dir/connections-bench"
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -118,7 +118,7 @@ impl Repository {
         }
         let txn = self.begin_write().await?;
         let backend = txn.get_database_backend();
-        let state = read_sequence(&txn, true).await?;
+        let state = read_sequence(&*txn, true).await?;
         let stamped = txn
             .execute_raw(statement(
                 backend,

@@ -34,17 +34,50 @@ pub struct Repository {
     health: Arc<DbHealth>,
     /// Woken after a transaction that wrote outbox rows commits.
     outbox_written: Arc<Notify>,
+    /// SQLite: one write transaction at a time in this process, taken in
+    /// arrival order. SQLite allows one writer; without this, writers that
+    /// find the lock taken sleep in its busy handler (1 ms, 2 ms, ... up to
+    /// 100 ms at a time) and wake late, long after the lock was free.
+    write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction that holds this process's SQLite write turn (if
+/// any) until it commits, rolls back or is dropped.
+pub struct WriteTxn {
+    txn: DatabaseTransaction,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTxn {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.txn.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTxn {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
 // arguments can carry provider session tokens, which are never logged.
 impl Repository {
     pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
+        let write_turn =
+            (!super::db::is_postgres(&db)).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Self {
             db,
             sealer,
             health: DbHealth::new(),
             outbox_written: Arc::new(Notify::new()),
+            write_turn,
         }
     }
 
@@ -96,14 +129,20 @@ impl Repository {
     /// deferred transaction that upgrades to a write can fail with SQLITE_BUSY
     /// even with a busy timeout.
     #[tracing::instrument(skip_all, name = "db.begin_write")]
-    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
-        self.db
+    pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
+        let turn = match &self.write_turn {
+            Some(turn) => Some(turn.clone().lock_owned().await),
+            None => None,
+        };
+        let txn = self
+            .db
             .begin_with_options(TransactionOptions {
                 isolation_level: None,
                 access_mode: None,
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             })
-            .await
+            .await?;
+        Ok(WriteTxn { txn, _turn: turn })
     }
 
     /// Cheap query used by the health check.
@@ -119,7 +158,7 @@ impl Repository {
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let vhost_owner = site::Entity::find()
             .filter(site::Column::Vhost.eq(settings.vhost.get()))
-            .one(&txn)
+            .one(&*txn)
             .await?;
         if let Some(owner) = &vhost_owner
             && owner.api_key != settings.api_key.as_str()
@@ -131,7 +170,7 @@ impl Repository {
         }
         let existing = site::Entity::find()
             .filter(site::Column::ApiKey.eq(settings.api_key.as_str()))
-            .one(&txn)
+            .one(&*txn)
             .await?;
         let created = existing.is_none();
         let model = match existing {
@@ -142,7 +181,7 @@ impl Repository {
                 active.unlink_action_enabled = Set(settings.unlink_action_enabled);
                 active.allowed_redirect_origins = Set(origins);
                 active.updated_at = Set(now);
-                active.update(&txn).await
+                active.update(&*txn).await
             }
             None => {
                 site::ActiveModel {
@@ -155,7 +194,7 @@ impl Repository {
                     updated_at: Set(now),
                     ..Default::default()
                 }
-                .insert(&txn)
+                .insert(&*txn)
                 .await
             }
         };
@@ -192,9 +231,9 @@ impl Repository {
     ) -> StorageResult<(Account, bool)> {
         distinct_login_ids(&login_ids)?;
         let txn = self.begin_write().await?;
-        let site = find_site_by_api_key(&txn, api_key).await?;
+        let site = find_site_by_api_key(&*txn, api_key).await?;
         let now = Utc::now();
-        let existing = self.lock_account_row(&txn, &site, uid).await;
+        let existing = self.lock_account_row(&*txn, &site, uid).await;
         let (row, created) = match existing {
             Ok(row) => (row, false),
             Err(StorageError::Rule(DomainError::AccountNotFound)) => {
@@ -205,25 +244,25 @@ impl Repository {
                     updated_at: Set(now),
                     ..Default::default()
                 }
-                .insert(&txn)
+                .insert(&*txn)
                 .await?;
                 (row, true)
             }
             Err(other) => return Err(other),
         };
-        let current = load_account(&txn, &site, row.clone()).await?;
+        let current = load_account(&*txn, &site, row.clone()).await?;
         check_dropped_login_ids(&current, &login_ids)?;
         login_id::Entity::delete_many()
             .filter(login_id::Column::AccountId.eq(row.id))
-            .exec(&txn)
+            .exec(&*txn)
             .await?;
         for new in &login_ids {
-            insert_login_id(&txn, site.id, row.id, new.value.as_str(), new.has_password).await?;
+            insert_login_id(&*txn, site.id, row.id, new.value.as_str(), new.has_password).await?;
         }
         let mut active: account::ActiveModel = row.into();
         active.updated_at = Set(now);
-        let row = active.update(&txn).await?;
-        let account = load_account(&txn, &site, row).await?;
+        let row = active.update(&*txn).await?;
+        let account = load_account(&*txn, &site, row).await?;
         txn.commit().await.map_err(StorageError::from_commit)?;
         Ok((account, created))
     }
@@ -249,19 +288,19 @@ impl Repository {
             .transpose()
             .map_err(StorageError::Corrupt)?;
         let txn = self.begin_write().await?;
-        let site = find_site_by_api_key(&txn, api_key).await?;
-        let account_row = self.lock_account_row(&txn, &site, uid).await?;
+        let site = find_site_by_api_key(&*txn, api_key).await?;
+        let account_row = self.lock_account_row(&*txn, &site, uid).await?;
         let now = Utc::now();
 
         if let Some(login) = &new.login_id {
             let owner = login_id::Entity::find()
                 .filter(login_id::Column::SiteId.eq(site.id))
                 .filter(login_id::Column::LoginId.eq(login.as_str()))
-                .one(&txn)
+                .one(&*txn)
                 .await?
                 .map(|row| row.account_id);
             if link::login_id_needs_adding(account_row.id, login.as_str(), owner)? {
-                insert_login_id(&txn, site.id, account_row.id, login.as_str(), false).await?;
+                insert_login_id(&*txn, site.id, account_row.id, login.as_str(), false).await?;
             }
         }
 
@@ -270,7 +309,7 @@ impl Repository {
             .filter(identity::Column::Provider.eq(new.provider.as_str()))
             .filter(identity::Column::SubProvider.eq(new.sub_provider.as_str()))
             .filter(identity::Column::ProviderUid.eq(new.provider_uid.as_str()))
-            .one(&txn)
+            .one(&*txn)
             .await?;
         let mapping = existing
             .as_ref()
@@ -296,7 +335,7 @@ impl Repository {
                     active.session = Set(sealed);
                 }
                 active.updated_at = Set(now);
-                (active.update(&txn).await?, reactivated)
+                (active.update(&*txn).await?, reactivated)
             }
             (LinkAction::Refresh { identity_id, .. }, None) => {
                 return Err(StorageError::Corrupt(format!(
@@ -317,7 +356,7 @@ impl Repository {
                     updated_at: Set(now),
                     ..Default::default()
                 }
-                .insert(&txn)
+                .insert(&*txn)
                 .await
                 .map_err(|err| {
                     // Another account linked it concurrently.
@@ -330,9 +369,9 @@ impl Repository {
                 (inserted, false)
             }
         };
-        let account_row = touch_account(&txn, account_row, now).await?;
+        let account_row = touch_account(&*txn, account_row, now).await?;
         let identity = IdentityView::of(&identity_from_model(&row)?);
-        let account = AccountView::of(&load_account(&txn, &site, account_row).await?);
+        let account = AccountView::of(&load_account(&*txn, &site, account_row).await?);
         txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(LinkOutcome {
             identity,

@@ -71,7 +71,7 @@ fn facebook() -> ConnectionRemoved {
 /// next replays them before `CaughtUp`).
 async fn write(app: &TestApp, events: &[ConnectionRemoved]) {
     let txn = app.repo.begin_write().await.expect("begin");
-    outbox::append(&txn, events).await.expect("append");
+    outbox::append(&*txn, events).await.expect("append");
     txn.commit().await.expect("commit");
     app.repo.outbox_committed();
     sequenced(app).await;
@@ -225,7 +225,7 @@ async fn a_late_committing_transaction_is_not_skipped(backend: Backend) {
     // The late writer takes its id first and commits last.
     let late = facebook();
     let txn = app.repo.begin_write().await.expect("begin");
-    outbox::append(&txn, std::slice::from_ref(&late))
+    outbox::append(&*txn, std::slice::from_ref(&late))
         .await
         .expect("append");
 

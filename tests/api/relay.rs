@@ -165,7 +165,7 @@ async fn jetstream(url: &str) -> jetstream::Context {
 /// Commits `events` in one transaction, the way a removal does.
 async fn write(repo: &Repository, events: &[ConnectionRemoved]) {
     let txn = repo.begin_write().await.expect("begin");
-    outbox::append(&txn, events).await.expect("append");
+    outbox::append(&*txn, events).await.expect("append");
     txn.commit().await.expect("commit");
     repo.outbox_committed();
 }
