@@ -74,11 +74,23 @@ async fn lead(
     let mut listener = NotificationListener::new(repo.clone(), OUTBOX_CHANNEL);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Where writers stamp their own rows, a write wakes the fan-out directly;
+    // the poll still stamps anything left unstamped (e.g. by an older version).
+    let stamped_on_write = repo.sequences_on_write();
+    let mut stamp = true;
     loop {
-        stamp_all(repo, sequenced, metrics).await;
+        if stamp {
+            stamp_all(repo, sequenced, metrics).await;
+        }
+        stamp = true;
         tokio::select! {
             () = shutdown.raised() => break,
-            () = written.notified() => {}
+            () = written.notified() => {
+                if stamped_on_write {
+                    sequenced.notify_one();
+                    stamp = false;
+                }
+            }
             () = listener.wait() => {}
             _ = poll.tick() => {
                 if let Some(held) = &mut lease

@@ -125,6 +125,12 @@ impl Repository {
         super::db::is_postgres(&self.db)
     }
 
+    /// Whether outbox rows get their positions when they are written (SQLite,
+    /// see `outbox`), so that a commit is already a delivery of sequenced events.
+    pub fn sequences_on_write(&self) -> bool {
+        !self.is_postgres()
+    }
+
     /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: a
     /// deferred transaction that upgrades to a write can fail with SQLITE_BUSY
     /// even with a busy timeout.
