@@ -239,7 +239,7 @@ impl Repository {
         let txn = self.begin_write().await?;
         let site = find_site_by_api_key(&*txn, api_key).await?;
         let now = Utc::now();
-        let existing = self.lock_account_row(&*txn, &site, uid).await;
+        let existing = self.lock_account_row(&txn, &site, uid).await;
         let (row, created) = match existing {
             Ok(row) => (row, false),
             Err(StorageError::Rule(DomainError::AccountNotFound)) => {
@@ -295,7 +295,7 @@ impl Repository {
             .map_err(StorageError::Corrupt)?;
         let txn = self.begin_write().await?;
         let site = find_site_by_api_key(&*txn, api_key).await?;
-        let account_row = self.lock_account_row(&*txn, &site, uid).await?;
+        let account_row = self.lock_account_row(&txn, &site, uid).await?;
         let now = Utc::now();
 
         if let Some(login) = &new.login_id {
