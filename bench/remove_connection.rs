@@ -69,6 +69,7 @@ async fn seed(channel: &Channel, accounts: usize) {
             name: "bench".into(),
             unlink_action_enabled: true,
             allowed_redirect_origins: vec![],
+            allowed_browser_origins: vec![],
         })
         .await
         .expect("site");

@@ -23,7 +23,8 @@
 //! - [`cli`], [`config`]: the command line and typed settings.
 //! - [`app`]: builds the database, services and doors; runs them until a
 //!   shutdown signal.
-//! - [`token_admin`]: `connections token create|list|revoke`.
+//! - [`token_admin`]: `connections token create|list|revoke` and
+//!   `connections user-token create|revoke`.
 //! - [`app_key_admin`]: `connections app-key create|list|revoke`.
 //! - [`grpc`]: the gRPC door (handlers, conversions, the status map, the
 //!   per-call and security layers, the path-to-permission table).

@@ -166,6 +166,7 @@ impl Gate {
                 &token.sites,
                 &token.permissions,
                 token.expires_at,
+                token.uid,
             )
             .map_err(|unreadable| {
                 tracing::error!(

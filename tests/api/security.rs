@@ -263,6 +263,7 @@ async fn scoped_tokens_cannot_tell_unknown_sites_from_forbidden_ones(backend: Ba
         name: "c".into(),
         unlink_action_enabled: false,
         allowed_redirect_origins: vec![],
+        allowed_browser_origins: vec![],
     };
     let result = app.admin().upsert_site(bearer(upsert, &scoped)).await;
     assert_refused(result, Code::PermissionDenied, "PERMISSION_DENIED");
