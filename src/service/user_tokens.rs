@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{ServiceResult, Services, check_scope};
+use super::{ServiceError, ServiceResult, Services, check_scope};
 use crate::{
     access::{CallContext, USER_TOKEN_PERMISSIONS, format_permissions, generate_token, hash_token},
-    domain::{ApiKey, DomainError, Uid},
+    domain::{ApiKey, DomainError, Uid, redirect::normalize_origin_of},
     storage::{StorageResult, TokenStore},
 };
 
@@ -114,6 +114,27 @@ impl Services {
             "user token created"
         );
         Ok(created)
+    }
+
+    /// Whether the site `api_key` lets pages of `origin` (a browser's
+    /// `Origin` header) call it: the origin, normalised, is in the site's
+    /// `allowed_browser_origins`. Unknown sites and unreadable origins are
+    /// a no; so is a database that cannot answer (logged).
+    pub async fn allows_browser_origin(&self, api_key: &str, origin: &str) -> bool {
+        let (Ok(api_key), Ok(origin)) = (
+            ApiKey::parse_key("apiKey", api_key),
+            normalize_origin_of("Origin", origin),
+        ) else {
+            return false;
+        };
+        match self.storage(|| self.repo.site_by_api_key(&api_key)).await {
+            Ok(site) => site.allowed_browser_origins.contains(&origin),
+            Err(ServiceError::Rule(DomainError::SiteNotFound)) => false,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read a site's browser origins: CORS refused");
+                false
+            }
+        }
     }
 
     /// Revokes every active user token of one uid of a site within the
