@@ -3,6 +3,7 @@
 
 mod admin;
 mod browser;
+mod browser_sdk;
 mod concurrency;
 mod crash;
 mod deadlines;

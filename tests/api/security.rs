@@ -730,7 +730,7 @@ impl TestApp {
 
 // --- the token command line --------------------------------------------------
 
-fn cli(args: &[&str], database_url: &str) -> std::process::Output {
+pub fn cli(args: &[&str], database_url: &str) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_connections"))
         .args(args)
         .env("CONNECTIONS_DATABASE_URL", database_url)
