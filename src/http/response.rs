@@ -119,6 +119,21 @@ fn envelope(call_id: &str, code: &ErrorCode, time: DateTime<Utc>) -> Map<String,
     body
 }
 
+/// The fields naming an identity; the sub-provider only when there is one.
+fn identity_entry(
+    provider: String,
+    sub_provider: String,
+    provider_uid: String,
+) -> Map<String, Value> {
+    let mut entry = Map::new();
+    entry.insert("provider".into(), provider.into());
+    if !sub_provider.is_empty() {
+        entry.insert("subProvider".into(), sub_provider.into());
+    }
+    entry.insert("providerUid".into(), provider_uid.into());
+    entry
+}
+
 /// A removed identity as `removed` lists it: the gRPC response's fields in
 /// camelCase (proto JSON names), empty strings and lists left out.
 fn removed_identity(removed: RemovedIdentity) -> Value {
@@ -131,12 +146,7 @@ fn removed_identity(removed: RemovedIdentity) -> Value {
         provider_logout_requested,
         event_id,
     } = removed;
-    let mut entry = Map::new();
-    entry.insert("provider".into(), provider.into());
-    if !sub_provider.is_empty() {
-        entry.insert("subProvider".into(), sub_provider.into());
-    }
-    entry.insert("providerUid".into(), provider_uid.into());
+    let mut entry = identity_entry(provider, sub_provider, provider_uid);
     let mode = match mode {
         RemovalMode::Hard => "REMOVAL_MODE_HARD",
         RemovalMode::Soft => "REMOVAL_MODE_SOFT",
@@ -178,12 +188,7 @@ fn user(account: AccountView) -> Value {
             linked_at,
             updated_at,
         } = identity;
-        let mut entry = Map::new();
-        entry.insert("provider".into(), provider.into());
-        if !sub_provider.is_empty() {
-            entry.insert("subProvider".into(), sub_provider.into());
-        }
-        entry.insert("providerUid".into(), provider_uid.into());
+        let mut entry = identity_entry(provider, sub_provider, provider_uid);
         if let Some(login_id) = login_id {
             entry.insert("loginId".into(), login_id.into());
         }

@@ -245,7 +245,7 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
 
     // gRPC: the same refusal, and nothing of the site-wide use cases.
     let mut connections = shop.app.connections();
-    assert_refused(
+    denied(
         connections
             .remove_connection(bearer(
                 pb::RemoveConnectionRequest {
@@ -257,10 +257,8 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
                 &token,
             ))
             .await,
-        Code::PermissionDenied,
-        "PERMISSION_DENIED",
     );
-    assert_refused(
+    denied(
         connections
             .get_account(bearer(
                 pb::GetAccountRequest {
@@ -270,10 +268,8 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
                 &token,
             ))
             .await,
-        Code::PermissionDenied,
-        "PERMISSION_DENIED",
     );
-    assert_refused(
+    denied(
         connections
             .link_connection(bearer(
                 pb::LinkConnectionRequest {
@@ -286,10 +282,8 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
                 &token,
             ))
             .await,
-        Code::PermissionDenied,
-        "PERMISSION_DENIED",
     );
-    assert_refused(
+    denied(
         connections
             .unlink_account(bearer(
                 pb::UnlinkAccountRequest {
@@ -302,10 +296,8 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
                 &token,
             ))
             .await,
-        Code::PermissionDenied,
-        "PERMISSION_DENIED",
     );
-    assert_refused(
+    denied(
         shop.app
             .admin()
             .create_user_token(bearer(
@@ -317,8 +309,6 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
                 &token,
             ))
             .await,
-        Code::PermissionDenied,
-        "PERMISSION_DENIED",
     );
 
     // Minting: a bounded lifetime, an existing site, within the admin's sites.
@@ -348,11 +338,7 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
         "INVALID_PARAMETER",
     );
     let narrow = shop.app.create_token("other-backend", OTHER, "admin").await;
-    assert_refused(
-        admin.create_user_token(mint(KEY, 0, &narrow)).await,
-        Code::PermissionDenied,
-        "PERMISSION_DENIED",
-    );
+    denied(admin.create_user_token(mint(KEY, 0, &narrow)).await);
     let everywhere = shop.app.create_token("ops", "*", "admin").await;
     assert_refused(
         admin
@@ -361,6 +347,11 @@ async fn browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case(backe
         Code::NotFound,
         "SITE_NOT_FOUND",
     );
+}
+
+/// Asserts a gRPC refusal with PERMISSION_DENIED.
+fn denied(result: Result<impl std::fmt::Debug, tonic::Status>) {
+    assert_refused(result, Code::PermissionDenied, "PERMISSION_DENIED");
 }
 
 /// Polls REST removal with `token` until it is refused, within `deadline`;
