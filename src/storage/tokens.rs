@@ -8,7 +8,10 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, sea_query::Expr,
 };
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
 
 use super::{
     entities::api_token,
@@ -122,6 +125,7 @@ impl TokenStore {
         permissions: &str,
         expires_at: DateTime<Utc>,
     ) -> StorageResult<i64> {
+        self.prune_expired_user_tokens().await;
         self.insert(
             caller,
             token_hash,
@@ -131,6 +135,39 @@ impl TokenStore {
             Some(uid),
         )
         .await
+    }
+
+    /// Deletes user tokens that expired over a day ago (until then a late
+    /// call is told TOKEN_EXPIRED rather than "invalid"), at most once a
+    /// minute per process: a site mints one per page view, so they would
+    /// pile up. A failure only delays the clean-up.
+    async fn prune_expired_user_tokens(&self) {
+        /// Unix seconds of this process's last clean-up.
+        static PRUNED_AT: AtomicI64 = AtomicI64::new(0);
+        let now = Utc::now();
+        let last = PRUNED_AT.load(Ordering::Relaxed);
+        if now.timestamp() - last < 60
+            || PRUNED_AT
+                .compare_exchange(last, now.timestamp(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let deleted = api_token::Entity::delete_many()
+            .filter(api_token::Column::Uid.is_not_null())
+            .filter(api_token::Column::ExpiresAt.lt(now - chrono::Duration::days(1)))
+            .exec(&self.db)
+            .await;
+        match deleted {
+            Ok(result) if result.rows_affected > 0 => {
+                tracing::debug!(
+                    deleted = result.rows_affected,
+                    "expired user tokens deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot delete expired user tokens"),
+        }
     }
 
     /// Stores a new token's hash that stops working at `expires_at`;
@@ -200,12 +237,16 @@ impl TokenStore {
         }))
     }
 
-    /// Whether any token is active: decides between open and authenticated mode.
+    /// Whether any token is active: decides between open and authenticated
+    /// mode. User tokens do not count: they can administer nothing, so
+    /// minting one (e.g. on a development server) must not lock everyone
+    /// else out; the gate honours them in open mode too.
     pub async fn any_active(&self) -> StorageResult<bool> {
         let count = self
             .guarded(|| async {
                 Ok(api_token::Entity::find()
                     .filter(api_token::Column::RevokedAt.is_null())
+                    .filter(api_token::Column::Uid.is_null())
                     .count(&self.db)
                     .await?)
             })

@@ -26,6 +26,7 @@ on_both_backends!(
     browser_sdk_user_token_removes_its_own_connection_and_answers_the_user,
     browser_sdk_user_token_never_acts_on_another_uid_site_or_use_case,
     browser_sdk_user_tokens_expire_and_are_revoked_by_rpc_and_cli,
+    browser_sdk_user_tokens_keep_open_mode_and_are_honoured_in_it,
     browser_sdk_cors_answers_only_the_sites_browser_origins,
     browser_sdk_script_is_served_with_cache_headers,
     browser_sdk_in_chromium_a_page_of_another_origin_removes_a_connection,
@@ -458,6 +459,62 @@ async fn browser_sdk_user_tokens_expire_and_are_revoked_by_rpc_and_cli(backend: 
         )
         .await;
     assert_eq!(body["errorCode"], 403_003, "{body}");
+}
+
+async fn browser_sdk_user_tokens_keep_open_mode_and_are_honoured_in_it(backend: Backend) {
+    let app = TestApp::spawn_with(&backend, |s| {
+        s.security.token_cache_ttl = Duration::ZERO;
+    })
+    .await;
+    app.create_site(KEY, 17).await;
+    for uid in ["u1", "u2"] {
+        app.create_account(KEY, uid, &[(&format!("{uid}@example.com"), true)])
+            .await;
+        app.link(KEY, uid, "facebook", "", &format!("fb-{uid}"), None)
+            .await;
+    }
+    // Minted anonymously in open mode, which it does not end.
+    let token = app
+        .admin()
+        .create_user_token(pb::CreateUserTokenRequest {
+            api_key: KEY.into(),
+            uid: "u1".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("create user token in open mode")
+        .into_inner()
+        .token;
+    app.create_account(KEY, "u3", &[("u3@example.com", true)])
+        .await;
+    // Presented, it is honoured: its own account only, as its caller.
+    denied(
+        app.connections()
+            .remove_connection(bearer(
+                pb::RemoveConnectionRequest {
+                    api_key: KEY.into(),
+                    uid: "u2".into(),
+                    provider: Some("facebook".into()),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await,
+    );
+    app.connections()
+        .remove_connection(bearer(
+            pb::RemoveConnectionRequest {
+                api_key: KEY.into(),
+                uid: "u1".into(),
+                provider: Some("facebook".into()),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("its own account");
+    let events = outbox_events(&app).await;
+    assert_eq!(events.last().expect("an event").actor, "user:u1");
 }
 
 /// A CORS request: `method` on the REST path with `Origin: origin`.
