@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! ```text
-//! doors:      grpc/ (tonic)   http/ (axum: REST)   relay/ (NATS JetStream)
+//! doors:      grpc/ (tonic)   http/ (axum: REST, CORS, SDK script)   relay/ (JetStream)
 //!                 |  convert protocol <-> service types, map errors
 //! services:   service/  one function per use case: request + CallContext -> result
 //!                 |  uses access/ (callers, tokens, scopes, limits, call context)
@@ -29,7 +29,8 @@
 //! - [`grpc`]: the gRPC door (handlers, conversions, the status map, the
 //!   per-call and security layers, the path-to-permission table).
 //! - [`http`]: the HTTP door (Gigya-compatible REST `socialize.removeConnection`,
-//!   its error-code table, the per-call layer; Prometheus `/metrics`).
+//!   its error-code table, the per-call layer, CORS for the sites' browser
+//!   origins, the browser SDK at `/sdk/connections.js`; Prometheus `/metrics`).
 //! - [`relay`]: the JetStream door: publishes every event to NATS JetStream
 //!   in position order, one leader per database (`--nats-url`).
 //! - [`service`]: the application services every door calls.

@@ -1,6 +1,7 @@
 //! The HTTP door (axum on the hyper stack tonic already uses): the
 //! Gigya-compatible REST endpoint `socialize.removeConnection` (SPEC section
-//! 11), and the Prometheus `/metrics` endpoint on its own listener.
+//! 11), callable from the sites' pages through the browser SDK (CORS, the
+//! script), and the Prometheus `/metrics` endpoint on its own listener.
 //!
 //! - [`server`]: the accept loop (TLS optional), HTTP/1.1 and HTTP/2, header
 //!   read timeout, graceful shutdown.
