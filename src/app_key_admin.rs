@@ -9,7 +9,7 @@ use crate::{
     cli::AppKeyCommand,
     config::parse_session_key,
     service::AppKeyInput,
-    storage::{AppKeyStore, SessionSealer, db},
+    storage::{AppKeyStore, SessionSealer},
 };
 
 /// Runs an app-key command; `out` gets `<userKey> <secret>` (create) or the
@@ -28,12 +28,7 @@ pub async fn run(
         AppKeyCommand::List(args) => (&args.database_url, SessionSealer::ephemeral()),
         AppKeyCommand::Revoke(args) => (&args.database.database_url, SessionSealer::ephemeral()),
     };
-    let connection = db::connect(database_url)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    db::migrate(&connection)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
+    let connection = crate::token_admin::connect(database_url).await?;
     let store = AppKeyStore::new(connection.clone(), sealer);
     let result = match command {
         AppKeyCommand::Create(args) => {

@@ -1,6 +1,6 @@
 //! The command line: `connections serve`, `connections migrate`,
-//! `connections token` (API tokens) and `connections app-key` (application
-//! keys of the REST API).
+//! `connections token` (API tokens), `connections app-key` (application
+//! keys of the REST API) and `connections user-token` (browser SDK tokens).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -44,6 +44,44 @@ pub enum Command {
     /// Manage application keys of the REST API (userKey + secret).
     #[command(subcommand)]
     AppKey(AppKeyCommand),
+    /// Mint and revoke user tokens for the browser SDK (one site, one uid).
+    #[command(subcommand)]
+    UserToken(UserTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserTokenCommand {
+    /// Create a user token and print it once: hand it to that user's page.
+    Create(UserTokenCreateArgs),
+    /// Revoke every active user token of one uid of a site.
+    Revoke(UserTokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserTokenCreateArgs {
+    /// The site the token acts on.
+    #[arg(long)]
+    pub api_key: String,
+    /// The one account the token acts on.
+    #[arg(long)]
+    pub uid: String,
+    /// Lifetime, e.g. `15m` (the default), at most `1h`.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UserTokenRevokeArgs {
+    /// The site of the tokens.
+    #[arg(long)]
+    pub api_key: String,
+    /// The uid whose tokens end.
+    #[arg(long)]
+    pub uid: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,7 +375,10 @@ mod tests {
             .map_err(|e| e.to_string())?;
         match cli.command {
             Command::Serve(serve) => serve.settings(),
-            Command::Migrate(_) | Command::Token(_) | Command::AppKey(_) => {
+            Command::Migrate(_)
+            | Command::Token(_)
+            | Command::AppKey(_)
+            | Command::UserToken(_) => {
                 unreachable!("parsed serve")
             }
         }

@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! ```text
-//! doors:      grpc/ (tonic)   http/ (axum: REST)   relay/ (NATS JetStream)
+//! doors:      grpc/ (tonic)   http/ (axum: REST, CORS, SDK script)   relay/ (JetStream)
 //!                 |  convert protocol <-> service types, map errors
 //! services:   service/  one function per use case: request + CallContext -> result
 //!                 |  uses access/ (callers, tokens, scopes, limits, call context)
@@ -23,12 +23,14 @@
 //! - [`cli`], [`config`]: the command line and typed settings.
 //! - [`app`]: builds the database, services and doors; runs them until a
 //!   shutdown signal.
-//! - [`token_admin`]: `connections token create|list|revoke`.
+//! - [`token_admin`]: `connections token create|list|revoke` and
+//!   `connections user-token create|revoke`.
 //! - [`app_key_admin`]: `connections app-key create|list|revoke`.
 //! - [`grpc`]: the gRPC door (handlers, conversions, the status map, the
 //!   per-call and security layers, the path-to-permission table).
 //! - [`http`]: the HTTP door (Gigya-compatible REST `socialize.removeConnection`,
-//!   its error-code table, the per-call layer; Prometheus `/metrics`).
+//!   its error-code table, the per-call layer, CORS for the sites' browser
+//!   origins, the browser SDK at `/sdk/connections.js`; Prometheus `/metrics`).
 //! - [`relay`]: the JetStream door: publishes every event to NATS JetStream
 //!   in position order, one leader per database (`--nats-url`).
 //! - [`service`]: the application services every door calls.

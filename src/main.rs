@@ -12,7 +12,10 @@ use connections::{
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Token and app-key commands print a secret on stdout: keep log lines out of it.
-    let telemetry = if matches!(cli.command, Command::Token(_) | Command::AppKey(_)) {
+    let telemetry = if matches!(
+        cli.command,
+        Command::Token(_) | Command::AppKey(_) | Command::UserToken(_)
+    ) {
         None
     } else {
         match telemetry::init(&telemetry::TelemetryConfig::new(cli.log_format)) {
@@ -29,6 +32,14 @@ async fn main() -> ExitCode {
         Command::Token(command) => {
             connections::token_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
                 .await
+        }
+        Command::UserToken(command) => {
+            connections::token_admin::run_user(
+                command,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+            .await
         }
         Command::AppKey(command) => {
             connections::app_key_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())

@@ -1,6 +1,7 @@
 //! `connections token create|list|revoke`: managing API tokens from the
-//! command line. A new token is printed once, on stdout, and never again:
-//! only its SHA-256 is stored, and nothing else prints it.
+//! command line, and `connections user-token create|revoke` for the browser
+//! SDK's user tokens. A new token is printed once, on stdout, and never
+//! again: only its SHA-256 is stored, and nothing else prints it.
 
 use std::io::Write;
 
@@ -9,7 +10,9 @@ use crate::{
         format_permissions, format_sites, generate_token, hash_token, parse_permissions,
         parse_sites,
     },
-    cli::{TokenCommand, TokenCreateArgs},
+    cli::{TokenCommand, TokenCreateArgs, UserTokenCommand},
+    domain::{ApiKey, Uid},
+    service::UserTokenRequest,
     storage::{TokenStore, db},
 };
 
@@ -25,13 +28,7 @@ pub async fn run(
         TokenCommand::List(args) => &args.database_url,
         TokenCommand::Revoke(args) => &args.database.database_url,
     };
-    let connection = db::connect(database_url)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    db::migrate(&connection)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    let store = TokenStore::new(connection.clone());
+    let (connection, store) = open(database_url).await?;
     let result = match command {
         TokenCommand::Create(args) => create(&store, &args, out, err).await,
         TokenCommand::List(_) => list(&store, out).await,
@@ -39,6 +36,76 @@ pub async fn run(
     };
     connection.close().await.ok();
     result
+}
+
+/// Runs a user-token command: `out` gets the token (create), `err` the
+/// human notes. The site is not looked up here (the server does that for the
+/// RPC): a token for a site that does not exist can do nothing.
+pub async fn run_user(
+    command: UserTokenCommand,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<(), String> {
+    let database_url = match &command {
+        UserTokenCommand::Create(args) => &args.database.database_url,
+        UserTokenCommand::Revoke(args) => &args.database.database_url,
+    };
+    let (connection, store) = open(database_url).await?;
+    let result = match command {
+        UserTokenCommand::Create(args) => {
+            let ttl = args
+                .ttl
+                .as_deref()
+                .map(|spec| crate::config::parse_duration(spec).map_err(|e| format!("--ttl: {e}")))
+                .transpose()?
+                .map_or(0, |ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+            let request = UserTokenRequest::parse(&args.api_key, &args.uid, ttl)
+                .map_err(|e| e.to_string())?;
+            match request.mint(&store).await {
+                Ok(created) => writeln!(out, "{}", created.token)
+                    .and_then(|()| {
+                        writeln!(
+                            err,
+                            "created user token {} for uid {:?} of site {} (expires {}). It is \
+                             shown only this once: hand it to that user's page.",
+                            created.token_id,
+                            request.uid.as_str(),
+                            request.api_key,
+                            created.expires_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        )
+                    })
+                    .map_err(io),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        UserTokenCommand::Revoke(args) => {
+            let api_key = ApiKey::parse_key("api_key", &args.api_key).map_err(|e| e.to_string())?;
+            let uid = Uid::parse("uid", &args.uid).map_err(|e| e.to_string())?;
+            match store.revoke_user(api_key.as_str(), uid.as_str()).await {
+                Ok(revoked) => writeln!(err, "revoked {revoked} user token(s)").map_err(io),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    connection.close().await.ok();
+    result
+}
+
+/// Connects to and migrates the database of a credentials command.
+pub(crate) async fn connect(database_url: &str) -> Result<sea_orm::DatabaseConnection, String> {
+    let connection = db::connect(database_url)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    db::migrate(&connection)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    Ok(connection)
+}
+
+async fn open(database_url: &str) -> Result<(sea_orm::DatabaseConnection, TokenStore), String> {
+    let connection = connect(database_url).await?;
+    let store = TokenStore::new(connection.clone());
+    Ok((connection, store))
 }
 
 fn io(e: std::io::Error) -> String {

@@ -64,6 +64,7 @@ pub async fn seed(target: &Target, accounts: &Accounts) -> Result<(), Error> {
             name: "bench".into(),
             unlink_action_enabled: true,
             allowed_redirect_origins: vec![],
+            allowed_browser_origins: vec![],
         })
         .await?;
     let started = Instant::now();

@@ -241,7 +241,7 @@ fn grant_of(key: StoredAppKey) -> Result<Grant, AccessError> {
         permissions,
         ..
     } = key;
-    Grant::from_stored(caller, &sites, &permissions, None).map_err(|unreadable| {
+    Grant::from_stored(caller, &sites, &permissions, None, None).map_err(|unreadable| {
         tracing::error!(
             user_key,
             unreadable,

@@ -22,6 +22,11 @@ pub enum AccessError {
     /// site that does not exist: the two look the same).
     #[error("the caller may not act on this site")]
     ForbiddenSite,
+    /// A user token used on an account other than its own, or for a use
+    /// case that is not about one account (or, for a user token, an account
+    /// that does not exist: the two look the same).
+    #[error("this user token may act only on its own account")]
+    ForbiddenAccount,
     /// A resource that belongs to another caller (e.g. a consumer checkpoint).
     #[error("{0}")]
     NotOwner(String),

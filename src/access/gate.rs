@@ -5,7 +5,9 @@
 //!
 //! Open mode (no tokens or application keys, loopback only, decided at
 //! start-up) lets every call through as `anonymous`; it ends for good once
-//! a token or an application key exists. An application key's proof is
+//! a token or an application key exists. User tokens (browser SDK) do not
+//! end it, but one that is presented is honoured even in open mode, so it
+//! never acts beyond its account. An application key's proof is
 //! checked even in open mode, so its caller is named. Token
 //! lookups, and the "do tokens exist" check of open mode, are cached for
 //! `token_cache_ttl` (2 s by default): a new token or a revocation takes
@@ -166,6 +168,7 @@ impl Gate {
                 &token.sites,
                 &token.permissions,
                 token.expires_at,
+                token.uid,
             )
             .map_err(|unreadable| {
                 tracing::error!(
@@ -225,6 +228,18 @@ impl Gate {
             Credential::AppKey(_) => false,
         };
         if anonymous {
+            // User tokens do not end open mode, but one that is presented is
+            // honoured, so that it never acts beyond its account even here.
+            if let (Credential::Header(header @ Some(_)), false) =
+                (credential, access == Access::Open)
+            {
+                match self.authenticate(header).await {
+                    Ok(grant) if grant.caller.uid.is_some() => return authorised(grant, access),
+                    // Only user tokens can be expired yet active in open mode.
+                    Err(AccessError::TokenExpired) => return Err(AccessError::TokenExpired),
+                    _ => {}
+                }
+            }
             let key = peer.map_or_else(|| "anonymous".to_owned(), |ip| format!("peer:{ip}"));
             return Ok((Caller::anonymous(), key));
         }
@@ -259,16 +274,7 @@ impl Gate {
                 return Err(err);
             }
         };
-        let allowed = match access {
-            Access::Open | Access::AnyCaller => true,
-            Access::Requires(permission) => grant.permissions.contains(&permission),
-            Access::Denied => false,
-        };
-        if !allowed {
-            return Err(AccessError::MissingPermission);
-        }
-        let key = format!("caller:{}", grant.caller.name);
-        Ok((grant.caller, key))
+        authorised(grant, access)
     }
 
     /// Applies the limits for a caller admitted on `key`; returns the
@@ -293,6 +299,25 @@ impl Gate {
             _ => Ok(None),
         }
     }
+}
+
+/// Checks the permission `access` needs; returns the caller and the key its
+/// limits are counted under. A user token's key names its site and uid,
+/// so users of two sites with the same uid never share a budget.
+fn authorised(grant: Grant, access: Access) -> Result<(Caller, String), AccessError> {
+    let allowed = match access {
+        Access::Open | Access::AnyCaller => true,
+        Access::Requires(permission) => grant.permissions.contains(&permission),
+        Access::Denied => false,
+    };
+    if !allowed {
+        return Err(AccessError::MissingPermission);
+    }
+    let key = match &grant.caller.uid {
+        Some(uid) => format!("user:{}:{uid}", super::format_sites(&grant.caller.sites)),
+        None => format!("caller:{}", grant.caller.name),
+    };
+    Ok((grant.caller, key))
 }
 
 /// Refuses a grant whose token has expired (checked on every call, cached

@@ -62,6 +62,11 @@ impl SiteScope {
 pub struct Caller {
     pub name: String,
     pub sites: SiteScope,
+    /// A user token's one account (its one site is `sites`): such a caller
+    /// may act only on this uid, and only through the use cases that name
+    /// an account (RemoveConnection, GetAccount). None: any account of the
+    /// caller's sites.
+    pub uid: Option<String>,
 }
 
 impl Caller {
@@ -70,6 +75,30 @@ impl Caller {
         Self {
             name: ANONYMOUS_ACTOR.to_owned(),
             sites: SiteScope::All,
+            uid: None,
+        }
+    }
+
+    /// Refuses a site outside the caller's scope, and every call of a user
+    /// token, which may only act through [`Caller::check_account`]. Called
+    /// before the site is looked up, so an unknown site and a forbidden one
+    /// look the same.
+    pub fn check_site(&self, api_key: &str) -> Result<(), AccessError> {
+        self.sites.check(api_key)?;
+        match self.uid {
+            None => Ok(()),
+            Some(_) => Err(AccessError::ForbiddenAccount),
+        }
+    }
+
+    /// Refuses an account the caller may not act on: a site outside its
+    /// scope, or for a user token any uid but its own. Called before the
+    /// account is looked up, so unknown and forbidden accounts look the same.
+    pub fn check_account(&self, api_key: &str, uid: &str) -> Result<(), AccessError> {
+        self.sites.check(api_key)?;
+        match &self.uid {
+            Some(own) if own != uid => Err(AccessError::ForbiddenAccount),
+            _ => Ok(()),
         }
     }
 }
@@ -256,20 +285,34 @@ pub struct Grant {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What a user token (browser SDK) may do: remove its user's connections
+/// and read its user's account, nothing else.
+pub const USER_TOKEN_PERMISSIONS: [Permission; 2] =
+    [Permission::ConnectionsWrite, Permission::ConnectionsRead];
+
 impl Grant {
     /// What a stored credential grants, from its stored sites and
-    /// permissions; the error says what is unreadable.
+    /// permissions (and a user token's uid, whose sites must be exactly one
+    /// api_key); the error says what is unreadable.
     pub fn from_stored(
         caller: String,
         sites: &str,
         permissions: &str,
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        uid: Option<String>,
     ) -> Result<Self, String> {
         match (parse_sites(sites), parse_permissions(permissions)) {
+            (Ok(SiteScope::All), Ok(_)) if uid.is_some() => {
+                Err("a user token must name exactly one site".into())
+            }
+            (Ok(SiteScope::Only(keys)), Ok(_)) if uid.is_some() && keys.len() != 1 => {
+                Err("a user token must name exactly one site".into())
+            }
             (Ok(sites), Ok(permissions)) => Ok(Self {
                 caller: Caller {
                     name: caller,
                     sites,
+                    uid,
                 },
                 permissions,
                 expires_at,
@@ -341,6 +384,48 @@ mod tests {
         assert_eq!(format_permissions(&permissions), "connections.read,admin");
         assert!(parse_permissions("connections.delete").is_err());
         assert!(parse_permissions("").is_err());
+    }
+
+    #[test]
+    fn a_user_token_acts_only_on_its_own_account() {
+        let grant = Grant::from_stored(
+            "user:u1".into(),
+            "3_a",
+            "connections.write,connections.read",
+            None,
+            Some("u1".into()),
+        )
+        .unwrap();
+        let caller = grant.caller;
+        assert_eq!(caller.check_account("3_a", "u1"), Ok(()));
+        assert_eq!(
+            caller.check_account("3_a", "u2"),
+            Err(AccessError::ForbiddenAccount)
+        );
+        assert_eq!(
+            caller.check_account("3_b", "u1"),
+            Err(AccessError::ForbiddenSite)
+        );
+        // Site-wide use cases (LinkConnection, UnlinkAccount, admin) are
+        // never a user token's.
+        assert_eq!(caller.check_site("3_a"), Err(AccessError::ForbiddenAccount));
+        assert!(
+            Grant::from_stored("u".into(), "*", "connections.write", None, Some("u".into()))
+                .is_err()
+        );
+        assert!(
+            Grant::from_stored(
+                "u".into(),
+                "3_a,3_b",
+                "connections.write",
+                None,
+                Some("u".into())
+            )
+            .is_err()
+        );
+        let anyone = Caller::anonymous();
+        assert_eq!(anyone.check_account("3_b", "u2"), Ok(()));
+        assert_eq!(anyone.check_site("3_b"), Ok(()));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct Site {
     pub name: String,
     pub unlink_action_enabled: bool,
     pub allowed_redirect_origins: Vec<String>,
+    /// Origins whose pages may call the REST endpoint (CORS).
+    pub allowed_browser_origins: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -97,6 +99,8 @@ pub struct SiteSettings {
     pub unlink_action_enabled: bool,
     /// Normalised by `redirect::normalize_origin`.
     pub allowed_redirect_origins: Vec<String>,
+    /// Normalised the same way.
+    pub allowed_browser_origins: Vec<String>,
 }
 
 /// Provider session data. Secret: its Debug output is redacted so that it

@@ -10,7 +10,7 @@ use super::{
     ProviderRegistry, ProviderSession, ProviderUid, SiteSettings, Uid, Vhost,
     ids::{numeric_uid, optional_request_id},
     providers::{MAX_SUB_PROVIDER_CHARS, sub_provider_for, sub_provider_name},
-    redirect::{MAX_REDIRECT_CHARS, normalize_origin},
+    redirect::{MAX_REDIRECT_CHARS, normalize_origin_of},
     removal::{
         ExternalTarget, LastIdentityHandling, RemoveConnectionCommand, UnlinkAccountCommand,
     },
@@ -245,6 +245,7 @@ pub struct SiteInput {
     pub name: String,
     pub unlink_action_enabled: bool,
     pub allowed_redirect_origins: Vec<String>,
+    pub allowed_browser_origins: Vec<String>,
 }
 
 impl SiteInput {
@@ -255,6 +256,7 @@ impl SiteInput {
             name,
             unlink_action_enabled,
             allowed_redirect_origins,
+            allowed_browser_origins,
         } = self;
         if name.chars().count() > MAX_SITE_NAME_CHARS || name.chars().any(char::is_control) {
             return Err(DomainError::invalid(
@@ -264,26 +266,34 @@ impl SiteInput {
                 ),
             ));
         }
-        if allowed_redirect_origins.len() > MAX_REDIRECT_ORIGINS {
-            return Err(DomainError::invalid(
-                "allowed_redirect_origins",
-                format!("at most {MAX_REDIRECT_ORIGINS} origins"),
-            ));
-        }
-        let mut origins = allowed_redirect_origins
-            .iter()
-            .map(|o| normalize_origin(o))
-            .collect::<Result<Vec<_>, _>>()?;
-        origins.sort();
-        origins.dedup();
+        let origins = origin_list("allowed_redirect_origins", &allowed_redirect_origins)?;
+        let browser_origins = origin_list("allowed_browser_origins", &allowed_browser_origins)?;
         Ok(SiteSettings {
             api_key: ApiKey::parse_key("api_key", &api_key)?,
             vhost: Vhost::parse("vhost", vhost)?,
             name,
             unlink_action_enabled,
             allowed_redirect_origins: origins,
+            allowed_browser_origins: browser_origins,
         })
     }
+}
+
+/// A site's origin list, normalised, sorted and without duplicates.
+fn origin_list(field: &'static str, origins: &[String]) -> Result<Vec<String>, DomainError> {
+    if origins.len() > MAX_REDIRECT_ORIGINS {
+        return Err(DomainError::invalid(
+            field,
+            format!("at most {MAX_REDIRECT_ORIGINS} origins"),
+        ));
+    }
+    let mut origins = origins
+        .iter()
+        .map(|o| normalize_origin_of(field, o))
+        .collect::<Result<Vec<_>, _>>()?;
+    origins.sort();
+    origins.dedup();
+    Ok(origins)
 }
 
 /// One login ID of UpsertAccount as a door received it.
@@ -543,6 +553,7 @@ mod hostile {
             let input = SiteInput {
                 api_key, vhost, name, unlink_action_enabled: true,
                 allowed_redirect_origins: origins,
+                allowed_browser_origins: vec![],
             };
             if let Err(err) = input.parse() {
                 well_formed(&err)?;

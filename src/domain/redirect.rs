@@ -77,10 +77,16 @@ pub const MAX_ORIGIN_CHARS: usize = 300;
 /// Normalises a site's allowed origin (`scheme://host[:port]`, http or https,
 /// nothing else) to the form `RedirectTarget::parse` compares against.
 pub fn normalize_origin(value: &str) -> Result<String, DomainError> {
-    const FIELD: &str = "allowed_redirect_origins";
+    normalize_origin_of("allowed_redirect_origins", value)
+}
+
+/// [`normalize_origin`] for an origin list of another field (e.g.
+/// `allowed_browser_origins`); also the form a browser's `Origin` header
+/// is compared in.
+pub fn normalize_origin_of(field: &'static str, value: &str) -> Result<String, DomainError> {
     let invalid = || {
         DomainError::invalid(
-            FIELD,
+            field,
             format!(
                 "{} is not an origin of the form scheme://host[:port] with scheme http or https \
                  (no wildcards)",

@@ -883,6 +883,7 @@ mod tests {
             name: "s".into(),
             unlink_action_enabled: enabled,
             allowed_redirect_origins: vec!["https://www.example.com".into()],
+            allowed_browser_origins: vec![],
             created_at: DateTime::UNIX_EPOCH,
             updated_at: DateTime::UNIX_EPOCH,
         }

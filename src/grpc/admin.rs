@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::{call_context, convert, respond, status::ApiError};
 use crate::{
     proto::v1::{self as pb, admin_service_server::AdminService},
-    service::{AppKeyInput, Services},
+    service::{AppKeyInput, Services, UserTokenRequest},
 };
 
 #[derive(Debug, Clone)]
@@ -133,6 +133,52 @@ impl AdminService for AdminApi {
             let key = self.services.revoke_app_key(&call, &user_key).await?;
             Ok::<_, ApiError>(pb::RevokeAppKeyResponse {
                 app_key: Some(convert::app_key(key)),
+                call_id: call.call_id.clone(),
+            })
+        }
+        .await;
+        respond(&call, result)
+    }
+
+    async fn create_user_token(
+        &self,
+        request: Request<pb::CreateUserTokenRequest>,
+    ) -> Result<Response<pb::CreateUserTokenResponse>, Status> {
+        let call = call_context(&request);
+        let result = async {
+            let pb::CreateUserTokenRequest {
+                api_key,
+                uid,
+                ttl_seconds,
+            } = request.into_inner();
+            let request = UserTokenRequest::parse(&api_key, &uid, ttl_seconds)?;
+            let created = self.services.create_user_token(&call, request).await?;
+            Ok::<_, ApiError>(pb::CreateUserTokenResponse {
+                token: created.token,
+                token_id: created.token_id,
+                expires_at: Some(convert::timestamp(created.expires_at)),
+                call_id: call.call_id.clone(),
+            })
+        }
+        .await;
+        respond(&call, result)
+    }
+
+    async fn revoke_user_tokens(
+        &self,
+        request: Request<pb::RevokeUserTokensRequest>,
+    ) -> Result<Response<pb::RevokeUserTokensResponse>, Status> {
+        let call = call_context(&request);
+        let result = async {
+            let pb::RevokeUserTokensRequest { api_key, uid } = request.into_inner();
+            let api_key = convert::api_key(&api_key)?;
+            let uid = crate::domain::Uid::parse("uid", &uid)?;
+            let revoked = self
+                .services
+                .revoke_user_tokens(&call, &api_key, &uid)
+                .await?;
+            Ok::<_, ApiError>(pb::RevokeUserTokensResponse {
+                revoked,
                 call_id: call.call_id.clone(),
             })
         }

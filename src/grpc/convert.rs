@@ -33,6 +33,7 @@ pub fn site(site: domain::Site) -> pb::Site {
         name,
         unlink_action_enabled,
         allowed_redirect_origins,
+        allowed_browser_origins,
         created_at,
         updated_at,
     } = site;
@@ -42,6 +43,7 @@ pub fn site(site: domain::Site) -> pb::Site {
         name,
         unlink_action_enabled,
         allowed_redirect_origins,
+        allowed_browser_origins,
         created_at: Some(timestamp(created_at)),
         updated_at: Some(timestamp(updated_at)),
     }
@@ -115,6 +117,7 @@ pub fn upsert_site(request: pb::UpsertSiteRequest) -> SiteInput {
         name,
         unlink_action_enabled,
         allowed_redirect_origins,
+        allowed_browser_origins,
     } = request;
     SiteInput {
         api_key,
@@ -122,6 +125,7 @@ pub fn upsert_site(request: pb::UpsertSiteRequest) -> SiteInput {
         name,
         unlink_action_enabled,
         allowed_redirect_origins,
+        allowed_browser_origins,
     }
 }
 

@@ -96,6 +96,7 @@ mod tests {
         request.extensions_mut().insert(Caller {
             name: "billing-service".into(),
             sites: SiteScope::All,
+            uid: None,
         });
         let call = call_context(&request);
         assert_eq!(call.actor(), "billing-service");

@@ -49,6 +49,14 @@ const ROUTES: &[(&str, Permission)] = &[
         "/connections.v1.AdminService/RevokeAppKey",
         Permission::Admin,
     ),
+    (
+        "/connections.v1.AdminService/CreateUserToken",
+        Permission::Admin,
+    ),
+    (
+        "/connections.v1.AdminService/RevokeUserTokens",
+        Permission::Admin,
+    ),
 ];
 
 /// Services that stay open whatever the mode.
@@ -116,6 +124,8 @@ mod tests {
             ("/connections.v1.AdminService/CreateAppKey", Admin),
             ("/connections.v1.AdminService/ListAppKeys", Admin),
             ("/connections.v1.AdminService/RevokeAppKey", Admin),
+            ("/connections.v1.AdminService/CreateUserToken", Admin),
+            ("/connections.v1.AdminService/RevokeUserTokens", Admin),
         ] {
             assert_eq!(access_for_path(path), Access::Requires(expected), "{path}");
         }

@@ -98,9 +98,10 @@ fn access_code(err: &AccessError) -> (Code, &'static str) {
         AccessError::TokenExpired => (Code::Unauthenticated, "TOKEN_EXPIRED"),
         AccessError::StaleTimestamp { .. } => (Code::Unauthenticated, "TIMESTAMP_OUT_OF_WINDOW"),
         AccessError::ReplayedNonce => (Code::Unauthenticated, "NONCE_REUSED"),
-        AccessError::MissingPermission | AccessError::ForbiddenSite | AccessError::NotOwner(_) => {
-            (Code::PermissionDenied, "PERMISSION_DENIED")
-        }
+        AccessError::MissingPermission
+        | AccessError::ForbiddenSite
+        | AccessError::ForbiddenAccount
+        | AccessError::NotOwner(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
         AccessError::RateLimited(_) => (Code::ResourceExhausted, "RATE_LIMITED"),
         AccessError::TooManyStreams { .. } => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
         // Credentials live in the database.

@@ -23,6 +23,7 @@ use super::{
     HttpLimits, REMOVE_CONNECTION_PATH,
     error_codes::RestError,
     response::{self, Outcome, ResponseOptions},
+    sdk::SDK_PATH,
 };
 use crate::{
     access::{CALL_ID_HEADER, CallId, TraceParent},
@@ -51,10 +52,10 @@ impl InFlight {
 /// The metrics label of a path: one of ours, or `other` (paths come from
 /// clients and must not grow the label set).
 fn route_of(path: &str) -> &'static str {
-    if path == REMOVE_CONNECTION_PATH {
-        "socialize.removeConnection"
-    } else {
-        "other"
+    match path {
+        REMOVE_CONNECTION_PATH => "socialize.removeConnection",
+        SDK_PATH => "sdk",
+        _ => "other",
     }
 }
 

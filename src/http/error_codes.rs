@@ -121,9 +121,10 @@ fn access(err: &AccessError) -> ErrorCode {
             ErrorCode::new(403_002, 403, "TIMESTAMP_OUT_OF_WINDOW")
         }
         AccessError::ReplayedNonce => ErrorCode::new(403_004, 403, "NONCE_REUSED"),
-        AccessError::MissingPermission | AccessError::ForbiddenSite | AccessError::NotOwner(_) => {
-            ErrorCode::new(403_007, 403, "PERMISSION_DENIED")
-        }
+        AccessError::MissingPermission
+        | AccessError::ForbiddenSite
+        | AccessError::ForbiddenAccount
+        | AccessError::NotOwner(_) => ErrorCode::new(403_007, 403, "PERMISSION_DENIED"),
         AccessError::RateLimited(_) => ErrorCode::new(403_048, 403, "RATE_LIMITED"),
         AccessError::TooManyStreams { .. } => ErrorCode::new(403_048, 403, "RESOURCE_EXHAUSTED"),
         AccessError::Unavailable => ErrorCode::new(500_001, 500, "DATABASE_UNAVAILABLE"),
@@ -269,6 +270,7 @@ mod tests {
             ),
             (AccessError::ReplayedNonce, (403_004, 403)),
             (AccessError::ForbiddenSite, (403_007, 403)),
+            (AccessError::ForbiddenAccount, (403_007, 403)),
             (AccessError::MissingPermission, (403_007, 403)),
             (AccessError::RateLimited("x".into()), (403_048, 403)),
             (AccessError::Unavailable, (500_001, 500)),

@@ -1,6 +1,7 @@
 //! The HTTP door (axum on the hyper stack tonic already uses): the
 //! Gigya-compatible REST endpoint `socialize.removeConnection` (SPEC section
-//! 11), and the Prometheus `/metrics` endpoint on its own listener.
+//! 11), callable from the sites' pages through the browser SDK (CORS, the
+//! script), and the Prometheus `/metrics` endpoint on its own listener.
 //!
 //! - [`server`]: the accept loop (TLS optional), HTTP/1.1 and HTTP/2, header
 //!   read timeout, graceful shutdown.
@@ -12,14 +13,18 @@
 //! - [`error_codes`]: the one exhaustive map from every error to Gigya's
 //!   errorCode and statusCode.
 //! - [`response`]: the response shape (JSON or JSONP).
+//! - [`cors`]: cross-origin calls from the sites' allowed browser origins.
+//! - [`sdk`]: `GET /sdk/connections.js`, the browser SDK.
 //! - [`metrics`]: `GET /metrics`.
 
 pub mod call_layer;
+pub mod cors;
 pub mod error_codes;
 pub mod metrics;
 pub mod params;
 pub mod response;
 pub mod rest;
+pub mod sdk;
 pub mod server;
 
 use std::{sync::Arc, time::Duration};
@@ -70,14 +75,16 @@ pub struct RestConfig {
 /// The REST router over the shared services and gate.
 pub fn rest_router(services: Services, gate: Arc<Gate>, config: RestConfig) -> Router {
     let call_limits = call_layer::InFlight::new(&config.limits);
-    let door = Arc::new(rest::RestDoor::new(services, gate, config));
+    let door = Arc::new(rest::RestDoor::new(services.clone(), gate, config));
     Router::new()
         .route(
             REMOVE_CONNECTION_PATH,
             get(rest::remove_connection).post(rest::remove_connection),
         )
+        .route(sdk::SDK_PATH, get(sdk::script))
         .fallback(rest::not_found)
         .with_state(door)
+        .layer(axum::middleware::from_fn_with_state(services, cors::cors))
         .layer(axum::middleware::from_fn_with_state(
             call_limits,
             call_layer::per_call,

@@ -1,7 +1,12 @@
 //! The REST response (SPEC section 11): `callId`, `errorCode`,
 //! `statusCode`, `statusReason`, `time`, `apiVersion: 2`; on errors
 //! `errorMessage`, `errorDetails` and `reason`; `context` when given;
-//! `removed` on success. A field with no data is absent. JSON, or JSONP
+//! `removed` and `user` on success. A field with no data is absent.
+//!
+//! `user` is the account after the change as GetAccount returns it (proto
+//! JSON names: `uid`, `loginIds`, `identities`, `loginMethods`, ...), which
+//! never holds a secret: the JS seed's response member, answered to every
+//! caller since it is what the caller may read anyway. JSON, or JSONP
 //! (`callback(<json>);`) when `format=jsonp` with a valid callback.
 
 use axum::{
@@ -17,7 +22,7 @@ use super::{
     params::{Duplicate, Params},
 };
 use crate::domain::{
-    DomainError, RemovalMode,
+    AccountView, DomainError, IdentityState, IdentityView, RemovalMode,
     removal::{RemovalOutcome, RemovedIdentity},
 };
 
@@ -114,6 +119,21 @@ fn envelope(call_id: &str, code: &ErrorCode, time: DateTime<Utc>) -> Map<String,
     body
 }
 
+/// The fields naming an identity; the sub-provider only when there is one.
+fn identity_entry(
+    provider: String,
+    sub_provider: String,
+    provider_uid: String,
+) -> Map<String, Value> {
+    let mut entry = Map::new();
+    entry.insert("provider".into(), provider.into());
+    if !sub_provider.is_empty() {
+        entry.insert("subProvider".into(), sub_provider.into());
+    }
+    entry.insert("providerUid".into(), provider_uid.into());
+    entry
+}
+
 /// A removed identity as `removed` lists it: the gRPC response's fields in
 /// camelCase (proto JSON names), empty strings and lists left out.
 fn removed_identity(removed: RemovedIdentity) -> Value {
@@ -126,12 +146,7 @@ fn removed_identity(removed: RemovedIdentity) -> Value {
         provider_logout_requested,
         event_id,
     } = removed;
-    let mut entry = Map::new();
-    entry.insert("provider".into(), provider.into());
-    if !sub_provider.is_empty() {
-        entry.insert("subProvider".into(), sub_provider.into());
-    }
-    entry.insert("providerUid".into(), provider_uid.into());
+    let mut entry = identity_entry(provider, sub_provider, provider_uid);
     let mode = match mode {
         RemovalMode::Hard => "REMOVAL_MODE_HARD",
         RemovalMode::Soft => "REMOVAL_MODE_SOFT",
@@ -150,13 +165,64 @@ fn removed_identity(removed: RemovedIdentity) -> Value {
     Value::Object(entry)
 }
 
+/// The account as `user` shows it: GetAccount's fields in camelCase,
+/// empty strings left out.
+fn user(account: AccountView) -> Value {
+    let login_methods = account.login_methods();
+    let AccountView {
+        api_key,
+        uid,
+        login_ids,
+        identities,
+        created_at,
+        updated_at,
+    } = account;
+    let identity = |identity: IdentityView| {
+        let IdentityView {
+            provider,
+            sub_provider,
+            provider_uid,
+            login_id,
+            state,
+            has_session,
+            linked_at,
+            updated_at,
+        } = identity;
+        let mut entry = identity_entry(provider, sub_provider, provider_uid);
+        if let Some(login_id) = login_id {
+            entry.insert("loginId".into(), login_id.into());
+        }
+        let state = match state {
+            IdentityState::Active => "IDENTITY_STATE_ACTIVE",
+            IdentityState::SoftRemoved => "IDENTITY_STATE_SOFT_REMOVED",
+        };
+        entry.insert("state".into(), state.into());
+        entry.insert("hasSession".into(), has_session.into());
+        entry.insert("linkedAt".into(), format_time(linked_at).into());
+        entry.insert("updatedAt".into(), format_time(updated_at).into());
+        Value::Object(entry)
+    };
+    json!({
+        "apiKey": api_key,
+        "uid": uid,
+        "loginIds": login_ids
+            .into_iter()
+            .map(|(login_id, has_password)| json!({"loginId": login_id, "hasPassword": has_password}))
+            .collect::<Vec<_>>(),
+        "identities": identities.into_iter().map(identity).collect::<Vec<_>>(),
+        "loginMethods": login_methods,
+        "createdAt": format_time(created_at),
+        "updatedAt": format_time(updated_at),
+    })
+}
+
 /// The success body of socialize.removeConnection.
 pub fn success(outcome: RemovalOutcome) -> (ErrorCode, Map<String, Value>) {
     let RemovalOutcome {
         call_id,
         time,
         removed,
-        account: _,
+        account,
         context,
         redirect_url: _,
         dry_run,
@@ -171,6 +237,9 @@ pub fn success(outcome: RemovalOutcome) -> (ErrorCode, Map<String, Value>) {
             "removed".into(),
             Value::Array(removed.into_iter().map(removed_identity).collect()),
         );
+    }
+    if let Some(account) = account {
+        body.insert("user".into(), user(account));
     }
     if dry_run {
         body.insert("dryRun".into(), true.into());

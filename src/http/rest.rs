@@ -6,7 +6,8 @@
 //!
 //! Credentials, in order: `userKey` with `secret` (a), `userKey` with
 //! `timestamp`, `nonce` and `sig` (b, a signed request), else the
-//! `Authorization: Bearer` header (c).
+//! `Authorization: Bearer` header (c): an API token, or a user token of the
+//! browser SDK (which acts only on its own uid, the default `UID`).
 //!
 //! `context` is a string on REST: when it parses as JSON that value is
 //! used (`{"a":1}`, `42`, `"quoted"`), otherwise the string itself (`page-7`).
@@ -86,10 +87,16 @@ pub async fn remove_connection(State(door): State<Arc<RestDoor>>, request: Reque
     let result = async {
         options_ok?;
         let caller = door.admit(&parts, &params, peer).await?;
+        let mut raw = input(&params)?;
+        // A user token names its account: the browser SDK need not repeat
+        // the UID (as Gigya's client SDKs do not send it).
+        if let (true, Some(uid)) = (raw.uid.is_empty(), &caller.uid) {
+            raw.uid.clone_from(uid);
+        }
         let mut call = CallContext::new(caller);
         call.call_id.clone_from(&call_id);
         call.traceparent = traceparent;
-        let command = input(&params)?.parse(door.services.registry())?;
+        let command = raw.parse(door.services.registry())?;
         Ok(door.services.remove_connection(&call, command).await?)
     }
     .await;

@@ -1,7 +1,9 @@
 //! Connection use cases: RemoveConnection, UnlinkAccount, LinkConnection,
 //! GetAccount.
 
-use super::{ServiceResult, Services, check_scope, check_scope_of_lookup, record_site};
+use super::{
+    ServiceResult, Services, check_account_scope, check_scope, check_scope_of_lookup, record_site,
+};
 use crate::{
     access::CallContext,
     domain::{
@@ -26,7 +28,7 @@ impl Services {
         call: &CallContext,
         command: RemoveConnectionCommand,
     ) -> ServiceResult<RemovalOutcome> {
-        check_scope(call, command.api_key.as_str())?;
+        check_account_scope(call, command.api_key.as_str(), command.uid.as_str())?;
         let request = RemovalRequest::RemoveConnection(command);
         let origin = call.origin();
         self.storage(|| self.repo.remove(&self.registry, &origin, request.clone()))
@@ -40,6 +42,10 @@ impl Services {
         command: UnlinkAccountCommand,
     ) -> ServiceResult<RemovalOutcome> {
         record_site(command.vhost.get());
+        // A user token names an account by api_key, never by vhost.
+        if call.caller.uid.is_some() {
+            return Err(crate::access::AccessError::ForbiddenAccount.into());
+        }
         // The request names the site by vhost: find it to check the scope.
         let lookup = self
             .storage(|| self.repo.site_by_vhost(command.vhost))
@@ -74,7 +80,7 @@ impl Services {
         api_key: &ApiKey,
         uid: &Uid,
     ) -> ServiceResult<AccountView> {
-        check_scope(call, api_key.as_str())?;
+        check_account_scope(call, api_key.as_str(), uid.as_str())?;
         let account = self.storage(|| self.repo.account(api_key, uid)).await?;
         Ok(AccountView::of(&account))
     }

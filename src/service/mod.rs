@@ -9,6 +9,7 @@ mod app_keys;
 mod connections;
 mod error;
 mod events;
+mod user_tokens;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub use app_keys::AppKeyInput;
 pub use connections::LinkRequest;
 pub use error::{ServiceError, ServiceResult};
 pub use events::{MAX_HEARTBEAT_SECONDS, SubscribeRequest, SubscribeStart};
+pub use user_tokens::UserTokenRequest;
 
 use crate::{
     access::{AccessError, CallContext, SiteScope},
@@ -73,11 +75,21 @@ fn record_site(site: impl std::fmt::Display) {
     tracing::Span::current().record("site", tracing::field::display(site));
 }
 
-/// Refuses a site outside the caller's scope; called before the site is
-/// looked up, so an unknown site and a forbidden one look the same.
+/// Refuses a site outside the caller's scope (and user tokens, which act
+/// only through [`check_account_scope`]); called before the site is looked
+/// up, so an unknown site and a forbidden one look the same.
 fn check_scope(call: &CallContext, api_key: &str) -> ServiceResult<()> {
     record_site(api_key);
-    call.scope().check(api_key).map_err(ServiceError::from)
+    call.caller.check_site(api_key).map_err(ServiceError::from)
+}
+
+/// For use cases about one account: refuses a site outside the caller's
+/// scope, and for a user token any account but its own.
+fn check_account_scope(call: &CallContext, api_key: &str, uid: &str) -> ServiceResult<()> {
+    record_site(api_key);
+    call.caller
+        .check_account(api_key, uid)
+        .map_err(ServiceError::from)
 }
 
 /// For requests that name the site by something other than its api_key

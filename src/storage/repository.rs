@@ -162,6 +162,8 @@ impl Repository {
         let now = Utc::now();
         let origins = serde_json::to_string(&settings.allowed_redirect_origins)
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let browser_origins = serde_json::to_string(&settings.allowed_browser_origins)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let vhost_owner = site::Entity::find()
             .filter(site::Column::Vhost.eq(settings.vhost.get()))
             .one(&*txn)
@@ -186,6 +188,7 @@ impl Repository {
                 active.name = Set(settings.name);
                 active.unlink_action_enabled = Set(settings.unlink_action_enabled);
                 active.allowed_redirect_origins = Set(origins);
+                active.allowed_browser_origins = Set(browser_origins);
                 active.updated_at = Set(now);
                 active.update(&*txn).await
             }
@@ -196,6 +199,7 @@ impl Repository {
                     name: Set(settings.name),
                     unlink_action_enabled: Set(settings.unlink_action_enabled),
                     allowed_redirect_origins: Set(origins),
+                    allowed_browser_origins: Set(browser_origins),
                     created_at: Set(now),
                     updated_at: Set(now),
                     ..Default::default()
@@ -522,6 +526,8 @@ async fn insert_login_id<C: ConnectionTrait>(
 pub(crate) fn site_from_model(model: site::Model) -> StorageResult<Site> {
     let allowed_redirect_origins = serde_json::from_str(&model.allowed_redirect_origins)
         .map_err(|e| StorageError::Corrupt(format!("site {} origins: {e}", model.id)))?;
+    let allowed_browser_origins = serde_json::from_str(&model.allowed_browser_origins)
+        .map_err(|e| StorageError::Corrupt(format!("site {} browser origins: {e}", model.id)))?;
     Ok(Site {
         id: model.id,
         api_key: model.api_key,
@@ -529,6 +535,7 @@ pub(crate) fn site_from_model(model: site::Model) -> StorageResult<Site> {
         name: model.name,
         unlink_action_enabled: model.unlink_action_enabled,
         allowed_redirect_origins,
+        allowed_browser_origins,
         created_at: model.created_at,
         updated_at: model.updated_at,
     })

@@ -8,7 +8,10 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, sea_query::Expr,
 };
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
 
 use super::{
     entities::api_token,
@@ -28,6 +31,8 @@ pub struct StoredToken {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// A user token's uid; None for other tokens.
+    pub uid: Option<String>,
 }
 
 impl From<api_token::Model> for StoredToken {
@@ -41,6 +46,7 @@ impl From<api_token::Model> for StoredToken {
             created_at,
             revoked_at,
             expires_at,
+            uid,
         } = model;
         Self {
             id,
@@ -50,6 +56,7 @@ impl From<api_token::Model> for StoredToken {
             created_at,
             revoked_at,
             expires_at,
+            uid,
         }
     }
 }
@@ -107,6 +114,62 @@ impl TokenStore {
             .await
     }
 
+    /// Stores a new user token's hash: bound to one site and one uid, with
+    /// the user-token permissions, until `expires_at`; returns its id.
+    pub async fn create_user_token(
+        &self,
+        caller: &str,
+        token_hash: &str,
+        api_key: &str,
+        uid: &str,
+        permissions: &str,
+        expires_at: DateTime<Utc>,
+    ) -> StorageResult<i64> {
+        self.prune_expired_user_tokens().await;
+        self.insert(
+            caller,
+            token_hash,
+            api_key,
+            permissions,
+            Some(expires_at),
+            Some(uid),
+        )
+        .await
+    }
+
+    /// Deletes user tokens that expired over a day ago (until then a late
+    /// call is told TOKEN_EXPIRED rather than "invalid"), at most once a
+    /// minute per process: a site mints one per page view, so they would
+    /// pile up. A failure only delays the clean-up.
+    async fn prune_expired_user_tokens(&self) {
+        /// Unix seconds of this process's last clean-up.
+        static PRUNED_AT: AtomicI64 = AtomicI64::new(0);
+        let now = Utc::now();
+        let last = PRUNED_AT.load(Ordering::Relaxed);
+        if now.timestamp() - last < 60
+            || PRUNED_AT
+                .compare_exchange(last, now.timestamp(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let deleted = api_token::Entity::delete_many()
+            .filter(api_token::Column::Uid.is_not_null())
+            .filter(api_token::Column::ExpiresAt.lt(now - chrono::Duration::days(1)))
+            .exec(&self.db)
+            .await;
+        match deleted {
+            Ok(result) if result.rows_affected > 0 => {
+                tracing::debug!(
+                    deleted = result.rows_affected,
+                    "expired user tokens deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot delete expired user tokens"),
+        }
+    }
+
     /// Stores a new token's hash that stops working at `expires_at`;
     /// returns its id.
     pub async fn create_expiring(
@@ -117,6 +180,19 @@ impl TokenStore {
         permissions: &str,
         expires_at: Option<DateTime<Utc>>,
     ) -> StorageResult<i64> {
+        self.insert(caller, token_hash, sites, permissions, expires_at, None)
+            .await
+    }
+
+    async fn insert(
+        &self,
+        caller: &str,
+        token_hash: &str,
+        sites: &str,
+        permissions: &str,
+        expires_at: Option<DateTime<Utc>>,
+        uid: Option<&str>,
+    ) -> StorageResult<i64> {
         let model = api_token::ActiveModel {
             caller: Set(caller.to_owned()),
             token_hash: Set(token_hash.to_owned()),
@@ -125,6 +201,7 @@ impl TokenStore {
             created_at: Set(Utc::now()),
             revoked_at: Set(None),
             expires_at: Set(expires_at),
+            uid: Set(uid.map(str::to_owned)),
             ..Default::default()
         }
         .insert(&self.db)
@@ -160,12 +237,16 @@ impl TokenStore {
         }))
     }
 
-    /// Whether any token is active: decides between open and authenticated mode.
+    /// Whether any token is active: decides between open and authenticated
+    /// mode. User tokens do not count: they can administer nothing, so
+    /// minting one (e.g. on a development server) must not lock everyone
+    /// else out; the gate honours them in open mode too.
     pub async fn any_active(&self) -> StorageResult<bool> {
         let count = self
             .guarded(|| async {
                 Ok(api_token::Entity::find()
                     .filter(api_token::Column::RevokedAt.is_null())
+                    .filter(api_token::Column::Uid.is_null())
                     .count(&self.db)
                     .await?)
             })
@@ -178,12 +259,21 @@ impl TokenStore {
         self.revoke(api_token::Column::Caller.eq(caller)).await
     }
 
+    /// Revokes every active user token of `uid` on the site `api_key`;
+    /// returns how many.
+    pub async fn revoke_user(&self, api_key: &str, uid: &str) -> StorageResult<u64> {
+        let condition = sea_orm::Condition::all()
+            .add(api_token::Column::Uid.eq(uid))
+            .add(api_token::Column::Sites.eq(api_key));
+        self.revoke(condition).await
+    }
+
     /// Revokes the token with this id if it is active; returns 0 or 1.
     pub async fn revoke_id(&self, id: i64) -> StorageResult<u64> {
         self.revoke(api_token::Column::Id.eq(id)).await
     }
 
-    async fn revoke(&self, condition: sea_orm::sea_query::SimpleExpr) -> StorageResult<u64> {
+    async fn revoke(&self, condition: impl Into<sea_orm::Condition>) -> StorageResult<u64> {
         let result = api_token::Entity::update_many()
             .col_expr(api_token::Column::RevokedAt, Expr::value(Utc::now()))
             .filter(condition)

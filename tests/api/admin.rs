@@ -24,6 +24,7 @@ fn site_request(api_key: &str, vhost: i64) -> pb::UpsertSiteRequest {
         name: "Demo".into(),
         unlink_action_enabled: false,
         allowed_redirect_origins: vec![],
+        allowed_browser_origins: vec![],
     }
 }
 
@@ -102,6 +103,7 @@ async fn upsert_site_validates_every_field(backend: Backend) {
         (
             pb::UpsertSiteRequest {
                 allowed_redirect_origins: vec!["https://example.com/path".into()],
+                allowed_browser_origins: vec![],
                 ..site_request("3_a", 1)
             },
             "INVALID_PARAMETER",
@@ -110,6 +112,7 @@ async fn upsert_site_validates_every_field(backend: Backend) {
         (
             pb::UpsertSiteRequest {
                 allowed_redirect_origins: vec!["javascript:alert(1)".into()],
+                allowed_browser_origins: vec![],
                 ..site_request("3_a", 1)
             },
             "INVALID_PARAMETER",

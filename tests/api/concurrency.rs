@@ -84,6 +84,7 @@ impl Replicas {
                 name: "race".into(),
                 unlink_action_enabled: false,
                 allowed_redirect_origins: vec![],
+                allowed_browser_origins: vec![],
             })
             .await
             .expect("upsert site");

@@ -111,6 +111,7 @@ async fn sigkill_under_load_loses_no_acknowledged_removal_and_no_event(backend: 
             name: "crash".into(),
             unlink_action_enabled: true,
             allowed_redirect_origins: vec![],
+            allowed_browser_origins: vec![],
         })
         .await
         .expect("upsert site");

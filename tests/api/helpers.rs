@@ -344,6 +344,7 @@ impl TestApp {
                 name: format!("site {api_key}"),
                 unlink_action_enabled: true,
                 allowed_redirect_origins: vec!["https://www.example.com".into()],
+                allowed_browser_origins: vec![],
             })
             .await
             .expect("upsert site")

@@ -157,6 +157,7 @@ async fn errors_echo_only_a_short_prefix_of_huge_values(backend: Backend) {
             name: "a".into(),
             unlink_action_enabled: true,
             allowed_redirect_origins: vec![huge],
+            allowed_browser_origins: vec![],
         })
         .await;
     // A default client (16 KiB metadata limit) sees the real error.
@@ -190,6 +191,7 @@ async fn wildcard_redirect_origins_are_refused(backend: Backend) {
                 name: "a".into(),
                 unlink_action_enabled: true,
                 allowed_redirect_origins: vec![origin.into()],
+                allowed_browser_origins: vec![],
             })
             .await;
         let status = assert_refused(result, Code::InvalidArgument, "INVALID_PARAMETER");

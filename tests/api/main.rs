@@ -2,6 +2,8 @@
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
 mod admin;
+mod browser;
+mod browser_sdk;
 mod concurrency;
 mod crash;
 mod deadlines;

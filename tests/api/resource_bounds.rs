@@ -112,6 +112,7 @@ async fn two_hundred_subscribers_half_idle_keep_memory_bounded_and_lose_nothing(
             name: "bounds".into(),
             unlink_action_enabled: false,
             allowed_redirect_origins: vec![],
+            allowed_browser_origins: vec![],
         })
         .await
         .expect("upsert site");

@@ -40,14 +40,14 @@ const PATH: &str = "/socialize.removeConnection";
 // ---- an HTTP client and the test's own form encoding and signing ----
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    text: String,
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub text: String,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
 }
@@ -66,7 +66,7 @@ fn enc(value: &str) -> String {
         .collect()
 }
 
-fn form(params: &[(&str, &str)]) -> String {
+pub fn form(params: &[(&str, &str)]) -> String {
     params
         .iter()
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
@@ -97,7 +97,7 @@ fn gigya_signature(secret: &str, method: &str, url: &str, params: &[(&str, &str)
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-async fn send(
+pub async fn send(
     app: &TestApp,
     method: &str,
     path_and_query: &str,

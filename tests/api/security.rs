@@ -263,6 +263,7 @@ async fn scoped_tokens_cannot_tell_unknown_sites_from_forbidden_ones(backend: Ba
         name: "c".into(),
         unlink_action_enabled: false,
         allowed_redirect_origins: vec![],
+        allowed_browser_origins: vec![],
     };
     let result = app.admin().upsert_site(bearer(upsert, &scoped)).await;
     assert_refused(result, Code::PermissionDenied, "PERMISSION_DENIED");
@@ -729,7 +730,7 @@ impl TestApp {
 
 // --- the token command line --------------------------------------------------
 
-fn cli(args: &[&str], database_url: &str) -> std::process::Output {
+pub fn cli(args: &[&str], database_url: &str) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_connections"))
         .args(args)
         .env("CONNECTIONS_DATABASE_URL", database_url)

@@ -108,6 +108,7 @@ async fn successful_responses_carry_the_call_id(backend: Backend) {
             name: String::new(),
             unlink_action_enabled: false,
             allowed_redirect_origins: vec![],
+            allowed_browser_origins: vec![],
         })
         .await
         .unwrap();

@@ -218,6 +218,7 @@ async fn unlink_account_is_refused_on_a_disabled_site(backend: Backend) {
             name: "disabled".into(),
             unlink_action_enabled: false,
             allowed_redirect_origins: vec!["https://www.example.com".into()],
+            allowed_browser_origins: vec![],
         })
         .await
         .expect("disable");

@@ -204,6 +204,7 @@ async fn create_site_and_account(channel: &Channel, api_key: &str, vhost: i64) {
             name: "telemetry".into(),
             unlink_action_enabled: false,
             allowed_redirect_origins: vec![],
+            allowed_browser_origins: vec![],
         })
         .await
         .unwrap();

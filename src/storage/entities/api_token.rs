@@ -19,6 +19,8 @@ pub struct Model {
     pub revoked_at: Option<DateTimeUtc>,
     /// After this instant the token is refused; NULL: never expires.
     pub expires_at: Option<DateTimeUtc>,
+    /// A user token's uid (its one site is `sites`); NULL for other tokens.
+    pub uid: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -14,6 +14,8 @@ pub struct Model {
     pub unlink_action_enabled: bool,
     /// JSON array of origins.
     pub allowed_redirect_origins: String,
+    /// JSON array of origins allowed to call from a browser (CORS).
+    pub allowed_browser_origins: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     #[sea_orm(has_many)]
