@@ -14,10 +14,7 @@ use super::{
     entities::{context_id, idempotency_key, identity, login_id, site},
     error::{StorageError, StorageResult},
     outbox,
-    repository::{
-        Repository, find_site_by_api_key, find_site_by_vhost, load_account, site_from_model,
-        touch_account,
-    },
+    repository::{Repository, SiteKey, load_account, site_from_model, touch_account},
 };
 use crate::domain::{
     CallOrigin, DomainError, IdentityState, ProviderRegistry, RemovalMode,
@@ -86,16 +83,17 @@ impl Repository {
         // Microseconds: what both databases store, so the answer built from
         // the plan equals what a later read returns.
         let time = Utc::now().trunc_subsecs(6);
-        let site_row = match request {
-            RemovalRequest::RemoveConnection(c) => find_site_by_api_key(txn, &c.api_key).await?,
-            RemovalRequest::UnlinkAccount(c) => find_site_by_vhost(txn, c.vhost).await?,
+        let site_key = match request {
+            RemovalRequest::RemoveConnection(c) => SiteKey::ApiKey(&c.api_key),
+            RemovalRequest::UnlinkAccount(c) => SiteKey::Vhost(c.vhost),
         };
-        let site = site_from_model(site_row.clone())?;
-        let redirect = request.check_site(&site)?;
         // The account lock serialises every removal of this account, so the
         // plan below sees the state the change is applied to, and concurrent
         // retries of one request id wait here for the first to commit.
-        let account_row = self.lock_account_row(txn, &site_row, request.uid()).await?;
+        let (site_row, account_row) = self.lock_site_account(txn, site_key, request.uid()).await?;
+        let site = site_from_model(site_row.clone())?;
+        let redirect = request.check_site(&site)?;
+        let account_row = account_row.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         if let Some(stored) = self.stored_outcome(txn, request).await? {
             return Ok(Step::RollBack(stored));
         }

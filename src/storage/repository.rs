@@ -410,6 +410,54 @@ impl Repository {
             .await?
             .ok_or(StorageError::Rule(DomainError::AccountNotFound))
     }
+
+    /// The site and, when it exists, the account, in one round trip; on
+    /// PostgreSQL the account row (only) is locked until the transaction
+    /// ends. A missing account costs a second read that tells a missing site
+    /// apart, so the caller can apply the site's rules before refusing.
+    pub(crate) async fn lock_site_account(
+        &self,
+        txn: &DatabaseTransaction,
+        site_key: SiteKey<'_>,
+        uid: &Uid,
+    ) -> StorageResult<(site::Model, Option<account::Model>)> {
+        let mut query = account::Entity::find()
+            .find_also_related(site::Entity)
+            .filter(account::Column::Uid.eq(uid.as_str()))
+            .filter(site_key.condition());
+        if self.is_postgres() {
+            // `FOR UPDATE OF accounts`: locking the site row too would make
+            // every removal on a site wait for the one before it.
+            sea_orm::QueryTrait::query(&mut query)
+                .lock_with_tables(sea_orm::sea_query::LockType::Update, [account::Entity]);
+        }
+        if let Some((account, Some(site))) = query.one(txn).await? {
+            return Ok((site, Some(account)));
+        }
+        let site = site::Entity::find()
+            .filter(site_key.condition())
+            .one(txn)
+            .await?
+            .ok_or(StorageError::Rule(DomainError::SiteNotFound))?;
+        Ok((site, None))
+    }
+}
+
+/// How a request names its site.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SiteKey<'a> {
+    ApiKey(&'a ApiKey),
+    Vhost(Vhost),
+}
+
+impl SiteKey<'_> {
+    fn condition(self) -> sea_orm::Condition {
+        let condition = sea_orm::Condition::all();
+        match self {
+            SiteKey::ApiKey(key) => condition.add(site::Column::ApiKey.eq(key.as_str())),
+            SiteKey::Vhost(vhost) => condition.add(site::Column::Vhost.eq(vhost.get())),
+        }
+    }
 }
 
 pub(crate) async fn find_site_by_api_key<C: ConnectionTrait>(
