@@ -2,6 +2,7 @@
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
 mod admin;
+mod browser;
 mod concurrency;
 mod crash;
 mod deadlines;
