@@ -1,6 +1,7 @@
 //! The command line: `connections serve`, `connections migrate`,
-//! `connections token` (API tokens) and `connections app-key` (application
-//! keys of the REST API).
+//! `connections token` (API tokens), `connections app-key` (application
+//! keys of the REST API) and `connections action-link` (signed unlink
+//! action links).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -44,6 +45,41 @@ pub enum Command {
     /// Manage application keys of the REST API (userKey + secret).
     #[command(subcommand)]
     AppKey(AppKeyCommand),
+    /// Print a signed unlink action link (GET /action/v2/unlinkaccount)
+    /// for a site's page: acts once, within its lifetime (at most 15 minutes).
+    ActionLink(Box<ActionLinkArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ActionLinkArgs {
+    /// The site's vhost.
+    #[arg(long)]
+    pub vhost: i64,
+    /// The account's integer uid.
+    #[arg(long)]
+    pub uid: i64,
+    /// Where the browser goes afterwards: a path, or a URL of an allowed origin.
+    #[arg(long)]
+    pub redirect_url: String,
+    /// sheridan, sheridan staff, janrain or gigya; absent: every external-id identity.
+    #[arg(long)]
+    pub external_id_provider_name: Option<String>,
+    /// `all` or one sub-provider for janrain, `none` otherwise.
+    #[arg(long, default_value = "none")]
+    pub sub_provider_name: String,
+    /// Seconds the link lives, 1 to 900.
+    #[arg(long, default_value_t = 900)]
+    pub ttl_seconds: i64,
+    /// `scheme://host[:port][/prefix]` browsers reach the HTTP listener at;
+    /// absent: the link is relative (`/action/v2/unlinkaccount?...`).
+    #[arg(long, env = "CONNECTIONS_PUBLIC_BASE_URL")]
+    pub base_url: Option<String>,
+    /// The server's base64 32-byte secret key (as `serve --session-key`):
+    /// opens the site's action secret.
+    #[arg(long, env = "CONNECTIONS_SESSION_KEY", hide_env_values = true)]
+    pub session_key: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,7 +373,10 @@ mod tests {
             .map_err(|e| e.to_string())?;
         match cli.command {
             Command::Serve(serve) => serve.settings(),
-            Command::Migrate(_) | Command::Token(_) | Command::AppKey(_) => {
+            Command::Migrate(_)
+            | Command::Token(_)
+            | Command::AppKey(_)
+            | Command::ActionLink(_) => {
                 unreachable!("parsed serve")
             }
         }

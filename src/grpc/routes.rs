@@ -49,6 +49,14 @@ const ROUTES: &[(&str, Permission)] = &[
         "/connections.v1.AdminService/RevokeAppKey",
         Permission::Admin,
     ),
+    (
+        "/connections.v1.AdminService/RotateActionSecret",
+        Permission::Admin,
+    ),
+    (
+        "/connections.v1.AdminService/SignUnlinkLink",
+        Permission::Admin,
+    ),
 ];
 
 /// Services that stay open whatever the mode.
@@ -116,6 +124,8 @@ mod tests {
             ("/connections.v1.AdminService/CreateAppKey", Admin),
             ("/connections.v1.AdminService/ListAppKeys", Admin),
             ("/connections.v1.AdminService/RevokeAppKey", Admin),
+            ("/connections.v1.AdminService/RotateActionSecret", Admin),
+            ("/connections.v1.AdminService/SignUnlinkLink", Admin),
         ] {
             assert_eq!(access_for_path(path), Access::Requires(expected), "{path}");
         }

@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use super::{
-    RestConfig,
+    RestConfig, call_layer,
     error_codes::RestError,
     params::Params,
     response::{self, ResponseOptions, get, parse_bool},
@@ -32,8 +32,8 @@ use super::{
 };
 use crate::{
     access::{
-        Access, AccessError, AppKeyProof, CallContext, CallId, Caller, Credential, Gate,
-        Permission, Proof, TraceParent, signature,
+        Access, AccessError, AppKeyProof, CallContext, Caller, Credential, Gate, Permission, Proof,
+        signature,
     },
     domain::{DomainError, input::RemoveConnectionInput, removal::LastIdentityHandling},
     service::Services,
@@ -57,6 +57,10 @@ impl RestDoor {
             config,
         }
     }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
 }
 
 /// `GET` or `POST /socialize.removeConnection`.
@@ -65,16 +69,7 @@ pub async fn remove_connection(State(door): State<Arc<RestDoor>>, request: Reque
     if request.method() == Method::HEAD {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
-    let call_id = request
-        .extensions()
-        .get::<CallId>()
-        .cloned()
-        .unwrap_or_else(CallId::generate)
-        .0;
-    let traceparent = request
-        .extensions()
-        .get::<TraceParent>()
-        .map(|t| t.0.clone());
+    let (call_id, traceparent) = call_layer::call_of(&request);
     let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     let (parts, body) = request.into_parts();
     let params = match door.read_params(&parts, body).await {
