@@ -40,10 +40,10 @@ const PATH: &str = "/socialize.removeConnection";
 // ---- an HTTP client and the test's own form encoding and signing ----
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    text: String,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub text: String,
 }
 
 impl Reply {
@@ -53,7 +53,7 @@ impl Reply {
 }
 
 /// RFC 3986 percent-encoding, written here rather than taken from the server.
-fn enc(value: &str) -> String {
+pub(crate) fn enc(value: &str) -> String {
     value
         .bytes()
         .map(|b| {
@@ -97,7 +97,7 @@ fn gigya_signature(secret: &str, method: &str, url: &str, params: &[(&str, &str)
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-async fn send(
+pub(crate) async fn send(
     app: &TestApp,
     method: &str,
     path_and_query: &str,
