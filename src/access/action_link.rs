@@ -19,7 +19,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::{AccessError, signature::sorted_query};
-pub use crate::storage::ActionSecret;
+pub use crate::storage::{ActionSecret, action_secrets::USED_LINK_PREFIX};
 
 /// The parameter carrying the signature: left out of the canonical query.
 pub use super::signature::SIG_PARAMETER;
@@ -92,7 +92,7 @@ pub fn check_expiry(expires: i64, now: i64) -> Result<(), AccessError> {
 /// same request, so the first outcome answers the others, on any replica.
 pub fn used_link_key(sig: &str) -> String {
     format!(
-        "action-link/{}",
+        "{USED_LINK_PREFIX}{}",
         hex::encode(Sha256::digest(sig.as_bytes()))
     )
 }
@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn each_link_has_its_own_key() {
         let key = used_link_key("abc");
-        assert!(key.starts_with("action-link/"));
+        assert!(key.starts_with(USED_LINK_PREFIX));
         assert_eq!(key, used_link_key("abc"));
         assert_ne!(key, used_link_key("abd"));
         assert!(key.len() <= 128);

@@ -3,15 +3,21 @@
 //! key, bound to its site id) before it reaches the database, and unsealed
 //! only to sign or verify a link.
 
-use chrono::Utc;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, sea_query::OnConflict};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::OnConflict,
+};
 
 use super::{
     SessionSealer,
-    entities::action_secret,
+    entities::{action_secret, idempotency_key},
     error::{StorageError, StorageResult},
     repository::Repository,
 };
+
+/// The idempotency keys followed links act under start with this (the
+/// rest is a hash of the link's signature).
+pub const USED_LINK_PREFIX: &str = "action-link/";
 
 /// The raw bytes of a site's action secret. Never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -79,6 +85,18 @@ impl Repository {
     ) -> StorageResult<()> {
         store(self.connection(), self.sealer(), site_id, secret, true).await?;
         Ok(())
+    }
+
+    /// Deletes the records of links followed before `before` (their links
+    /// have expired, so no click can reach them again); returns how many.
+    #[tracing::instrument(skip_all, name = "db.prune_used_links")]
+    pub async fn prune_used_links(&self, before: DateTime<Utc>) -> StorageResult<u64> {
+        let deleted = idempotency_key::Entity::delete_many()
+            .filter(idempotency_key::Column::RequestId.starts_with(USED_LINK_PREFIX))
+            .filter(idempotency_key::Column::CreatedAt.lt(before))
+            .exec(self.connection())
+            .await?;
+        Ok(deleted.rows_affected)
     }
 
     /// The site's action secret; None when it has none. A secret sealed
