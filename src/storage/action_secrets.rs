@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::OnConflict,
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    sea_query::OnConflict,
 };
 
 use super::{
@@ -38,8 +39,8 @@ fn associated_data(site_id: i64) -> Vec<u8> {
 /// Stores `secret` for the site: `replace` overwrites an existing one
 /// (rotation), otherwise an existing one is kept. Returns whether a row was
 /// written.
-pub(crate) async fn store<C: ConnectionTrait>(
-    conn: &C,
+pub(crate) async fn store(
+    txn: &DatabaseTransaction,
     sealer: &SessionSealer,
     site_id: i64,
     secret: &ActionSecret,
@@ -64,7 +65,7 @@ pub(crate) async fn store<C: ConnectionTrait>(
     }
     let written = action_secret::Entity::insert(row)
         .on_conflict(conflict)
-        .exec_without_returning(conn)
+        .exec_without_returning(txn)
         .await?;
     Ok(written > 0)
 }
@@ -83,7 +84,9 @@ impl Repository {
         site_id: i64,
         secret: &ActionSecret,
     ) -> StorageResult<()> {
-        store(self.connection(), self.sealer(), site_id, secret, true).await?;
+        let txn = self.begin_write().await?;
+        store(&txn, self.sealer(), site_id, secret, true).await?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(())
     }
 
@@ -91,11 +94,14 @@ impl Repository {
     /// have expired, so no click can reach them again); returns how many.
     #[tracing::instrument(skip_all, name = "db.prune_used_links")]
     pub async fn prune_used_links(&self, before: DateTime<Utc>) -> StorageResult<u64> {
+        let txn = self.begin_write().await?;
+        let conn: &DatabaseTransaction = &txn;
         let deleted = idempotency_key::Entity::delete_many()
             .filter(idempotency_key::Column::RequestId.starts_with(USED_LINK_PREFIX))
             .filter(idempotency_key::Column::CreatedAt.lt(before))
-            .exec(self.connection())
+            .exec(conn)
             .await?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(deleted.rows_affected)
     }
 
