@@ -130,7 +130,8 @@ impl App {
             .clone()
             .map(|relay| Relay::new(repo.clone(), relay, telemetry::metrics::relay()));
         Ok(Self {
-            services: Services::new(repo.clone(), settings.registry.clone(), hub),
+            services: Services::new(repo.clone(), settings.registry.clone(), hub)
+                .with_public_base_url(settings.http.public_base_url.clone()),
             repo,
             security: settings.security.clone(),
             tls,
@@ -149,6 +150,11 @@ impl App {
     /// The repository the services run on (tests write through it directly).
     pub fn repo(&self) -> &Repository {
         &self.repo
+    }
+
+    /// The application services (for command-line use cases).
+    pub(crate) fn services(&self) -> &Services {
+        &self.services
     }
 
     /// The address of the metrics endpoint, when enabled.

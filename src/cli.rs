@@ -1,6 +1,7 @@
 //! The command line: `connections serve`, `connections migrate`,
 //! `connections token` (API tokens), `connections app-key` (application
-//! keys of the REST API) and `connections user-token` (browser SDK tokens).
+//! keys of the REST API), `connections user-token` (browser SDK tokens) and
+//! `connections action-link` (signed unlink action links).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -47,6 +48,41 @@ pub enum Command {
     /// Mint and revoke user tokens for the browser SDK (one site, one uid).
     #[command(subcommand)]
     UserToken(UserTokenCommand),
+    /// Print a signed unlink action link (GET /action/v2/unlinkaccount)
+    /// for a site's page: acts once, within its lifetime (at most 15 minutes).
+    ActionLink(Box<ActionLinkArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ActionLinkArgs {
+    /// The site's vhost.
+    #[arg(long)]
+    pub vhost: i64,
+    /// The account's integer uid.
+    #[arg(long)]
+    pub uid: i64,
+    /// Where the browser goes afterwards: a path, or a URL of an allowed origin.
+    #[arg(long)]
+    pub redirect_url: String,
+    /// sheridan, sheridan staff, janrain or gigya; absent: every external-id identity.
+    #[arg(long)]
+    pub external_id_provider_name: Option<String>,
+    /// `all` or one sub-provider for janrain, `none` otherwise.
+    #[arg(long, default_value = "none")]
+    pub sub_provider_name: String,
+    /// Seconds the link lives, 1 to 900.
+    #[arg(long, default_value_t = 900)]
+    pub ttl_seconds: i64,
+    /// `scheme://host[:port][/prefix]` browsers reach the HTTP listener at;
+    /// absent: the link is relative (`/action/v2/unlinkaccount?...`).
+    #[arg(long, env = "CONNECTIONS_PUBLIC_BASE_URL")]
+    pub base_url: Option<String>,
+    /// The server's base64 32-byte secret key (as `serve --session-key`):
+    /// opens the site's action secret.
+    #[arg(long, env = "CONNECTIONS_SESSION_KEY", hide_env_values = true)]
+    pub session_key: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -378,7 +414,8 @@ mod tests {
             Command::Migrate(_)
             | Command::Token(_)
             | Command::AppKey(_)
-            | Command::UserToken(_) => {
+            | Command::UserToken(_)
+            | Command::ActionLink(_) => {
                 unreachable!("parsed serve")
             }
         }

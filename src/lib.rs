@@ -26,6 +26,7 @@
 //! - [`token_admin`]: `connections token create|list|revoke` and
 //!   `connections user-token create|revoke`.
 //! - [`app_key_admin`]: `connections app-key create|list|revoke`.
+//! - [`action_link_admin`]: `connections action-link` (a signed unlink link).
 //! - [`grpc`]: the gRPC door (handlers, conversions, the status map, the
 //!   per-call and security layers, the path-to-permission table).
 //! - [`http`]: the HTTP door (Gigya-compatible REST `socialize.removeConnection`,
@@ -43,6 +44,7 @@
 //!   codec shared by every door that sends events as protobuf.
 
 pub mod access;
+pub mod action_link_admin;
 pub mod app;
 pub mod app_key_admin;
 pub mod cli;

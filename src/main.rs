@@ -11,10 +11,11 @@ use connections::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Token and app-key commands print a secret on stdout: keep log lines out of it.
+    // Token, app-key and action-link commands print a secret or a link on
+    // stdout: keep log lines out of it.
     let telemetry = if matches!(
         cli.command,
-        Command::Token(_) | Command::AppKey(_) | Command::UserToken(_)
+        Command::Token(_) | Command::AppKey(_) | Command::UserToken(_) | Command::ActionLink(_)
     ) {
         None
     } else {
@@ -44,6 +45,14 @@ async fn main() -> ExitCode {
         Command::AppKey(command) => {
             connections::app_key_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
                 .await
+        }
+        Command::ActionLink(args) => {
+            connections::action_link_admin::run(
+                *args,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+            .await
         }
     };
     // Sends the spans and metrics still buffered.

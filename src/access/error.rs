@@ -36,6 +36,17 @@ pub enum AccessError {
     /// Over the per-caller bound on concurrent streams.
     #[error("too many concurrent streams for this caller (limit {limit})")]
     TooManyStreams { limit: usize },
+    /// An action link without a valid signature by its site (missing,
+    /// forged or altered, or a site that has no action secret). Nothing
+    /// of the link is trusted, not even its redirect.
+    #[error("this link is not valid: it was not signed by the site, or it was changed")]
+    LinkSignatureInvalid,
+    /// An action link past its `expires`.
+    #[error("this link has expired; go back to the site and try again")]
+    LinkExpired,
+    /// An action link whose `expires` is further ahead than links may live.
+    #[error("this link claims to be valid for more than {max_seconds} s")]
+    LinkExpiryTooFar { max_seconds: i64 },
     /// The credential store (the database) cannot be read right now.
     #[error("the database is unavailable, so credentials cannot be checked; retry later")]
     Unavailable,

@@ -10,6 +10,7 @@
 //! A door only translates: it finds the credentials in its protocol, asks
 //! the gate, and maps an [`AccessError`] to its own error shape.
 
+pub mod action_link;
 pub mod app_keys;
 mod call;
 mod error;

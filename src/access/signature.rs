@@ -48,20 +48,27 @@ pub fn normalize_url(url: &str) -> Option<String> {
     Some(format!("{}://{host}{port}{}", url.scheme(), url.path()))
 }
 
-/// The base string of a request to `url` (already normalized) with these
-/// parameters; `sig` is left out.
-pub fn base_string(method: &str, url: &str, parameters: &[(String, String)]) -> String {
+/// Every parameter but `sig` as `enc(name)=enc(value)`, sorted by encoded
+/// name then encoded value, joined by `&` (the query part of the base
+/// string, and the canonical query of an action link).
+pub fn sorted_query(parameters: &[(String, String)]) -> String {
     let mut pairs: Vec<(String, String)> = parameters
         .iter()
         .filter(|(name, _)| name != SIG_PARAMETER)
         .map(|(name, value)| (percent_encode(name), percent_encode(value)))
         .collect();
     pairs.sort();
-    let query = pairs
+    pairs
         .iter()
         .map(|(name, value)| format!("{name}={value}"))
         .collect::<Vec<_>>()
-        .join("&");
+        .join("&")
+}
+
+/// The base string of a request to `url` (already normalized) with these
+/// parameters; `sig` is left out.
+pub fn base_string(method: &str, url: &str, parameters: &[(String, String)]) -> String {
+    let query = sorted_query(parameters);
     format!(
         "{}&{}&{}",
         method.to_ascii_uppercase(),

@@ -4,11 +4,18 @@
 //! refused, so nobody silently misses events). With the JetStream relay on,
 //! it never deletes past `event_sequence.relayed_through`: an event that has
 //! not reached the broker stays, however old.
+//!
+//! It also forgets followed action links an hour after they were followed:
+//! their links have expired by then (they live 15 minutes), so a click can
+//! no longer reach the record.
 
 use chrono::Utc;
 
 use super::{Shutdown, pause};
 use crate::{config::EventSettings, storage::Repository};
+
+/// How long a followed action link is remembered: well past its expiry.
+const USED_LINK_MEMORY: chrono::Duration = chrono::Duration::hours(1);
 
 /// Events deleted per transaction.
 const PRUNE_BATCH: u64 = 1000;
@@ -19,6 +26,7 @@ pub async fn run(repo: Repository, settings: EventSettings, shutdown: Shutdown) 
         if let Some(cutoff) = Utc::now().checked_sub_signed(retention) {
             prune(&repo, cutoff, settings.keep_unrelayed, &shutdown).await;
         }
+        prune_used_links(&repo).await;
         if pause(settings.prune_interval, &shutdown).await {
             return;
         }
@@ -48,5 +56,16 @@ async fn prune(
     }
     if total > 0 {
         tracing::info!(deleted = total, %cutoff, "pruned old events");
+    }
+}
+
+async fn prune_used_links(repo: &Repository) {
+    let Some(cutoff) = Utc::now().checked_sub_signed(USED_LINK_MEMORY) else {
+        return;
+    };
+    match repo.prune_used_links(cutoff).await {
+        Ok(0) => {}
+        Ok(deleted) => tracing::info!(deleted, "forgot expired action links"),
+        Err(err) => tracing::warn!(error = %err, "pruning used action links failed; will retry"),
     }
 }

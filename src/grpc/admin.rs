@@ -1,10 +1,14 @@
-//! AdminService: sites, accounts and application keys.
+//! AdminService: sites, accounts, application keys, user tokens and action
+//! links.
 
 use tonic::{Request, Response, Status};
 
 use super::{call_context, convert, respond, status::ApiError};
 use crate::{
-    proto::v1::{self as pb, admin_service_server::AdminService},
+    proto::{
+        codec::timestamp,
+        v1::{self as pb, admin_service_server::AdminService},
+    },
     service::{AppKeyInput, Services, UserTokenRequest},
 };
 
@@ -179,6 +183,42 @@ impl AdminService for AdminApi {
                 .await?;
             Ok::<_, ApiError>(pb::RevokeUserTokensResponse {
                 revoked,
+                call_id: call.call_id.clone(),
+            })
+        }
+        .await;
+        respond(&call, result)
+    }
+
+    async fn rotate_action_secret(
+        &self,
+        request: Request<pb::RotateActionSecretRequest>,
+    ) -> Result<Response<pb::RotateActionSecretResponse>, Status> {
+        let call = call_context(&request);
+        let result = async {
+            let pb::RotateActionSecretRequest { api_key } = request.into_inner();
+            let api_key = convert::api_key(&api_key)?;
+            let action_secret = self.services.rotate_action_secret(&call, &api_key).await?;
+            Ok::<_, ApiError>(pb::RotateActionSecretResponse {
+                action_secret,
+                call_id: call.call_id.clone(),
+            })
+        }
+        .await;
+        respond(&call, result)
+    }
+
+    async fn sign_unlink_link(
+        &self,
+        request: Request<pb::SignUnlinkLinkRequest>,
+    ) -> Result<Response<pb::SignUnlinkLinkResponse>, Status> {
+        let call = call_context(&request);
+        let result = async {
+            let link = convert::sign_unlink_link(request.into_inner());
+            let signed = self.services.sign_unlink_link(&call, link).await?;
+            Ok::<_, ApiError>(pb::SignUnlinkLinkResponse {
+                link: signed.url,
+                expires_at: Some(timestamp(signed.expires_at)),
                 call_id: call.call_id.clone(),
             })
         }

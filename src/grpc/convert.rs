@@ -15,7 +15,10 @@ use crate::{
         removal::{LastIdentityHandling, RemovalOutcome, RemovedIdentity},
     },
     proto::v1 as pb,
-    service::{LinkRequest, MAX_HEARTBEAT_SECONDS, StoredAppKey, SubscribeRequest, SubscribeStart},
+    service::{
+        LinkRequest, MAX_HEARTBEAT_SECONDS, SignLinkRequest, StoredAppKey, SubscribeRequest,
+        SubscribeStart,
+    },
 };
 
 fn from_timestamp(field: &'static str, ts: Timestamp) -> Result<DateTime<Utc>, DomainError> {
@@ -343,6 +346,29 @@ pub fn unlink_account(request: pb::UnlinkAccountRequest) -> UnlinkAccountInput {
         sub_provider_name,
         request_id,
         dry_run,
+    }
+}
+
+pub fn sign_unlink_link(request: pb::SignUnlinkLinkRequest) -> SignLinkRequest {
+    let pb::SignUnlinkLinkRequest {
+        vhost,
+        uid,
+        redirect_url,
+        external_id_provider_name,
+        sub_provider_name,
+        ttl_seconds,
+        base_url,
+    } = request;
+    SignLinkRequest {
+        ttl_seconds: (ttl_seconds != 0).then_some(ttl_seconds),
+        base_url: (!base_url.is_empty()).then_some(base_url),
+        ..SignLinkRequest::new(
+            vhost,
+            uid,
+            redirect_url,
+            external_id_provider_name,
+            sub_provider_name,
+        )
     }
 }
 

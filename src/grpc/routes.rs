@@ -57,6 +57,14 @@ const ROUTES: &[(&str, Permission)] = &[
         "/connections.v1.AdminService/RevokeUserTokens",
         Permission::Admin,
     ),
+    (
+        "/connections.v1.AdminService/RotateActionSecret",
+        Permission::Admin,
+    ),
+    (
+        "/connections.v1.AdminService/SignUnlinkLink",
+        Permission::Admin,
+    ),
 ];
 
 /// Services that stay open whatever the mode.
@@ -126,6 +134,8 @@ mod tests {
             ("/connections.v1.AdminService/RevokeAppKey", Admin),
             ("/connections.v1.AdminService/CreateUserToken", Admin),
             ("/connections.v1.AdminService/RevokeUserTokens", Admin),
+            ("/connections.v1.AdminService/RotateActionSecret", Admin),
+            ("/connections.v1.AdminService/SignUnlinkLink", Admin),
         ] {
             assert_eq!(access_for_path(path), Access::Requires(expected), "{path}");
         }

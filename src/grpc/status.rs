@@ -104,6 +104,10 @@ fn access_code(err: &AccessError) -> (Code, &'static str) {
         | AccessError::NotOwner(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
         AccessError::RateLimited(_) => (Code::ResourceExhausted, "RATE_LIMITED"),
         AccessError::TooManyStreams { .. } => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+        // The action link's refusals (not reachable from gRPC today).
+        AccessError::LinkSignatureInvalid => (Code::PermissionDenied, "LINK_SIGNATURE_INVALID"),
+        AccessError::LinkExpired => (Code::PermissionDenied, "LINK_EXPIRED"),
+        AccessError::LinkExpiryTooFar { .. } => (Code::InvalidArgument, "LINK_EXPIRY_TOO_FAR"),
         // Credentials live in the database.
         AccessError::Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
     }

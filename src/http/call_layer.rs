@@ -20,7 +20,7 @@ use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
-    HttpLimits, REMOVE_CONNECTION_PATH,
+    HttpLimits, REMOVE_CONNECTION_PATH, UNLINK_ACCOUNT_PATH,
     error_codes::RestError,
     response::{self, Outcome, ResponseOptions},
     sdk::SDK_PATH,
@@ -55,8 +55,25 @@ fn route_of(path: &str) -> &'static str {
     match path {
         REMOVE_CONNECTION_PATH => "socialize.removeConnection",
         SDK_PATH => "sdk",
+        UNLINK_ACCOUNT_PATH => "action.unlinkaccount",
         _ => "other",
     }
+}
+
+/// The call id and traceparent this layer gave the request (a fresh id
+/// outside the layer, e.g. in a unit test).
+pub fn call_of(request: &Request) -> (String, Option<String>) {
+    let call_id = request
+        .extensions()
+        .get::<CallId>()
+        .cloned()
+        .unwrap_or_else(CallId::generate)
+        .0;
+    let traceparent = request
+        .extensions()
+        .get::<TraceParent>()
+        .map(|t| t.0.clone());
+    (call_id, traceparent)
 }
 
 /// The middleware: wraps every request of the REST router.

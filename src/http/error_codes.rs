@@ -127,6 +127,10 @@ fn access(err: &AccessError) -> ErrorCode {
         | AccessError::NotOwner(_) => ErrorCode::new(403_007, 403, "PERMISSION_DENIED"),
         AccessError::RateLimited(_) => ErrorCode::new(403_048, 403, "RATE_LIMITED"),
         AccessError::TooManyStreams { .. } => ErrorCode::new(403_048, 403, "RESOURCE_EXHAUSTED"),
+        // The action link's own refusals (not reachable from removeConnection).
+        AccessError::LinkSignatureInvalid => ErrorCode::new(403_003, 403, "LINK_SIGNATURE_INVALID"),
+        AccessError::LinkExpired => ErrorCode::new(403_002, 403, "LINK_EXPIRED"),
+        AccessError::LinkExpiryTooFar { .. } => ErrorCode::new(403_002, 403, "LINK_EXPIRY_TOO_FAR"),
         AccessError::Unavailable => ErrorCode::new(500_001, 500, "DATABASE_UNAVAILABLE"),
     }
 }

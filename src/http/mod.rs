@@ -1,7 +1,8 @@
 //! The HTTP door (axum on the hyper stack tonic already uses): the
 //! Gigya-compatible REST endpoint `socialize.removeConnection` (SPEC section
 //! 11), callable from the sites' pages through the browser SDK (CORS, the
-//! script), and the Prometheus `/metrics` endpoint on its own listener.
+//! script), the unlink action link `GET /action/v2/unlinkaccount` (section
+//! 12), and the Prometheus `/metrics` endpoint on its own listener.
 //!
 //! - [`server`]: the accept loop (TLS optional), HTTP/1.1 and HTTP/2, header
 //!   read timeout, graceful shutdown.
@@ -10,6 +11,8 @@
 //! - [`params`]: strict `application/x-www-form-urlencoded` decoding.
 //! - [`rest`]: the REST handler: parameters to the domain's raw input,
 //!   credentials to the gate, the service, the answer.
+//! - [`action_link`]: the action link's handler: signed link in, redirect
+//!   or static page out.
 //! - [`error_codes`]: the one exhaustive map from every error to Gigya's
 //!   errorCode and statusCode.
 //! - [`response`]: the response shape (JSON or JSONP).
@@ -17,6 +20,7 @@
 //! - [`sdk`]: `GET /sdk/connections.js`, the browser SDK.
 //! - [`metrics`]: `GET /metrics`.
 
+pub mod action_link;
 pub mod call_layer;
 pub mod cors;
 pub mod error_codes;
@@ -29,8 +33,12 @@ pub mod server;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    routing::{any, get},
+};
 
+pub use crate::service::UNLINK_ACCOUNT_PATH;
 use crate::{access::Gate, service::Services};
 
 /// The REST endpoint's path.
@@ -72,7 +80,7 @@ pub struct RestConfig {
     pub limits: HttpLimits,
 }
 
-/// The REST router over the shared services and gate.
+/// The REST and action-link router over the shared services and gate.
 pub fn rest_router(services: Services, gate: Arc<Gate>, config: RestConfig) -> Router {
     let call_limits = call_layer::InFlight::new(&config.limits);
     let door = Arc::new(rest::RestDoor::new(services.clone(), gate, config));
@@ -82,6 +90,8 @@ pub fn rest_router(services: Services, gate: Arc<Gate>, config: RestConfig) -> R
             get(rest::remove_connection).post(rest::remove_connection),
         )
         .route(sdk::SDK_PATH, get(sdk::script))
+        // Every method reaches the handler: only GET acts, HEAD never does.
+        .route(UNLINK_ACCOUNT_PATH, any(action_link::unlink_account))
         .fallback(rest::not_found)
         .with_state(door)
         .layer(axum::middleware::from_fn_with_state(services, cors::cors))

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use super::{
-    RestConfig,
+    RestConfig, call_layer,
     error_codes::RestError,
     params::Params,
     response::{self, ResponseOptions, get, parse_bool},
@@ -33,8 +33,8 @@ use super::{
 };
 use crate::{
     access::{
-        Access, AccessError, AppKeyProof, CallContext, CallId, Caller, Credential, Gate,
-        Permission, Proof, TraceParent, signature,
+        Access, AccessError, AppKeyProof, CallContext, Caller, Credential, Gate, Permission, Proof,
+        signature,
     },
     domain::{DomainError, input::RemoveConnectionInput, removal::LastIdentityHandling},
     service::Services,
@@ -58,6 +58,10 @@ impl RestDoor {
             config,
         }
     }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
 }
 
 /// `GET` or `POST /socialize.removeConnection`.
@@ -66,16 +70,7 @@ pub async fn remove_connection(State(door): State<Arc<RestDoor>>, request: Reque
     if request.method() == Method::HEAD {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
-    let call_id = request
-        .extensions()
-        .get::<CallId>()
-        .cloned()
-        .unwrap_or_else(CallId::generate)
-        .0;
-    let traceparent = request
-        .extensions()
-        .get::<TraceParent>()
-        .map(|t| t.0.clone());
+    let (call_id, traceparent) = call_layer::call_of(&request);
     let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     let (parts, body) = request.into_parts();
     let params = match door.read_params(&parts, body).await {

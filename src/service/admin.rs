@@ -14,7 +14,13 @@ impl Services {
         settings: SiteSettings,
     ) -> ServiceResult<(Site, bool)> {
         check_scope(call, settings.api_key.as_str())?;
-        self.storage(|| self.repo.upsert_site(settings.clone()))
+        // A site gets its action secret with it, when the server can seal
+        // it durably; otherwise RotateActionSecret creates it later.
+        let secret = self
+            .repo
+            .seals_durably()
+            .then(crate::access::action_link::generate_secret);
+        self.storage(|| self.repo.upsert_site(settings.clone(), secret.as_ref()))
             .await
     }
 

@@ -4,6 +4,7 @@
 //! rules, and returns a plain result or a [`ServiceError`]. Doors only
 //! convert their protocol to and from these types.
 
+mod action_link;
 mod admin;
 mod app_keys;
 mod connections;
@@ -15,6 +16,9 @@ use std::sync::Arc;
 
 /// An application key as the services report it (never its secret).
 pub use crate::storage::StoredAppKey;
+pub use action_link::{
+    FollowLink, LinkFollowed, LinkRefused, SignLinkRequest, UNLINK_ACCOUNT_PATH,
+};
 pub use app_keys::AppKeyInput;
 pub use connections::LinkRequest;
 pub use error::{ServiceError, ServiceResult};
@@ -34,6 +38,9 @@ pub struct Services {
     repo: Repository,
     registry: Arc<ProviderRegistry>,
     events: EventHub,
+    /// `scheme://host[:port][/prefix]` of the HTTP listener as clients
+    /// reach it, for minted action links; None: links are relative.
+    public_base_url: Option<String>,
 }
 
 impl Services {
@@ -42,7 +49,16 @@ impl Services {
             repo,
             registry,
             events,
+            public_base_url: None,
         }
+    }
+
+    /// Where clients reach the HTTP listener (`--public-base-url`), put in
+    /// front of minted action links.
+    #[must_use]
+    pub fn with_public_base_url(mut self, public_base_url: Option<String>) -> Self {
+        self.public_base_url = public_base_url;
+        self
     }
 
     /// The newest sequenced position this replica has published (for the

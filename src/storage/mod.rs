@@ -1,6 +1,7 @@
 //! Storage: SeaORM entities, migrations and the repository that owns every
 //! SQL statement and transaction.
 
+pub mod action_secrets;
 pub mod app_keys;
 pub mod db;
 pub mod entities;
@@ -15,6 +16,7 @@ pub mod repository;
 pub(crate) mod secrets;
 pub mod tokens;
 
+pub use action_secrets::ActionSecret;
 pub use app_keys::{AppKeySecret, AppKeyStore, StoredAppKey};
 pub use error::{StorageError, StorageResult};
 pub use health::{DbHealth, PoolSettings};

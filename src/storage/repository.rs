@@ -13,6 +13,7 @@ use sea_orm::{
 use tokio::sync::Notify;
 
 use super::{
+    action_secrets::{self, ActionSecret},
     entities::{account, identity, login_id, site},
     error::{StorageError, StorageResult},
     health::DbHealth,
@@ -105,6 +106,10 @@ impl Repository {
         &self.db
     }
 
+    pub(crate) fn sealer(&self) -> &SessionSealer {
+        &self.sealer
+    }
+
     /// The API token table, on the same connection pool and breaker.
     pub fn tokens(&self) -> super::TokenStore {
         super::TokenStore::with_health(self.db.clone(), self.health.clone())
@@ -156,8 +161,14 @@ impl Repository {
         self.db.ping().await
     }
 
+    /// Creates or updates a site. `action_secret`, when given, becomes the
+    /// site's action secret if it has none yet (in the same transaction).
     #[tracing::instrument(skip_all, name = "db.upsert_site")]
-    pub async fn upsert_site(&self, settings: SiteSettings) -> StorageResult<(Site, bool)> {
+    pub async fn upsert_site(
+        &self,
+        settings: SiteSettings,
+        action_secret: Option<&ActionSecret>,
+    ) -> StorageResult<(Site, bool)> {
         let txn = self.begin_write().await?;
         let now = Utc::now();
         let origins = serde_json::to_string(&settings.allowed_redirect_origins)
@@ -218,6 +229,9 @@ impl Repository {
                 err.into()
             }
         })?;
+        if let Some(secret) = action_secret {
+            action_secrets::store(&txn, &self.sealer, model.id, secret, false).await?;
+        }
         txn.commit().await.map_err(StorageError::from_commit)?;
         Ok((site_from_model(model)?, created))
     }

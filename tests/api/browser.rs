@@ -24,7 +24,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -173,23 +173,31 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// A page server on a random loopback port serving fixed pages by path
-/// (`text/html`), 404 otherwise; stops when dropped.
+/// (`text/html`, whatever the query string), 404 otherwise; stops when
+/// dropped. Pages can be added after it started, e.g. a page holding a link
+/// back to the server's own address.
 pub struct PageServer {
     pub addr: SocketAddr,
+    pages: Arc<Mutex<HashMap<String, String>>>,
     task: JoinHandle<()>,
 }
 
 impl PageServer {
-    pub async fn start(pages: HashMap<String, String>) -> Self {
+    pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let pages = Arc::new(pages);
+        let pages: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let served = pages.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let pages = pages.clone();
+                let pages = served.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let page = pages.get(request.uri().path()).cloned();
+                        let page = pages
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(request.uri().path())
+                            .cloned();
                         async move {
                             let response = match page {
                                 Some(html) => Response::builder()
@@ -208,11 +216,24 @@ impl PageServer {
                 });
             }
         });
-        Self { addr, task }
+        Self { addr, pages, task }
+    }
+
+    /// Serves `html` at `path` from now on.
+    pub fn page(&self, path: &str, html: impl Into<String>) {
+        self.pages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_owned(), html.into());
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.origin())
     }
 }
 
@@ -229,11 +250,11 @@ async fn browser_smoke_chromium_loads_a_page_served_by_the_test() {
     else {
         return;
     };
-    let server = PageServer::start(HashMap::from([(
-        "/hello".to_owned(),
-        "<!doctype html><title>Harness</title><p id=message>hello from the test</p>".to_owned(),
-    )]))
-    .await;
+    let server = PageServer::start().await;
+    server.page(
+        "/hello",
+        "<!doctype html><title>Harness</title><p id=message>hello from the test</p>",
+    );
     let result = browser
         .run(
             "smoke.js",

@@ -4,10 +4,7 @@
 //! `/sdk/connections.js`, and, in headless Chromium, a demo page of another
 //! origin calling `connections.socialize.removeConnection`.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use connections::proto::v1 as pb;
 use serde_json::{Value, json};
@@ -754,20 +751,12 @@ async fn browser_sdk_in_chromium_a_page_of_another_origin_removes_a_connection(b
     let shop = Shop::start(&backend, &[]).await;
     let api = format!("http://{}", shop.app.http_addr);
     let own = shop.user_token(KEY, "u1", 0).await;
-    let pages = PageServer::start(HashMap::from([
-        ("/profile".to_owned(), demo_page(&api, &own, None)),
-        (
-            "/someone-else".to_owned(),
-            demo_page(&api, &own, Some("u2")),
-        ),
-    ]))
-    .await;
+    let pages = PageServer::start().await;
+    pages.page("/profile", demo_page(&api, &own, None));
+    pages.page("/someone-else", demo_page(&api, &own, Some("u2")));
     // A second page server: its own origin (another port) is not allowed.
-    let stranger = PageServer::start(HashMap::from([(
-        "/profile".to_owned(),
-        demo_page(&api, &own, None),
-    )]))
-    .await;
+    let stranger = PageServer::start().await;
+    stranger.page("/profile", demo_page(&api, &own, None));
     // The demo pages' origin is allowed; the stranger's (another port) is not.
     shop.app
         .admin()
@@ -778,7 +767,7 @@ async fn browser_sdk_in_chromium_a_page_of_another_origin_removes_a_connection(b
                 name: KEY.into(),
                 unlink_action_enabled: false,
                 allowed_redirect_origins: vec![],
-                allowed_browser_origins: vec![format!("http://{}", pages.addr)],
+                allowed_browser_origins: vec![pages.origin()],
             },
             &shop.admin_token,
         ))

@@ -1,6 +1,7 @@
 //! Integration tests: a real server on a random loopback port, spoken to
 //! over gRPC, on SQLite always and on PostgreSQL when configured.
 
+mod action_link;
 mod admin;
 mod browser;
 mod browser_sdk;

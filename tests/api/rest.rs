@@ -53,7 +53,7 @@ impl Reply {
 }
 
 /// RFC 3986 percent-encoding, written here rather than taken from the server.
-fn enc(value: &str) -> String {
+pub(crate) fn enc(value: &str) -> String {
     value
         .bytes()
         .map(|b| {

@@ -70,7 +70,7 @@ fn removed(response: &pb::UnlinkAccountResponse) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn pairs(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+pub(crate) fn pairs(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
     items
         .iter()
         .map(|(p, s)| ((*p).to_owned(), (*s).to_owned()))
@@ -78,7 +78,16 @@ fn pairs(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
 }
 
 async fn remaining(app: &TestApp) -> BTreeSet<(String, String)> {
-    app.account(KEY, UID)
+    identities_of(app, KEY, UID).await
+}
+
+/// The account's identities as (provider, sub_provider).
+pub(crate) async fn identities_of(
+    app: &TestApp,
+    api_key: &str,
+    uid: &str,
+) -> BTreeSet<(String, String)> {
+    app.account(api_key, uid)
         .await
         .identities
         .into_iter()

@@ -1,6 +1,7 @@
 //! SeaORM entities, one per table.
 
 pub mod account;
+pub mod action_secret;
 pub mod api_token;
 pub mod app_key;
 pub mod consumer;

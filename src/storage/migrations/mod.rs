@@ -9,6 +9,7 @@ mod m20261127_000010_consumer_owner;
 mod m20261127_000011_token_expiry;
 mod m20261127_000020_app_keys;
 mod m20261128_000030_browser_sdk;
+mod m20261128_000031_action_secrets;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000011_token_expiry::Migration),
             Box::new(m20261127_000020_app_keys::Migration),
             Box::new(m20261128_000030_browser_sdk::Migration),
+            Box::new(m20261128_000031_action_secrets::Migration),
         ]
     }
 }
