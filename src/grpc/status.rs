@@ -105,6 +105,7 @@ fn access_code(err: &AccessError) -> (Code, &'static str) {
         AccessError::TooManyStreams { .. } => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
         // Credentials live in the database.
         AccessError::Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
+        AccessError::Busy => (Code::Unavailable, "DATABASE_BUSY"),
     }
 }
 
@@ -117,6 +118,7 @@ impl ApiError {
             Self::Service(ServiceError::Unavailable(_)) => {
                 (Code::Unavailable, "DATABASE_UNAVAILABLE")
             }
+            Self::Service(ServiceError::Busy(_)) => (Code::Unavailable, "DATABASE_BUSY"),
             Self::Service(ServiceError::StorageFull(_)) => {
                 (Code::ResourceExhausted, "STORAGE_FULL")
             }
@@ -157,6 +159,16 @@ impl ApiError {
                 tracing::warn!(call_id, error = %cause, "database unavailable");
                 (
                     format!("the database is unavailable; retry later (call id {call_id})"),
+                    info(),
+                )
+            }
+            Self::Service(ServiceError::Busy(cause)) => {
+                tracing::warn!(call_id, error = %cause, "database busy");
+                (
+                    format!(
+                        "the service is overloaded: every database connection is busy; \
+                         retry later (call id {call_id})"
+                    ),
                     info(),
                 )
             }

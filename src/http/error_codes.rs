@@ -127,6 +127,7 @@ fn access(err: &AccessError) -> ErrorCode {
         AccessError::RateLimited(_) => ErrorCode::new(403_048, 403, "RATE_LIMITED"),
         AccessError::TooManyStreams { .. } => ErrorCode::new(403_048, 403, "RESOURCE_EXHAUSTED"),
         AccessError::Unavailable => ErrorCode::new(500_001, 500, "DATABASE_UNAVAILABLE"),
+        AccessError::Busy => ErrorCode::new(403_048, 403, "DATABASE_BUSY"),
     }
 }
 
@@ -142,6 +143,8 @@ impl RestError {
             Self::Service(ServiceError::Unavailable(_)) => {
                 ErrorCode::new(500_001, 500, "DATABASE_UNAVAILABLE")
             }
+            // Gigya's "too many requests": SDKs retry it later.
+            Self::Service(ServiceError::Busy(_)) => ErrorCode::new(403_048, 403, "DATABASE_BUSY"),
             Self::Service(ServiceError::StorageFull(_)) => {
                 ErrorCode::new(500_001, 500, "STORAGE_FULL")
             }
@@ -164,6 +167,10 @@ impl RestError {
             Self::Service(ServiceError::Unavailable(cause)) => {
                 tracing::warn!(call_id, error = %cause, "database unavailable");
                 format!("the service is unavailable; retry later (call id {call_id})")
+            }
+            Self::Service(ServiceError::Busy(cause)) => {
+                tracing::warn!(call_id, error = %cause, "database busy");
+                format!("the service is overloaded; retry later (call id {call_id})")
             }
             Self::Service(ServiceError::StorageFull(cause)) => {
                 tracing::error!(call_id, error = %cause, "database storage is full");
@@ -282,6 +289,7 @@ mod tests {
         );
         assert_eq!(code(ServiceError::Internal("x".into())), (500_001, 500));
         assert_eq!(code(ServiceError::Unavailable("x".into())), (500_001, 500));
+        assert_eq!(code(ServiceError::Busy("x".into())), (403_048, 403));
         assert_eq!(code(RestError::Malformed("x".into())), (400_001, 400));
     }
 

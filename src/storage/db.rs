@@ -92,6 +92,42 @@ pub fn is_postgres(db: &DatabaseConnection) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
 
+/// Whether every connection the pool may open is checked out: none idle and
+/// none left to open. A pool timeout then means calls queued behind busy
+/// connections, not a database that stopped answering.
+pub fn pool_exhausted(db: &DatabaseConnection) -> bool {
+    fn exhausted<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> bool {
+        pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => exhausted(db.get_postgres_connection_pool()),
+        DbBackend::Sqlite => exhausted(db.get_sqlite_connection_pool()),
+        _ => false,
+    }
+}
+
+/// Whether a connection of its own, outside the pool, opens and closes:
+/// the database answers even when every pooled connection is busy.
+pub async fn fresh_connection_answers(db: &DatabaseConnection) -> bool {
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let options = db.get_postgres_connection_pool().connect_options();
+            match PgConnection::connect_with(&options).await {
+                Ok(connection) => connection.close().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+        DbBackend::Sqlite => {
+            let options = db.get_sqlite_connection_pool().connect_options();
+            match sqlx::SqliteConnection::connect_with(&options).await {
+                Ok(connection) => connection.close().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// One line for a database error, for the command line: the message of
 /// [`connect`] as it is, anything else prefixed with "database: " and without
 /// SeaORM's variant names.

@@ -41,9 +41,9 @@ pub struct Repository {
 impl Repository {
     pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
         Self {
+            health: DbHealth::new(db.clone()),
             db,
             sealer,
-            health: DbHealth::new(),
             outbox_written: Arc::new(Notify::new()),
         }
     }
