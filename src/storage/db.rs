@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use super::{health::PoolSettings, migrations::Migrator};
+use super::{StorageError, health::PoolSettings, migrations::Migrator};
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://connections.db?mode=rwc";
@@ -83,6 +83,14 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
     }
 }
 
+/// Connects with the default pool settings and applies pending migrations,
+/// for the command line's tools: a failure is the one line of [`describe`].
+pub async fn open_migrated(url: &str) -> Result<DatabaseConnection, String> {
+    let connection = connect(url).await.map_err(|e| describe(&e))?;
+    migrate(&connection).await.map_err(|e| describe(&e))?;
+    Ok(connection)
+}
+
 /// Applies pending migrations.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
@@ -135,6 +143,22 @@ pub fn describe(err: &DbErr) -> String {
     match err {
         DbErr::Conn(RuntimeErr::Internal(line)) => line.clone(),
         other => format!("database: {}", cause(other)),
+    }
+}
+
+/// One line for a repository error, for the command line: a rule refusal
+/// as it is, a database failure as [`describe`] words it.
+pub fn describe_storage(err: &StorageError) -> String {
+    match err {
+        StorageError::Rule(rule) => rule.to_string(),
+        StorageError::Corrupt(what) => format!("stored data is inconsistent: {what}"),
+        StorageError::Unavailable(e)
+        | StorageError::CommitOutcomeUnknown(e)
+        | StorageError::Full(e)
+        | StorageError::Busy(e)
+        | StorageError::Overloaded(e)
+        | StorageError::Conflict(e)
+        | StorageError::Database(e) => describe(e),
     }
 }
 

@@ -106,3 +106,89 @@ async fn serve_names_a_postgres_database_that_does_not_exist() {
         "{line}"
     );
 }
+
+/// A SQLite URL in a fresh directory, and the file it would create.
+fn sqlite_in(dir: &tempfile::TempDir) -> (String, std::path::PathBuf) {
+    let file = dir.path().join("c.db");
+    (format!("sqlite://{}?mode=rwc", file.display()), file)
+}
+
+#[test]
+fn serve_refuses_a_port_in_use_before_it_touches_the_database() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (url, file) = sqlite_in(&dir);
+    for (args, what) in [
+        (
+            vec!["--listen", addr.as_str(), "--http-listen", "off"],
+            "gRPC",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--http-listen", addr.as_str()],
+            "REST",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                "--metrics-listen",
+                addr.as_str(),
+            ],
+            "metrics",
+        ),
+    ] {
+        let (output, took) = run(&[&["serve", "--database-url", &url][..], &args].concat());
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert_eq!(
+            the_error_line(&output),
+            format!(
+                "connections: cannot listen for {what} on {addr}: address already in use \
+                 (is another server running?)"
+            )
+        );
+        assert!(!file.exists(), "{what}: the database was created");
+    }
+}
+
+#[test]
+fn token_commands_name_the_database_they_cannot_reach() {
+    let port = crate::process::free_port();
+    let url = format!("postgres://app:hunter2@127.0.0.1:{port}/orders");
+    for args in [
+        &["token", "list", "--database-url", &url][..],
+        &["app-key", "list", "--database-url", &url],
+    ] {
+        let (output, took) = run(args);
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert_eq!(
+            the_error_line(&output),
+            format!(
+                "connections: cannot open the database: PostgreSQL at 127.0.0.1:{port}, \
+                 database \"orders\", user app: connection refused \
+                 (is PostgreSQL running and listening on that address?)"
+            ),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_says_stopped_and_why_when_signalled() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (url, _) = sqlite_in(&dir);
+    for signal in ["TERM", "INT"] {
+        let server = crate::process::ServerProcess::start_logging(&url, &[], "info").await;
+        let (status, log) = server.signal_and_wait(signal).await;
+        assert!(status.success(), "{status}: {log}");
+        let stopped: Vec<&str> = log.lines().filter(|l| l.contains("stopped")).collect();
+        assert_eq!(stopped.len(), 1, "{log}");
+        assert!(
+            stopped[0].contains(&format!("signal SIG{signal}")),
+            "{}",
+            stopped[0]
+        );
+    }
+}
