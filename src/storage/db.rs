@@ -50,7 +50,9 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the one writer; SeaORM defaults SQLite to
         // a single connection, which would make readers queue behind writes.
-        options.max_connections(8).min_connections(1);
+        options
+            .max_connections(pool.max_connections.unwrap_or(8))
+            .min_connections(1);
         options.map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
@@ -69,7 +71,9 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
             })
         });
     } else {
-        options.max_connections(32).min_connections(1);
+        options
+            .max_connections(pool.max_connections.unwrap_or(32))
+            .min_connections(1);
     }
     match Database::connect(options).await {
         Ok(connection) => Ok(connection),

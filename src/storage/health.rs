@@ -27,6 +27,8 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// How often the database is probed while it answers.
     pub probe_interval: Duration,
+    /// Most connections the pool opens; None: 8 on SQLite, 32 on PostgreSQL.
+    pub max_connections: Option<u32>,
 }
 
 impl Default for PoolSettings {
@@ -34,6 +36,7 @@ impl Default for PoolSettings {
         Self {
             acquire_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
+            max_connections: None,
         }
     }
 }

@@ -224,3 +224,85 @@ async fn a_stopped_database_fails_fast_and_recovers_by_itself() {
         "calls waited {refused_after:?}: they must not wait out the pool timeout"
     );
 }
+
+crate::on_both_backends!(a_busy_pool_answers_overloaded_and_keeps_serving);
+
+/// Every pooled connection in use while the database answers: calls get
+/// UNAVAILABLE `DATABASE_BUSY` ("overloaded", retry later), not
+/// `DATABASE_UNAVAILABLE`, and health stays SERVING throughout.
+async fn a_busy_pool_answers_overloaded_and_keeps_serving(backend: Backend) {
+    let app = TestApp::spawn_with(&backend, |s| {
+        // PostgreSQL's LISTEN connections (sequencer, fan-out) stay pooled.
+        s.pool.max_connections = Some(4);
+        s.pool.acquire_timeout = Duration::from_millis(300);
+        s.pool.probe_interval = Duration::from_millis(50);
+    })
+    .await;
+    populate(&app, 1).await;
+    let mut watch = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch health")
+        .into_inner();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(status)) = watch.message().await {
+                seen.lock().expect("statuses").push(status.status());
+            }
+        })
+    };
+
+    // Every connection the pool may open, held by open transactions (the
+    // server's own tasks may hold some: PostgreSQL's LISTEN connection).
+    let mut held = Vec::new();
+    while let Ok(transaction) = sea_orm::TransactionTrait::begin(app.repo.connection()).await {
+        held.push(transaction);
+        assert!(held.len() <= 4, "the pool opened more than its maximum");
+    }
+    // Several acquire timeouts: many probe intervals with the pool busy.
+    for _ in 0..4 {
+        let status = app
+            .connections()
+            .remove_connection(remove("u0"))
+            .await
+            .expect_err("no connection to be had");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(reason(&status), "DATABASE_BUSY", "{status:?}");
+        assert!(
+            status.message().contains("overloaded"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(serving(&app).await, Some(ServingStatus::Serving));
+    }
+    for transaction in held {
+        transaction
+            .rollback()
+            .await
+            .expect("release the connection");
+    }
+    // The server's own tasks may take the freed connections first.
+    time_until(
+        Duration::from_secs(8),
+        "a call on the freed pool",
+        || async {
+            app.connections()
+                .remove_connection(remove("u0"))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    watcher.abort();
+    let seen = seen.lock().expect("statuses").clone();
+    assert_eq!(seen.first(), Some(&ServingStatus::Serving), "{seen:?}");
+    assert!(
+        !seen.contains(&ServingStatus::NotServing),
+        "a busy pool was reported as a database outage: {seen:?}"
+    );
+    eprintln!("busy pool: 4 calls answered DATABASE_BUSY, health {seen:?}");
+}
