@@ -239,22 +239,7 @@ async fn a_busy_pool_answers_overloaded_and_keeps_serving(backend: Backend) {
     })
     .await;
     populate(&app, 1).await;
-    let mut watch = HealthClient::new(app.channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("watch health")
-        .into_inner();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let watcher = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(status)) = watch.message().await {
-                seen.lock().expect("statuses").push(status.status());
-            }
-        })
-    };
+    let watch = crate::helpers::HealthWatch::start(&app).await;
 
     // Every connection the pool may open, held by open transactions (the
     // server's own tasks may hold some: PostgreSQL's LISTEN connection).
@@ -297,8 +282,7 @@ async fn a_busy_pool_answers_overloaded_and_keeps_serving(backend: Backend) {
         },
     )
     .await;
-    watcher.abort();
-    let seen = seen.lock().expect("statuses").clone();
+    let seen = watch.stop();
     assert_eq!(seen.first(), Some(&ServingStatus::Serving), "{seen:?}");
     assert!(
         !seen.contains(&ServingStatus::NotServing),
