@@ -46,6 +46,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A setting or listener refused before serving starts (`serve` prints
+    /// it as a start-up error, not as a stop).
     #[error("{0}")]
     Config(String),
 }

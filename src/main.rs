@@ -101,6 +101,9 @@ async fn serve(args: connections::cli::ServeArgs) -> Result<(), Failure> {
             tracing::info!(reason = "the server ended", "stopped");
             Ok(())
         }
+        // Refused before serving (e.g. open mode on a public address): a
+        // start-up error like any other, said once on stderr.
+        (Err(err @ app::AppError::Config(_)), _) => Err(Failure::Unreported(err.to_string())),
         (Err(err), _) => {
             // Once: in the log, where the lines before it are.
             tracing::error!(reason = %err, "stopped");

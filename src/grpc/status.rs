@@ -8,7 +8,9 @@ use tonic::{Code, Status, metadata::MetadataValue};
 use tonic_types::{ErrorDetails, StatusExt};
 
 pub use crate::access::CALL_ID_HEADER;
-use crate::{access::AccessError, domain::DomainError, service::ServiceError};
+use crate::{
+    access::AccessError, domain::DomainError, service::ServiceError, telemetry::record_cause,
+};
 
 pub const ERROR_DOMAIN: &str = "connections";
 
@@ -149,21 +151,27 @@ impl ApiError {
             Self::Service(ServiceError::Access(access)) => (access.to_string(), info()),
             Self::Service(ServiceError::NotConfigured(what)) => ((*what).to_owned(), info()),
             Self::Service(ServiceError::Conflict(cause)) => {
-                tracing::warn!(call_id, error = %cause, "concurrent update");
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "concurrent update");
+                }
                 (
                     format!("a concurrent update conflicted; retry (call id {call_id})"),
                     info(),
                 )
             }
             Self::Service(ServiceError::Unavailable(cause)) => {
-                tracing::warn!(call_id, error = %cause, "database unavailable");
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "database unavailable");
+                }
                 (
                     format!("the database is unavailable; retry later (call id {call_id})"),
                     info(),
                 )
             }
             Self::Service(ServiceError::Busy(cause)) => {
-                tracing::warn!(call_id, error = %cause, "database busy");
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "database busy");
+                }
                 (
                     format!(
                         "the service is overloaded: every database connection is busy; \
@@ -173,7 +181,9 @@ impl ApiError {
                 )
             }
             Self::Service(ServiceError::StorageFull(cause)) => {
-                tracing::error!(call_id, error = %cause, "database storage is full");
+                if !record_cause(cause) {
+                    tracing::error!(call_id, error = %cause, "database storage is full");
+                }
                 (
                     format!(
                         "the database has no space left; nothing was changed (call id {call_id})"
@@ -182,7 +192,9 @@ impl ApiError {
                 )
             }
             Self::Service(ServiceError::Internal(cause)) => {
-                tracing::error!(call_id, error = %cause, "internal failure");
+                if !record_cause(cause) {
+                    tracing::error!(call_id, error = %cause, "internal failure");
+                }
                 (format!("internal error (call id {call_id})"), info())
             }
             Self::MessageTooLarge => (self.to_string(), info()),

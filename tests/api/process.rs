@@ -212,14 +212,16 @@ fn spawn(
         .append(true)
         .open(log)
         .expect("server log");
+    // The REST door is off unless the test asks for it (the default port
+    // would collide between tests).
+    let http_off: &[&str] = if extra_args.contains(&"--http-listen") {
+        &[]
+    } else {
+        &["--http-listen", "off"]
+    };
     Command::new(BINARY)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http-listen",
-            "off",
-        ])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(http_off)
         .args(["--database-url", database_url])
         .args(extra_args)
         // Warnings and errors only, unless a test reads the log: the proofs
