@@ -1,16 +1,22 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use connections::{
     app::{self, App},
-    cli::{Cli, Command},
+    cli::{Cli, CliError, Command},
     storage::db,
     telemetry,
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_config() {
+        Ok(cli) => cli,
+        Err(CliError::Usage(err)) => err.exit(),
+        Err(CliError::Config(message)) => {
+            eprintln!("connections: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Token and app-key commands print a secret on stdout: keep log lines out of it.
     let telemetry = if matches!(cli.command, Command::Token(_) | Command::AppKey(_)) {
         None
