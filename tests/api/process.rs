@@ -290,3 +290,20 @@ pub async fn until_caught_up(
     .map(|head| (events, head))
     .expect("no CaughtUp in time")
 }
+
+/// Every retained event, by a stream from the beginning read until
+/// `CaughtUp` (within `patience`); returns them and the head position.
+pub async fn replay_all(
+    client: &mut pb::event_service_client::EventServiceClient<Channel>,
+    patience: Duration,
+) -> (Vec<pb::ConnectionRemoved>, u64) {
+    let mut replay = client
+        .subscribe(pb::SubscribeRequest {
+            start_from: pb::StartFrom::Beginning.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("replay from the beginning")
+        .into_inner();
+    until_caught_up(&mut replay, patience).await
+}
