@@ -1,6 +1,7 @@
 //! The log at the default level (INFO): exactly one line per call, naming
 //! its call id, RPC (or route), site and outcome; a refused call is logged
-//! once; health checks stay out of it. Read from a real server process.
+//! once; health checks and reflection stay out of it. Read from a real
+//! server process.
 
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,7 @@ async fn lines_of(server: &ServerProcess, call_ids: &[&str]) -> Vec<Vec<String>>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_call_is_one_info_line_and_health_checks_stay_out() {
+async fn each_call_is_one_info_line_and_health_and_reflection_stay_out() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
     // A token, so that a call without one is refused.
@@ -109,6 +110,27 @@ async fn each_call_is_one_info_line_and_health_checks_stay_out() {
             .await
             .expect("health");
     }
+    // What grpcurl does before a call: list the services by reflection.
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        answers
+            .message()
+            .await
+            .expect("reflection answer")
+            .expect("a reflection answer");
+    }
     let rest = Client::builder(TokioExecutor::new())
         .build_http::<Full<Bytes>>()
         .request(
@@ -146,6 +168,10 @@ async fn each_call_is_one_info_line_and_health_checks_stay_out() {
     }
     let log = server.log();
     assert!(!log.contains("grpc.health"), "health at INFO:\n{log}");
+    assert!(
+        !log.contains("grpc.reflection"),
+        "reflection at INFO:\n{log}"
+    );
     assert!(!log.contains("call refused"), "refused twice:\n{log}");
     eprintln!(
         "{} log lines in all; the calls':\n{}",
