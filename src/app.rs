@@ -46,6 +46,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A setting or listener refused before serving starts (`serve` prints
+    /// it as a start-up error, not as a stop).
     #[error("{0}")]
     Config(String),
 }
@@ -82,8 +84,14 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to the database and runs migrations.
+    /// Binds the metrics listener (when enabled), then connects to the
+    /// database and runs migrations: a port in use fails before the
+    /// database is touched.
     pub async fn build(settings: &Settings) -> Result<Self, AppError> {
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(bind(addr, "metrics").await?),
+            None => None,
+        };
         let connection = db::connect_with(settings.database_url.expose(), &settings.pool)
             .await
             .map_err(|e| AppError::Database(db::describe(&e)))?;
@@ -102,12 +110,6 @@ impl App {
             .map(tls_acceptor)
             .transpose()
             .map_err(AppError::Config)?;
-        let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                AppError::Config(format!("cannot listen for metrics on {addr}: {e}"))
-            })?),
-            None => None,
-        };
         let repo = Repository::new(connection, sealer);
         let (stop, shutdown) = Shutdown::new();
         // Read before serving: the fan-out broadcasts every position after
@@ -386,6 +388,31 @@ impl App {
             Gate::new(tokens, mode, &self.security).with_app_keys(app_keys),
         ))
     }
+}
+
+/// Binds `addr` for the `what` listener; a failure is one line naming the
+/// address and the cause (e.g. "address already in use").
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let cause = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "address already in use (is another server running?)".to_owned()
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "the address is not one of this machine's".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need privileges)".to_owned()
+            }
+            // The words say it already; drop the "(os error N)" tail.
+            _ => {
+                let text = e.to_string();
+                text.find(" (os error")
+                    .map_or(text.clone(), |at| text[..at].to_owned())
+            }
+        };
+        AppError::Config(format!("cannot listen for {what} on {addr}: {cause}"))
+    })
 }
 
 fn warn_open_mode(local: Option<SocketAddr>) {

@@ -9,7 +9,7 @@ use crate::{
     cli::AppKeyCommand,
     config::parse_session_key,
     service::AppKeyInput,
-    storage::{AppKeyStore, SessionSealer},
+    storage::{AppKeyStore, SessionSealer, db},
 };
 
 /// Runs an app-key command; `out` gets `<userKey> <secret>` (create) or the
@@ -28,7 +28,7 @@ pub async fn run(
         AppKeyCommand::List(args) => (&args.database_url, SessionSealer::ephemeral()),
         AppKeyCommand::Revoke(args) => (&args.database.database_url, SessionSealer::ephemeral()),
     };
-    let connection = crate::token_admin::connect(database_url).await?;
+    let connection = db::open_migrated(database_url).await?;
     let store = AppKeyStore::new(connection.clone(), sealer);
     let result = match command {
         AppKeyCommand::Create(args) => {
@@ -57,7 +57,10 @@ async fn create(
     err: &mut impl Write,
 ) -> Result<(), String> {
     let request = input.parse().map_err(|e| e.to_string())?;
-    let (key, encoded) = request.mint(store).await.map_err(|e| e.to_string())?;
+    let (key, encoded) = request
+        .mint(store)
+        .await
+        .map_err(|e| db::describe_storage(&e))?;
     writeln!(out, "{} {encoded}", key.user_key).map_err(io)?;
     writeln!(
         err,
@@ -71,7 +74,7 @@ async fn create(
 }
 
 async fn list(store: &AppKeyStore, out: &mut impl Write) -> Result<(), String> {
-    let keys = store.list().await.map_err(|e| e.to_string())?;
+    let keys = store.list().await.map_err(|e| db::describe_storage(&e))?;
     writeln!(
         out,
         "{:<14} {:<24} {:<28} {:<40} {:<20} REVOKED",
@@ -98,7 +101,11 @@ async fn list(store: &AppKeyStore, out: &mut impl Write) -> Result<(), String> {
 }
 
 async fn revoke(store: &AppKeyStore, user_key: &str, err: &mut impl Write) -> Result<(), String> {
-    match store.revoke(user_key).await.map_err(|e| e.to_string())? {
+    match store
+        .revoke(user_key)
+        .await
+        .map_err(|e| db::describe_storage(&e))?
+    {
         Some(key) => writeln!(err, "revoked application key {}", key.user_key).map_err(io),
         None => Err("no active application key has this userKey: nothing revoked".into()),
     }

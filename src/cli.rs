@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::{
     config::{self, RelayFormat, RelaySettings, Secret, SecuritySettings, Settings, TlsSettings},
@@ -21,6 +21,10 @@ use crate::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// TOML file of settings, keys named as the flags with `_` for `-`
+    /// (e.g. `database_url`); flags and environment variables override it.
+    #[arg(long, global = true, env = "CONNECTIONS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(
         long,
@@ -297,6 +301,9 @@ pub struct ServeArgs {
     /// How often the database is probed while it answers (`1s`, `250ms`).
     #[arg(long, env = "CONNECTIONS_DB_PROBE_INTERVAL", default_value = "1s", value_parser = config::parse_duration)]
     pub db_probe_interval: std::time::Duration,
+    /// Most database connections the pool opens (default 8 on SQLite, 32 on PostgreSQL).
+    #[arg(long, env = "CONNECTIONS_DB_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_max_connections: Option<u32>,
     #[command(flatten)]
     pub nats: NatsArgs,
 }
@@ -396,9 +403,181 @@ impl ServeArgs {
             pool: config::PoolSettings {
                 acquire_timeout: self.db_acquire_timeout,
                 probe_interval: self.db_probe_interval,
+                max_connections: self.db_max_connections,
             },
             relay: self.nats.settings()?,
         })
+    }
+}
+
+/// Why the command line could not be read.
+#[derive(Debug)]
+pub enum CliError {
+    /// clap's own error (usage, `--help`, `--version`): it prints and exits.
+    Usage(clap::Error),
+    /// The configuration file: missing, malformed, an unknown key or a bad
+    /// value, in one line naming the file (and the key).
+    Config(String),
+}
+
+impl Cli {
+    /// Parses the process's arguments, with the settings of `--config` (or
+    /// `CONNECTIONS_CONFIG`) between the environment and the defaults:
+    /// flag > environment > file > default.
+    pub fn parse_with_config() -> Result<Self, CliError> {
+        Self::parse_from_with_config(std::env::args_os())
+    }
+
+    /// [`Cli::parse_with_config`] on the given arguments.
+    pub fn parse_from_with_config<I, T>(args: I) -> Result<Self, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Self::command();
+        // A first, lenient pass finds the file; every other mistake is
+        // reported by the real pass below.
+        let lenient = command
+            .clone()
+            .ignore_errors(true)
+            .try_get_matches_from(&args)
+            .ok();
+        let path = lenient.as_ref().and_then(|m| {
+            m.get_one::<PathBuf>("config").cloned().or_else(|| {
+                m.subcommand()
+                    .and_then(|(_, sub)| sub.get_one::<PathBuf>("config").cloned())
+            })
+        });
+        if let Some(path) = path {
+            for (key, value) in config_file::read(&path, &command).map_err(CliError::Config)? {
+                command = config_file::default_everywhere(command, &key, value);
+            }
+        }
+        let matches = command
+            .try_get_matches_from(&args)
+            .map_err(CliError::Usage)?;
+        Self::from_arg_matches(&matches).map_err(CliError::Usage)
+    }
+}
+
+/// The `--config` file: a flat TOML table whose keys are `serve`'s settings.
+mod config_file {
+    use std::{ffi::OsStr, path::Path};
+
+    use clap::{Arg, Command};
+
+    /// Arguments that are not settings.
+    const NOT_SETTINGS: &[&str] = &["config", "help", "version"];
+
+    /// The settings `serve` has (and the global ones), by key.
+    fn setting<'a>(command: &'a Command, key: &str) -> Option<&'a Arg> {
+        if NOT_SETTINGS.contains(&key) {
+            return None;
+        }
+        let serve = command.find_subcommand("serve")?;
+        [serve, command].into_iter().find_map(|owner| {
+            owner
+                .get_arguments()
+                .find(|arg| arg.get_id() == key && !arg.is_positional())
+        })
+    }
+
+    /// Reads and checks the file: every key a setting, every value one its
+    /// flag accepts. Returns `(key, value as the flag would take it)`.
+    pub(super) fn read(path: &Path, command: &Command) -> Result<Vec<(String, String)>, String> {
+        let file = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file {file}: {}", io_cause(&e)))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start].lines().count().max(1));
+            match line {
+                Some(line) => format!("config file {file}, line {line}: {}", e.message().trim()),
+                None => format!("config file {file}: {}", e.message().trim()),
+            }
+        })?;
+        let mut settings = Vec::new();
+        for (key, value) in table {
+            let Some(arg) = setting(command, &key) else {
+                return Err(format!(
+                    "config file {file}: unknown key `{key}` (the keys are serve's flags \
+                     with `_` for `-`, e.g. `database_url`)"
+                ));
+            };
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(format!(
+                        "config file {file}: `{key}` must be a string or a number"
+                    ));
+                }
+            };
+            if let Err(e) = check_value(arg, &value) {
+                return Err(format!("config file {file}: `{key}`: {}", clap_reason(&e)));
+            }
+            settings.push((key, value));
+        }
+        Ok(settings)
+    }
+
+    /// Makes `value` the default of the argument `key` wherever it appears
+    /// (serve, and e.g. `--database-url` of the token commands): below flags
+    /// and environment variables, above the built-in default. Not shown in
+    /// `--help`, as the file may hold secrets.
+    pub(super) fn default_everywhere(mut command: Command, key: &str, value: String) -> Command {
+        if command.get_arguments().any(|arg| arg.get_id() == key) {
+            // clap keeps defaults for the life of the program; once per key.
+            let value: &'static str = Box::leak(value.clone().into_boxed_str());
+            command = command.mut_arg(key, |arg| arg.default_value(value).hide_default_value(true));
+        }
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|sub| sub.get_name().to_owned())
+            .collect();
+        for name in names {
+            let value = value.clone();
+            command = command.mut_subcommand(name, |sub| default_everywhere(sub, key, value));
+        }
+        command
+    }
+
+    /// Runs the flag's own parser on `value`, alone (no environment, no
+    /// other flag required).
+    fn check_value(arg: &Arg, value: &str) -> Result<(), clap::Error> {
+        Command::new("connections")
+            .no_binary_name(true)
+            .arg(
+                Arg::new("value")
+                    .long("value")
+                    .value_parser(arg.get_value_parser().clone()),
+            )
+            .try_get_matches_from([OsStr::new("--value"), OsStr::new(value)])
+            .map(drop)
+    }
+
+    /// What clap says is wrong with a value, without its "error:" and usage.
+    fn clap_reason(err: &clap::Error) -> String {
+        let rendered = err.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        // "invalid value 'x' for '--flag <FLAG>': why" -> "invalid value 'x': why"
+        match (first.split_once(" for '--"), first.split_once("': ")) {
+            (Some((what, _)), Some((_, why))) => format!("{what}: {why}"),
+            _ => first.to_owned(),
+        }
+    }
+
+    fn io_cause(err: &std::io::Error) -> String {
+        match err.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => err.to_string(),
+        }
     }
 }
 
@@ -484,6 +663,129 @@ mod tests {
             &["--nats-url", "nats://h", "--nats-format", "xml"],
         ] {
             assert!(serve(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Parses `connections [--config FILE] serve ARGS` with `toml` as the file.
+    fn serve_with_file(toml: &str, args: &[&str]) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("connections.toml");
+        std::fs::write(&path, toml).unwrap();
+        let path = path.display().to_string();
+        let cli = Cli::parse_from_with_config(
+            [&["connections", "--config", &path, "serve"], args].concat(),
+        )
+        .map_err(|e| match e {
+            CliError::Usage(e) => e.to_string(),
+            CliError::Config(message) => message.replace(&path, "FILE"),
+        })?;
+        match cli.command {
+            Command::Serve(serve) => serve.settings(),
+            Command::Migrate(_)
+            | Command::Token(_)
+            | Command::AppKey(_)
+            | Command::UserToken(_)
+            | Command::ActionLink(_) => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let file = r#"
+            listen = "127.0.0.1:6000"
+            database_url = "sqlite://from-file.db?mode=rwc"
+            http_listen = "off"
+            event_retention = "36h"
+            db_acquire_timeout = "750ms"
+            db_max_connections = 3
+            rate_limit = 12.5
+            max_streams_per_caller = 4
+            nats_url = "nats://127.0.0.1:4222"
+            nats_format = "json"
+        "#;
+        let settings = serve_with_file(file, &[]).unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(
+            settings.database_url.expose(),
+            "sqlite://from-file.db?mode=rwc"
+        );
+        assert_eq!(settings.http_listen, None);
+        assert_eq!(settings.events.retention, Duration::from_secs(36 * 3600));
+        assert_eq!(settings.pool.acquire_timeout, Duration::from_millis(750));
+        assert_eq!(settings.pool.max_connections, Some(3));
+        assert!((settings.security.rate_limit_per_second - 12.5).abs() < f64::EPSILON);
+        assert_eq!(settings.security.max_streams_per_caller, 4);
+        assert_eq!(settings.relay.unwrap().format, RelayFormat::Json);
+        // A flag wins over the file; what the file does not set keeps its default.
+        let flagged = serve_with_file(file, &["--listen", "127.0.0.1:7000"]).unwrap();
+        assert_eq!(flagged.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(flagged.pool.probe_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn file_mistakes_name_the_file_and_the_key() {
+        assert_eq!(
+            serve_with_file("listen = \"127.0.0.1:1\"\nlisten_port = 5\n", &[]).unwrap_err(),
+            "config file FILE: unknown key `listen_port` (the keys are serve's flags with `_` \
+             for `-`, e.g. `database_url`)"
+        );
+        let bad = serve_with_file("event_retention = \"soon\"", &[]).unwrap_err();
+        assert!(
+            bad.starts_with("config file FILE: `event_retention`: invalid value 'soon': "),
+            "{bad}"
+        );
+        let bad = serve_with_file("nats_format = \"xml\"", &[]).unwrap_err();
+        assert!(
+            bad.starts_with("config file FILE: `nats_format`: invalid value 'xml'"),
+            "{bad}"
+        );
+        let bad = serve_with_file("listen = [1]", &[]).unwrap_err();
+        assert_eq!(
+            bad,
+            "config file FILE: `listen` must be a string or a number"
+        );
+        let bad = serve_with_file("listen = \"127.0.0.1:1\"\nbroken", &[]).unwrap_err();
+        assert!(bad.starts_with("config file FILE, line 2: "), "{bad}");
+        assert!(serve_with_file("config = \"other.toml\"", &[]).is_err());
+    }
+
+    #[test]
+    fn a_missing_config_file_is_named() {
+        let err = Cli::parse_from_with_config([
+            "connections",
+            "serve",
+            "--config",
+            "/nonexistent/connections.toml",
+        ])
+        .map(drop)
+        .unwrap_err();
+        match err {
+            CliError::Config(message) => assert_eq!(
+                message,
+                "cannot read the config file /nonexistent/connections.toml: no such file"
+            ),
+            CliError::Usage(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_readme_table_names_every_setting_with_its_flag_variable_and_key() {
+        let readme = include_str!("../README.md");
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments().chain(command.get_arguments()) {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version" | "config") {
+                continue;
+            }
+            let long = arg.get_long().unwrap();
+            let env = arg.get_env().unwrap().to_str().unwrap();
+            let row = readme
+                .lines()
+                .find(|line| line.starts_with(&format!("| `--{long}")))
+                .unwrap_or_else(|| panic!("no README row for --{long}"));
+            assert!(row.contains(&format!("`{env}`")), "{row}");
+            assert!(row.contains(&format!("`{id}`")), "{row}");
         }
     }
 }

@@ -1,16 +1,22 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use connections::{
-    app::App,
-    cli::{Cli, Command},
+    app::{self, App},
+    cli::{Cli, CliError, Command},
     storage::db,
     telemetry,
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_config() {
+        Ok(cli) => cli,
+        Err(CliError::Usage(err)) => err.exit(),
+        Err(CliError::Config(message)) => {
+            eprintln!("connections: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Token, app-key and action-link commands print a secret or a link on
     // stdout: keep log lines out of it.
     let telemetry = if matches!(
@@ -33,27 +39,27 @@ async fn main() -> ExitCode {
         Command::Token(command) => {
             connections::token_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
                 .await
+                .map_err(Failure::from)
         }
-        Command::UserToken(command) => {
-            connections::token_admin::run_user(
-                command,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            )
-            .await
-        }
+        Command::UserToken(command) => connections::token_admin::run_user(
+            command,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+        .await
+        .map_err(Failure::from),
         Command::AppKey(command) => {
             connections::app_key_admin::run(command, &mut std::io::stdout(), &mut std::io::stderr())
                 .await
+                .map_err(Failure::from)
         }
-        Command::ActionLink(args) => {
-            connections::action_link_admin::run(
-                *args,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            )
-            .await
-        }
+        Command::ActionLink(args) => connections::action_link_admin::run(
+            *args,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+        .await
+        .map_err(Failure::from),
     };
     // Sends the spans and metrics still buffered.
     if let Some(telemetry) = telemetry {
@@ -61,7 +67,8 @@ async fn main() -> ExitCode {
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure::Logged) => ExitCode::FAILURE,
+        Err(Failure::Unreported(message)) => {
             // Once, on stderr, whatever the log format: the log (stdout) may
             // not be set up, and a line in both would print twice.
             eprintln!("connections: {message}");
@@ -70,38 +77,67 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn migrate(database_url: &str) -> Result<(), String> {
-    let connection = db::connect(database_url)
-        .await
-        .map_err(|e| db::describe(&e))?;
-    db::migrate(&connection)
-        .await
-        .map_err(|e| db::describe(&e))?;
+/// Why a command failed.
+enum Failure {
+    /// Not said yet: printed once, on stderr.
+    Unreported(String),
+    /// Already in the log (a server that stopped on an error says so there).
+    Logged,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::Unreported(message)
+    }
+}
+
+async fn migrate(database_url: &str) -> Result<(), Failure> {
+    db::open_migrated(database_url).await?;
     tracing::info!("migrations applied");
     Ok(())
 }
 
-async fn serve(args: connections::cli::ServeArgs) -> Result<(), String> {
+async fn serve(args: connections::cli::ServeArgs) -> Result<(), Failure> {
     let settings = args.settings()?;
-    let app = App::build(&settings).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    // Every listener is bound before the database is touched: a port in use
+    // fails at once, with the database neither created nor migrated.
+    let listener = app::bind(settings.listen, "gRPC")
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+        .map_err(|e| e.to_string())?;
     let http_listener = match settings.http_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen for REST on {addr}: {e}"))?,
-        ),
+        Some(addr) => Some(app::bind(addr, "REST").await.map_err(|e| e.to_string())?),
         None => None,
     };
-    app.run_with(listener, http_listener, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    // `App::build` binds the metrics listener before it connects.
+    let app = App::build(&settings).await.map_err(|e| e.to_string())?;
+    let (reason_tx, reason_rx) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        let signal = shutdown_signal().await;
+        let _ = reason_tx.send(signal);
+    };
+    let result = app.run_with(listener, http_listener, shutdown).await;
+    match (result, reason_rx.await) {
+        (Ok(()), Ok(signal)) => {
+            tracing::info!(reason = %format!("signal {signal}"), "stopped");
+            Ok(())
+        }
+        (Ok(()), Err(_)) => {
+            tracing::info!(reason = "the server ended", "stopped");
+            Ok(())
+        }
+        // Refused before serving (e.g. open mode on a public address): a
+        // start-up error like any other, said once on stderr.
+        (Err(err @ app::AppError::Config(_)), _) => Err(Failure::Unreported(err.to_string())),
+        (Err(err), _) => {
+            // Once: in the log, where the lines before it are.
+            tracing::error!(reason = %err, "stopped");
+            Err(Failure::Logged)
+        }
+    }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT (ctrl-c) or SIGTERM, with the signal's name.
+async fn shutdown_signal() -> &'static str {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -119,7 +155,7 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        () = ctrl_c => "SIGINT",
+        () = terminate => "SIGTERM",
     }
 }

@@ -91,19 +91,8 @@ pub async fn run_user(
     result
 }
 
-/// Connects to and migrates the database of a credentials command.
-pub(crate) async fn connect(database_url: &str) -> Result<sea_orm::DatabaseConnection, String> {
-    let connection = db::connect(database_url)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    db::migrate(&connection)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    Ok(connection)
-}
-
 async fn open(database_url: &str) -> Result<(sea_orm::DatabaseConnection, TokenStore), String> {
-    let connection = connect(database_url).await?;
+    let connection = db::open_migrated(database_url).await?;
     let store = TokenStore::new(connection.clone());
     Ok((connection, store))
 }
@@ -141,7 +130,10 @@ async fn create(
                 .ok_or_else(|| format!("--expires-in: {spec:?} is too long"))
         })
         .transpose()?;
-    let first = !store.any_active().await.map_err(|e| e.to_string())?;
+    let first = !store
+        .any_active()
+        .await
+        .map_err(|e| db::describe_storage(&e))?;
     let token = generate_token();
     let id = store
         .create_expiring(
@@ -152,7 +144,7 @@ async fn create(
             expires_at,
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| db::describe_storage(&e))?;
     writeln!(out, "{token}").map_err(io)?;
     let expiry = expires_at.map_or_else(
         || "never expires".to_owned(),
@@ -175,7 +167,7 @@ async fn create(
 }
 
 async fn list(store: &TokenStore, out: &mut impl Write) -> Result<(), String> {
-    let tokens = store.list().await.map_err(|e| e.to_string())?;
+    let tokens = store.list().await.map_err(|e| db::describe_storage(&e))?;
     writeln!(
         out,
         "{:<6} {:<24} {:<28} {:<40} {:<20} {:<20} REVOKED",
@@ -215,8 +207,11 @@ async fn revoke(
         (Some(caller), _) => store
             .revoke_caller(valid_caller(&caller)?)
             .await
-            .map_err(|e| e.to_string())?,
-        (None, Some(id)) => store.revoke_id(id).await.map_err(|e| e.to_string())?,
+            .map_err(|e| db::describe_storage(&e))?,
+        (None, Some(id)) => store
+            .revoke_id(id)
+            .await
+            .map_err(|e| db::describe_storage(&e))?,
         (None, None) => return Err("name a --caller or an --id".into()),
     };
     if revoked == 0 {

@@ -185,7 +185,7 @@ impl AppKeys {
             }
             Err(err) => {
                 tracing::error!(error = %err, "cannot look up an application key");
-                return Err(AccessError::Unavailable);
+                return Err(super::gate::unavailable(&err));
             }
         };
         self.cache.insert(user_key.to_owned(), found.clone());
@@ -209,7 +209,7 @@ impl AppKeys {
             Ok(false) => Err(AccessError::ReplayedNonce),
             Err(err) => {
                 tracing::error!(error = %err, "cannot record a request nonce");
-                Err(AccessError::Unavailable)
+                Err(super::gate::unavailable(&err))
             }
         }
     }

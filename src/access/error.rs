@@ -50,4 +50,7 @@ pub enum AccessError {
     /// The credential store (the database) cannot be read right now.
     #[error("the database is unavailable, so credentials cannot be checked; retry later")]
     Unavailable,
+    /// The credential store answers but every connection is busy.
+    #[error("the service is overloaded, so credentials cannot be checked now; retry later")]
+    Busy,
 }

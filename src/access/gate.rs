@@ -138,7 +138,7 @@ impl Gate {
                 // Try again on the next call rather than after a TTL.
                 *lock(&self.tokens_checked_at) = None;
                 tracing::error!(error = %err, "cannot check for API tokens");
-                Err(unavailable())
+                Err(unavailable(&err))
             }
         }
     }
@@ -156,7 +156,7 @@ impl Gate {
         }
         let found = self.tokens.active_by_hash(&hash).await.map_err(|err| {
             tracing::error!(error = %err, "cannot look up an API token");
-            unavailable()
+            unavailable(&err)
         })?;
         let grant = found.and_then(|found| {
             if !hashes_match(&hash, &found.token_hash) {
@@ -334,6 +334,11 @@ fn invalid_token() -> AccessError {
     AccessError::Unauthenticated("invalid or revoked token".into())
 }
 
-fn unavailable() -> AccessError {
-    AccessError::Unavailable
+/// The refusal when the credential store fails: overloaded or unavailable.
+pub(crate) fn unavailable(err: &crate::storage::StorageError) -> AccessError {
+    if err.is_busy() {
+        AccessError::Busy
+    } else {
+        AccessError::Unavailable
+    }
 }

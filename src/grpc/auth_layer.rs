@@ -133,7 +133,7 @@ where
                         None => response,
                     })
                 }
-                Err(err) => Ok(refuse(err.into(), &path, &call_id)),
+                Err(err) => Ok(refuse(err.into(), &call_id)),
             }
         })
     }
@@ -151,11 +151,12 @@ fn client_errors_as_client_errors(response: Response<Body>, call_id: &str) -> Re
     };
     match status.code() {
         tonic::Code::OutOfRange if status.message().contains("message length too large") => {
-            tracing::info!(call_id, reason = "RESOURCE_EXHAUSTED", "request too large");
+            record_reason(&ApiError::MessageTooLarge);
             ApiError::MessageTooLarge.into_status(call_id).into_http()
         }
         tonic::Code::Internal => match decode_failure(status.message()) {
             Some(malformed) => {
+                record_reason(&malformed);
                 warn_malformed(call_id, &malformed);
                 malformed.into_status(call_id).into_http()
             }
@@ -216,10 +217,16 @@ fn warn_malformed(call_id: &str, malformed: &ApiError) {
 }
 
 /// A refusal as a gRPC response (trailers-only), with ErrorInfo and call id.
-fn refuse(err: ApiError, path: &str, call_id: &str) -> Response<Body> {
-    let (_, reason) = err.code_and_reason();
-    tracing::info!(call_id, rpc = path, reason, "call refused");
+/// Not logged here: the call layer's one line for the call says it.
+fn refuse(err: ApiError, call_id: &str) -> Response<Body> {
+    record_reason(&err);
     err.into_status(call_id).into_http()
+}
+
+/// The refusal's reason, in the call's span (and so in its log line).
+fn record_reason(err: &ApiError) {
+    let (_, reason) = err.code_and_reason();
+    tracing::Span::current().record("reason", tracing::field::display(reason));
 }
 
 /// A response body holding a stream permit until the body is dropped, i.e.

@@ -75,6 +75,8 @@ where
             site = Empty,
             code = Empty,
             reason = Empty,
+            // The cause of a failure, for the call's one log line.
+            error = Empty,
         );
         let traceparent = start_trace(&span, request.headers());
         let call_id_header = HeaderValue::from_str(&call_id.0).ok();
@@ -226,8 +228,9 @@ fn finish(rpc: &str, code: Code, elapsed: Duration) {
     // Milliseconds with microsecond precision.
     let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
     match code {
-        // Probes call health every few seconds: keep them out of INFO.
-        Code::Ok if rpc.starts_with("grpc.health.") => {
+        // Probes call health every few seconds, and tools read reflection
+        // before every call: keep them out of INFO unless the server failed.
+        _ if is_infrastructure(rpc) && !is_server_error(code) => {
             tracing::debug!(latency_ms, "rpc finished");
         }
         Code::Ok => tracing::info!(latency_ms, "rpc finished"),
@@ -244,6 +247,11 @@ fn finish(rpc: &str, code: Code, elapsed: Duration) {
         // anyone can send them, so they stay out of WARN.
         _ => tracing::info!(latency_ms, "rpc refused"),
     }
+}
+
+/// Health checks and reflection: the machinery around the service's own RPCs.
+fn is_infrastructure(rpc: &str) -> bool {
+    rpc.starts_with("grpc.health.") || rpc.starts_with("grpc.reflection.")
 }
 
 /// Codes that mean the server failed (OpenTelemetry's gRPC conventions),

@@ -8,7 +8,9 @@ use tonic::{Code, Status, metadata::MetadataValue};
 use tonic_types::{ErrorDetails, StatusExt};
 
 pub use crate::access::CALL_ID_HEADER;
-use crate::{access::AccessError, domain::DomainError, service::ServiceError};
+use crate::{
+    access::AccessError, domain::DomainError, service::ServiceError, telemetry::record_cause,
+};
 
 pub const ERROR_DOMAIN: &str = "connections";
 
@@ -110,6 +112,7 @@ fn access_code(err: &AccessError) -> (Code, &'static str) {
         AccessError::LinkExpiryTooFar { .. } => (Code::InvalidArgument, "LINK_EXPIRY_TOO_FAR"),
         // Credentials live in the database.
         AccessError::Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
+        AccessError::Busy => (Code::Unavailable, "DATABASE_BUSY"),
     }
 }
 
@@ -122,6 +125,7 @@ impl ApiError {
             Self::Service(ServiceError::Unavailable(_)) => {
                 (Code::Unavailable, "DATABASE_UNAVAILABLE")
             }
+            Self::Service(ServiceError::Busy(_)) => (Code::Unavailable, "DATABASE_BUSY"),
             Self::Service(ServiceError::StorageFull(_)) => {
                 (Code::ResourceExhausted, "STORAGE_FULL")
             }
@@ -152,21 +156,39 @@ impl ApiError {
             Self::Service(ServiceError::Access(access)) => (access.to_string(), info()),
             Self::Service(ServiceError::NotConfigured(what)) => ((*what).to_owned(), info()),
             Self::Service(ServiceError::Conflict(cause)) => {
-                tracing::warn!(call_id, error = %cause, "concurrent update");
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "concurrent update");
+                }
                 (
                     format!("a concurrent update conflicted; retry (call id {call_id})"),
                     info(),
                 )
             }
             Self::Service(ServiceError::Unavailable(cause)) => {
-                tracing::warn!(call_id, error = %cause, "database unavailable");
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "database unavailable");
+                }
                 (
                     format!("the database is unavailable; retry later (call id {call_id})"),
                     info(),
                 )
             }
+            Self::Service(ServiceError::Busy(cause)) => {
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "database busy");
+                }
+                (
+                    format!(
+                        "the service is overloaded: every database connection is busy; \
+                         retry later (call id {call_id})"
+                    ),
+                    info(),
+                )
+            }
             Self::Service(ServiceError::StorageFull(cause)) => {
-                tracing::error!(call_id, error = %cause, "database storage is full");
+                if !record_cause(cause) {
+                    tracing::error!(call_id, error = %cause, "database storage is full");
+                }
                 (
                     format!(
                         "the database has no space left; nothing was changed (call id {call_id})"
@@ -175,7 +197,9 @@ impl ApiError {
                 )
             }
             Self::Service(ServiceError::Internal(cause)) => {
-                tracing::error!(call_id, error = %cause, "internal failure");
+                if !record_cause(cause) {
+                    tracing::error!(call_id, error = %cause, "internal failure");
+                }
                 (format!("internal error (call id {call_id})"), info())
             }
             Self::MessageTooLarge => (self.to_string(), info()),

@@ -201,7 +201,10 @@ fn refused(err: RestError, call_id: &str, redirect: Option<&str>) -> Answer {
             "This link is incomplete or malformed. Nothing was changed.",
         ),
         RestError::Service(
-            ServiceError::Unavailable(_) | ServiceError::StorageFull(_) | ServiceError::Conflict(_),
+            ServiceError::Unavailable(_)
+            | ServiceError::Busy(_)
+            | ServiceError::StorageFull(_)
+            | ServiceError::Conflict(_),
         )
         | RestError::Overloaded => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -96,6 +96,8 @@ pub async fn per_call(
         site = Empty,
         code = Empty,
         reason = Empty,
+        // The cause of a failure, for the request's one log line.
+        error = Empty,
     );
     let traceparent = start_trace(&span, request.headers());
     let call_id_header = HeaderValue::from_str(&call_id.0).ok();
@@ -160,7 +162,7 @@ fn finish(route: &'static str, status: StatusCode, outcome: Option<Outcome>, ela
     let span = Span::current();
     span.record("code", error_code);
     if !reason.is_empty() {
-        span.record("reason", reason);
+        span.record("reason", tracing::field::display(reason));
     }
     span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
     if error_code >= 500_000 || status.is_server_error() {
@@ -171,6 +173,8 @@ fn finish(route: &'static str, status: StatusCode, outcome: Option<Outcome>, ela
     match error_code {
         0 => tracing::info!(latency_ms, "http request finished"),
         code if code >= 500_000 => tracing::error!(latency_ms, "http request failed"),
-        _ => tracing::warn!(latency_ms, "http request refused"),
+        // A request the server rightly refused: anyone can send them, so
+        // they stay out of WARN (as on the gRPC door).
+        _ => tracing::info!(latency_ms, "http request refused"),
     }
 }

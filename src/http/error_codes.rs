@@ -3,7 +3,9 @@
 //! `errorCode`, `statusCode` and our ErrorInfo-style `reason`. No `_` arm: a
 //! new error cannot ship without a code.
 
-use crate::{access::AccessError, domain::DomainError, service::ServiceError};
+use crate::{
+    access::AccessError, domain::DomainError, service::ServiceError, telemetry::record_cause,
+};
 
 /// The REST door's error: what a service (or the gate, or the domain's
 /// parsing) answered, or a refusal by the door itself.
@@ -132,6 +134,7 @@ fn access(err: &AccessError) -> ErrorCode {
         AccessError::LinkExpired => ErrorCode::new(403_002, 403, "LINK_EXPIRED"),
         AccessError::LinkExpiryTooFar { .. } => ErrorCode::new(403_002, 403, "LINK_EXPIRY_TOO_FAR"),
         AccessError::Unavailable => ErrorCode::new(500_001, 500, "DATABASE_UNAVAILABLE"),
+        AccessError::Busy => ErrorCode::new(403_048, 403, "DATABASE_BUSY"),
     }
 }
 
@@ -147,6 +150,8 @@ impl RestError {
             Self::Service(ServiceError::Unavailable(_)) => {
                 ErrorCode::new(500_001, 500, "DATABASE_UNAVAILABLE")
             }
+            // Gigya's "too many requests": SDKs retry it later.
+            Self::Service(ServiceError::Busy(_)) => ErrorCode::new(403_048, 403, "DATABASE_BUSY"),
             Self::Service(ServiceError::StorageFull(_)) => {
                 ErrorCode::new(500_001, 500, "STORAGE_FULL")
             }
@@ -163,25 +168,41 @@ impl RestError {
             Self::Service(ServiceError::Rule(err)) => rest_message(err),
             Self::Service(ServiceError::Access(err)) => err.to_string(),
             Self::Service(ServiceError::Conflict(cause)) => {
-                tracing::warn!(call_id, error = %cause, "concurrent update");
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "concurrent update");
+                }
                 "a concurrent update conflicted with this request; nothing changed, retry".into()
             }
             Self::Service(ServiceError::Unavailable(cause)) => {
-                tracing::warn!(call_id, error = %cause, "database unavailable");
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "database unavailable");
+                }
                 format!("the service is unavailable; retry later (call id {call_id})")
             }
+            Self::Service(ServiceError::Busy(cause)) => {
+                if !record_cause(cause) {
+                    tracing::warn!(call_id, error = %cause, "database busy");
+                }
+                format!("the service is overloaded; retry later (call id {call_id})")
+            }
             Self::Service(ServiceError::StorageFull(cause)) => {
-                tracing::error!(call_id, error = %cause, "database storage is full");
+                if !record_cause(cause) {
+                    tracing::error!(call_id, error = %cause, "database storage is full");
+                }
                 format!(
                     "the service cannot store changes right now; retry later (call id {call_id})"
                 )
             }
             Self::Service(ServiceError::NotConfigured(what)) => {
-                tracing::error!(call_id, what, "not configured");
+                if !record_cause(what) {
+                    tracing::error!(call_id, what, "not configured");
+                }
                 format!("internal error (call id {call_id})")
             }
             Self::Service(ServiceError::Internal(cause)) => {
-                tracing::error!(call_id, error = %cause, "internal failure");
+                if !record_cause(cause) {
+                    tracing::error!(call_id, error = %cause, "internal failure");
+                }
                 format!("internal error (call id {call_id})")
             }
             Self::Malformed(message) => message.clone(),
@@ -288,6 +309,7 @@ mod tests {
         );
         assert_eq!(code(ServiceError::Internal("x".into())), (500_001, 500));
         assert_eq!(code(ServiceError::Unavailable("x".into())), (500_001, 500));
+        assert_eq!(code(ServiceError::Busy("x".into())), (403_048, 403));
         assert_eq!(code(RestError::Malformed("x".into())), (400_001, 400));
     }
 

@@ -115,11 +115,8 @@ fn answer(
 ) -> Response {
     let (code, body) = match result {
         Ok(outcome) => response::success(outcome),
-        Err(err) => {
-            let (code, body) = response::failure(call_id, &err, context);
-            tracing::Span::current().record("reason", code.reason);
-            (code, body)
-        }
+        // The call layer records the outcome's reason in the span.
+        Err(err) => response::failure(call_id, &err, context),
     };
     response::render(options, code, body)
 }

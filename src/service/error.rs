@@ -14,6 +14,11 @@ pub enum ServiceError {
     /// cause is for the log, never for the caller.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database answers but is saturated (every pooled connection in
+    /// use, or SQLite locked past its busy timeout); retrying later may
+    /// succeed. The cause is for the log, never for the caller.
+    #[error("the database is busy: {0}")]
+    Busy(String),
     /// The database has no space left; writes fail until space is freed.
     #[error("the database storage is full: {0}")]
     StorageFull(String),
@@ -39,7 +44,9 @@ impl From<StorageError> for ServiceError {
                 Self::Unavailable(format!("connection lost during commit: {cause}"))
             }
             StorageError::Full(cause) => Self::StorageFull(cause.to_string()),
-            StorageError::Busy(cause) => Self::Unavailable(format!("busy: {cause}")),
+            StorageError::Busy(cause) | StorageError::Overloaded(cause) => {
+                Self::Busy(cause.to_string())
+            }
             StorageError::Conflict(cause) => Self::Conflict(cause.to_string()),
             StorageError::Database(cause) => Self::Internal(cause.to_string()),
             StorageError::Corrupt(cause) => Self::Internal(format!("inconsistent data: {cause}")),

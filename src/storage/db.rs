@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use super::{health::PoolSettings, migrations::Migrator};
+use super::{StorageError, health::PoolSettings, migrations::Migrator};
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://connections.db?mode=rwc";
@@ -50,7 +50,9 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the one writer; SeaORM defaults SQLite to
         // a single connection, which would make readers queue behind writes.
-        options.max_connections(8).min_connections(1);
+        options
+            .max_connections(pool.max_connections.unwrap_or(8))
+            .min_connections(1);
         options.map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
@@ -69,7 +71,9 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
             })
         });
     } else {
-        options.max_connections(32).min_connections(1);
+        options
+            .max_connections(pool.max_connections.unwrap_or(32))
+            .min_connections(1);
     }
     match Database::connect(options).await {
         Ok(connection) => Ok(connection),
@@ -83,6 +87,14 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
     }
 }
 
+/// Connects with the default pool settings and applies pending migrations,
+/// for the command line's tools: a failure is the one line of [`describe`].
+pub async fn open_migrated(url: &str) -> Result<DatabaseConnection, String> {
+    let connection = connect(url).await.map_err(|e| describe(&e))?;
+    migrate(&connection).await.map_err(|e| describe(&e))?;
+    Ok(connection)
+}
+
 /// Applies pending migrations.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
@@ -92,6 +104,42 @@ pub fn is_postgres(db: &DatabaseConnection) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
 
+/// Whether every connection the pool may open is checked out: none idle and
+/// none left to open. A pool timeout then means calls queued behind busy
+/// connections, not a database that stopped answering.
+pub fn pool_exhausted(db: &DatabaseConnection) -> bool {
+    fn exhausted<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> bool {
+        pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => exhausted(db.get_postgres_connection_pool()),
+        DbBackend::Sqlite => exhausted(db.get_sqlite_connection_pool()),
+        _ => false,
+    }
+}
+
+/// Whether a connection of its own, outside the pool, opens and closes:
+/// the database answers even when every pooled connection is busy.
+pub async fn fresh_connection_answers(db: &DatabaseConnection) -> bool {
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let options = db.get_postgres_connection_pool().connect_options();
+            match PgConnection::connect_with(&options).await {
+                Ok(connection) => connection.close().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+        DbBackend::Sqlite => {
+            let options = db.get_sqlite_connection_pool().connect_options();
+            match sqlx::SqliteConnection::connect_with(&options).await {
+                Ok(connection) => connection.close().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// One line for a database error, for the command line: the message of
 /// [`connect`] as it is, anything else prefixed with "database: " and without
 /// SeaORM's variant names.
@@ -99,6 +147,22 @@ pub fn describe(err: &DbErr) -> String {
     match err {
         DbErr::Conn(RuntimeErr::Internal(line)) => line.clone(),
         other => format!("database: {}", cause(other)),
+    }
+}
+
+/// One line for a repository error, for the command line: a rule refusal
+/// as it is, a database failure as [`describe`] words it.
+pub fn describe_storage(err: &StorageError) -> String {
+    match err {
+        StorageError::Rule(rule) => rule.to_string(),
+        StorageError::Corrupt(what) => format!("stored data is inconsistent: {what}"),
+        StorageError::Unavailable(e)
+        | StorageError::CommitOutcomeUnknown(e)
+        | StorageError::Full(e)
+        | StorageError::Busy(e)
+        | StorageError::Overloaded(e)
+        | StorageError::Conflict(e)
+        | StorageError::Database(e) => describe(e),
     }
 }
 

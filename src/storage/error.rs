@@ -27,6 +27,11 @@ pub enum StorageError {
     /// SQLite stayed locked past its busy timeout (or could not wait).
     #[error("database is busy: {0}")]
     Busy(DbErr),
+    /// Every pooled connection stayed in use past the acquire timeout while
+    /// the database itself answers: the service is overloaded, not the
+    /// database down (so the health breaker stays closed).
+    #[error("every database connection is in use: {0}")]
+    Overloaded(DbErr),
     /// A concurrent transaction won: serialization failure or deadlock
     /// (PostgreSQL 40001 / 40P01). Nothing was changed; the caller may retry.
     #[error("concurrent update: {0}")]
@@ -161,6 +166,22 @@ impl StorageError {
             }
             _ => false,
         }
+    }
+
+    /// A pool timeout taken for what it is when every pooled connection is
+    /// checked out: calls queued behind busy connections, not a database
+    /// that stopped answering.
+    pub(crate) fn pool_exhausted(self) -> Self {
+        match self {
+            Self::Unavailable(err) => Self::Overloaded(err),
+            other => other,
+        }
+    }
+
+    /// Whether the database answers but is saturated: the service is
+    /// overloaded, retrying later may succeed.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy(_) | Self::Overloaded(_))
     }
 
     /// Whether the database looks unreachable (feeds the health breaker).

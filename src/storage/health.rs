@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sea_orm::{DbErr, sqlx::Connection};
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{Notify, watch};
 
 use super::{Repository, StorageError, StorageResult};
@@ -27,6 +27,8 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// How often the database is probed while it answers.
     pub probe_interval: Duration,
+    /// Most connections the pool opens; None: 8 on SQLite, 32 on PostgreSQL.
+    pub max_connections: Option<u32>,
 }
 
 impl Default for PoolSettings {
@@ -34,6 +36,7 @@ impl Default for PoolSettings {
         Self {
             acquire_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
+            max_connections: None,
         }
     }
 }
@@ -44,13 +47,17 @@ pub struct DbHealth {
     available: watch::Sender<bool>,
     /// Wakes the probe when a call trips the breaker.
     tripped: Notify,
+    /// The pool, whose state tells a busy service (every connection checked
+    /// out) from a database that stopped answering.
+    db: DatabaseConnection,
 }
 
 impl DbHealth {
-    pub fn new() -> Arc<Self> {
+    pub fn new(db: DatabaseConnection) -> Arc<Self> {
         Arc::new(Self {
             available: watch::Sender::new(true),
             tripped: Notify::new(),
+            db,
         })
     }
 
@@ -119,18 +126,26 @@ impl DbHealth {
         // One connection lost during COMMIT says nothing about the server
         // (e.g. an administrator killed that backend); no connection to be
         // had, or a retry that failed too, does.
-        // A pool timeout may only mean that every connection is busy: the
-        // probe decides, with a connection of its own.
-        if let Err(err @ StorageError::Unavailable(_)) = &result {
-            if err.is_pool_timeout() {
+        // A pool timeout may only mean that every connection is busy: with
+        // all of them checked out the caller hears "overloaded"; either way
+        // the probe decides about health, with a connection of its own.
+        match result {
+            Err(err @ StorageError::Unavailable(_)) if err.is_pool_timeout() => {
                 tracing::debug!(error = %err, "no pooled connection in time; probing the database");
                 self.tripped.notify_one();
-            } else {
+                if super::db::pool_exhausted(&self.db) {
+                    Err(err.pool_exhausted())
+                } else {
+                    Err(err)
+                }
+            }
+            Err(err @ StorageError::Unavailable(_)) => {
                 tracing::debug!(error = %err, "tripping the database breaker");
                 self.trip();
+                Err(err)
             }
+            other => other,
         }
-        result
     }
 }
 
@@ -144,18 +159,13 @@ impl Repository {
         self.health().guarded(step).await
     }
 
-    /// Whether the database answers one cheap query now. On PostgreSQL a
-    /// pool that does not answer (every connection busy, or all of them
-    /// lost) is not taken for a database that does not: a fresh connection
-    /// decides. While the breaker is open only that fresh connection is
-    /// tried, as the pool's acquire would keep retrying until its timeout.
+    /// Whether the database answers one cheap query now. A pool that does
+    /// not answer (every connection busy, or all of them lost) is not taken
+    /// for a database that does not: a fresh connection decides. While the
+    /// breaker is open only that fresh connection is tried, as the pool's
+    /// acquire would keep retrying until its timeout.
     async fn probe_once(&self, available: bool) -> bool {
         let pooled = async { self.ping().await.is_ok() };
-        if !self.is_postgres() {
-            return tokio::time::timeout(PROBE_TIMEOUT, pooled)
-                .await
-                .unwrap_or(false);
-        }
         if available
             && tokio::time::timeout(PROBE_TIMEOUT, pooled)
                 .await
@@ -163,22 +173,12 @@ impl Repository {
         {
             return true;
         }
-        let options = self
-            .connection()
-            .get_postgres_connection_pool()
-            .connect_options();
-        let fresh = async {
-            match sea_orm::sqlx::PgConnection::connect_with(&options).await {
-                Ok(connection) => {
-                    let _ = connection.close().await;
-                    true
-                }
-                Err(_) => false,
-            }
-        };
-        tokio::time::timeout(PROBE_TIMEOUT, fresh)
-            .await
-            .unwrap_or(false)
+        tokio::time::timeout(
+            PROBE_TIMEOUT,
+            super::db::fresh_connection_answers(self.connection()),
+        )
+        .await
+        .unwrap_or(false)
     }
 
     /// Probes the database until `stop` resolves, keeping the breaker true.

@@ -74,9 +74,9 @@ impl Repository {
         let write_turn =
             (!super::db::is_postgres(&db)).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Self {
+            health: DbHealth::new(db.clone()),
             db,
             sealer,
-            health: DbHealth::new(),
             outbox_written: Arc::new(Notify::new()),
             write_turn,
         }

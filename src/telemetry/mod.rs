@@ -122,6 +122,21 @@ impl Telemetry {
     }
 }
 
+/// Puts the cause of a failed call into the call's span (its `error`
+/// field), so that the call's one log line carries it. Returns false where
+/// there is no such span (outside a call, or the span filtered out): the
+/// caller logs the cause itself then, so that it is never lost.
+pub fn record_cause(cause: &dyn std::fmt::Display) -> bool {
+    let span = tracing::Span::current();
+    let has_field = span
+        .metadata()
+        .is_some_and(|m| m.fields().field("error").is_some());
+    if has_field {
+        span.record("error", tracing::field::display(cause));
+    }
+    has_field
+}
+
 /// Installs the global subscriber and the OpenTelemetry providers. Must run
 /// inside the Tokio runtime (the OTLP exporter's channel lives on it). Call
 /// once per process; a second call keeps the first subscriber.

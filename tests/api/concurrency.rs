@@ -639,22 +639,7 @@ async fn a_pool_saturated_by_one_hot_account_is_not_a_database_outage() {
     app.link(SITE, "hot", "facebook", "", "fb-hot", None).await;
 
     // Health as a load balancer follows it.
-    let mut watch = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("watch health")
-        .into_inner();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let watcher = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(status)) = watch.message().await {
-                seen.lock().expect("statuses").push(status.status());
-            }
-        })
-    };
+    let watch = crate::helpers::HealthWatch::start(&app).await;
 
     // Another session holds the hot account's row; every removal of it
     // queues behind, each holding a pooled connection (32) or waiting for one.
@@ -701,8 +686,7 @@ async fn a_pool_saturated_by_one_hot_account_is_not_a_database_outage() {
     let removed = answers.iter().filter(|a| a.is_ok()).count();
     assert!(timed_out > 0, "the pool was never saturated: {answers:?}");
     assert_eq!(removed, 1, "{answers:?}");
-    watcher.abort();
-    let seen = seen.lock().expect("statuses").clone();
+    let seen = watch.stop();
     assert_eq!(
         seen.first(),
         Some(&tonic_health::pb::health_check_response::ServingStatus::Serving),

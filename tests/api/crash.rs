@@ -41,7 +41,7 @@ use tonic::{Code, Status, transport::Channel};
 use crate::{
     helpers::{Backend, reason},
     on_both_backends,
-    process::{ServerProcess, until_caught_up},
+    process::{ServerProcess, replay_all, until_caught_up},
 };
 
 on_both_backends!(sigkill_under_load_loses_no_acknowledged_removal_and_no_event);
@@ -208,16 +208,7 @@ async fn sigkill_under_load_loses_no_acknowledged_removal_and_no_event(backend: 
 
     // Dense positions, each once, every event reachable by a replay.
     let mut events_client = EventServiceClient::new(channel.clone());
-    let mut replay = events_client
-        .subscribe(pb::SubscribeRequest {
-            start_from: pb::StartFrom::Beginning.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("replay from the beginning")
-        .into_inner();
-    let (events, head) = until_caught_up(&mut replay, PATIENCE).await;
-    drop(replay);
+    let (events, head) = replay_all(&mut events_client, PATIENCE).await;
     let n = u64::try_from(events.len()).expect("count");
     assert_eq!(rows, n, "rows vs replayed");
     assert_eq!(head, n, "head position vs events");

@@ -25,6 +25,9 @@ use tonic::{
     Code, Status,
     transport::{Channel, ClientTlsConfig},
 };
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_types::StatusExt;
 
 pub const POSTGRES_URL_VAR: &str = "CONNECTIONS_TEST_POSTGRES_URL";
@@ -514,4 +517,39 @@ macro_rules! on_both_backends {
             }
         )*
     };
+}
+
+/// Every status a health `Watch` stream reports, collected in the
+/// background (as a load balancer would follow it).
+pub struct HealthWatch {
+    seen: Arc<std::sync::Mutex<Vec<ServingStatus>>>,
+    task: JoinHandle<()>,
+}
+
+impl HealthWatch {
+    pub async fn start(app: &TestApp) -> Self {
+        let mut watch = HealthClient::new(app.channel.clone())
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watch health")
+            .into_inner();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(status)) = watch.message().await {
+                    seen.lock().expect("statuses").push(status.status());
+                }
+            })
+        };
+        Self { seen, task }
+    }
+
+    /// Stops watching; returns what was seen, in order.
+    pub fn stop(self) -> Vec<ServingStatus> {
+        self.task.abort();
+        self.seen.lock().expect("statuses").clone()
+    }
 }

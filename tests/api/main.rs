@@ -14,6 +14,7 @@ mod events;
 mod helpers;
 mod hostile_input;
 mod link_connection;
+mod logs;
 mod outage;
 mod pg_cluster;
 mod process;

@@ -31,6 +31,8 @@ pub struct ServerProcess {
     pub port: u16,
     database_url: String,
     extra_args: Vec<String>,
+    /// RUST_LOG of the child.
+    log_level: String,
     log: PathBuf,
     _log_dir: tempfile::TempDir,
 }
@@ -49,14 +51,20 @@ impl ServerProcess {
     /// `extra_args` (after `serve --listen --database-url`), and waits until
     /// it answers SERVING.
     pub async fn start(database_url: &str, extra_args: &[&str]) -> Self {
+        Self::start_logging(database_url, extra_args, "warn").await
+    }
+
+    /// [`ServerProcess::start`] logging at `log_level` (RUST_LOG).
+    pub async fn start_logging(database_url: &str, extra_args: &[&str], log_level: &str) -> Self {
         let log_dir = tempfile::tempdir().expect("temp dir");
         let log = log_dir.path().join("server.log");
         let port = free_port();
         let mut server = Self {
-            child: spawn(port, database_url, extra_args, &log),
+            child: spawn(port, database_url, extra_args, log_level, &log),
             port,
             database_url: database_url.to_owned(),
             extra_args: extra_args.iter().map(|&a| a.to_owned()).collect(),
+            log_level: log_level.to_owned(),
             log,
             _log_dir: log_dir,
         };
@@ -66,7 +74,13 @@ impl ServerProcess {
 
     fn spawn_again(&mut self) {
         let args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
-        self.child = spawn(self.port, &self.database_url, &args, &self.log);
+        self.child = spawn(
+            self.port,
+            &self.database_url,
+            &args,
+            &self.log_level,
+            &self.log,
+        );
     }
 
     /// SIGKILL: no shutdown, no flush, no goodbye. Reaps the process.
@@ -81,6 +95,33 @@ impl ServerProcess {
     pub async fn restart(&mut self) {
         self.spawn_again();
         self.wait_ready().await;
+    }
+
+    /// Sends `signal` (e.g. `TERM`) and waits (bounded) for the process to
+    /// exit; returns its status and everything it logged.
+    pub async fn signal_and_wait(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -s {signal} failed");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status, self.log());
+            }
+            assert!(
+                started.elapsed() < START_PATIENCE,
+                "the server did not stop after SIG{signal}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -159,25 +200,34 @@ impl Drop for ServerProcess {
     }
 }
 
-fn spawn(port: u16, database_url: &str, extra_args: &[&str], log: &PathBuf) -> Child {
+fn spawn(
+    port: u16,
+    database_url: &str,
+    extra_args: &[&str],
+    log_level: &str,
+    log: &PathBuf,
+) -> Child {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("server log");
+    // The REST door is off unless the test asks for it (the default port
+    // would collide between tests).
+    let http_off: &[&str] = if extra_args.contains(&"--http-listen") {
+        &[]
+    } else {
+        &["--http-listen", "off"]
+    };
     Command::new(BINARY)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http-listen",
-            "off",
-        ])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(http_off)
         .args(["--database-url", database_url])
         .args(extra_args)
-        // Warnings and errors only: the proofs put thousands of calls
-        // through, and a busy CI machine should spend its time on them.
-        .env("RUST_LOG", "warn")
+        // Warnings and errors only, unless a test reads the log: the proofs
+        // put thousands of calls through, and a busy CI machine should
+        // spend its time on them.
+        .env("RUST_LOG", log_level)
         .env_remove("CONNECTIONS_LOG_FORMAT")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))
@@ -239,4 +289,21 @@ pub async fn until_caught_up(
     .await
     .map(|head| (events, head))
     .expect("no CaughtUp in time")
+}
+
+/// Every retained event, by a stream from the beginning read until
+/// `CaughtUp` (within `patience`); returns them and the head position.
+pub async fn replay_all(
+    client: &mut pb::event_service_client::EventServiceClient<Channel>,
+    patience: Duration,
+) -> (Vec<pb::ConnectionRemoved>, u64) {
+    let mut replay = client
+        .subscribe(pb::SubscribeRequest {
+            start_from: pb::StartFrom::Beginning.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("replay from the beginning")
+        .into_inner();
+    until_caught_up(&mut replay, patience).await
 }
