@@ -19,6 +19,10 @@
 #                                   (default: CONNECTIONS_TEST_POSTGRES_URL, else
 #                                   postgres://postgres@127.0.0.1:5432/postgres);
 #                                   set to "off" to skip PostgreSQL
+#   CONNECTIONS_BENCH_NATS_URL      NATS JetStream server: adds the relay's
+#                                   sustained rate and commit-to-JetStream
+#                                   latency (default: CONNECTIONS_TEST_NATS_URL;
+#                                   none: no relay figures)
 #   CONNECTIONS_BENCH_DATABASES     which to run (default "sqlite postgres")
 #   CONNECTIONS_BENCH_OUT           also write the raw JSON lines here
 #   CONNECTIONS_BENCH_BIN_DIR       use the connections and connections-bench
@@ -78,16 +82,20 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_server DATABASE_URL NAME: starts a replica, sets $port and $pid.
+NATS=${CONNECTIONS_BENCH_NATS_URL:-${CONNECTIONS_TEST_NATS_URL:-}}
+
+# start_server DATABASE_URL NAME [FLAG...]: starts a replica, sets $port and $pid.
 start_server() {
+  local url=$1 name=$2
+  shift 2
   port=$(free_port)
-  RUST_LOG=warn "$CONNECTIONS" serve --database-url "$1" --listen "127.0.0.1:$port" \
-    --http-listen off --rate-limit 0 --max-streams-per-caller 1000 \
-    >"$work/$2.log" 2>&1 &
+  RUST_LOG=warn "$CONNECTIONS" serve --database-url "$url" --listen "127.0.0.1:$port" \
+    --http-listen off --rate-limit 0 --max-streams-per-caller 1000 "$@" \
+    >"$work/$name.log" 2>&1 &
   pid=$!
   servers+=("$pid")
   "$BENCH" ready --grpc "http://127.0.0.1:$port" --seconds 120 \
-    || { cat "$work/$2.log" >&2; exit 1; }
+    || { cat "$work/$name.log" >&2; exit 1; }
 }
 
 stop_server() {
@@ -181,6 +189,21 @@ bench_database() {
   "$BENCH" replay --grpc "http://127.0.0.1:$port" --events "$BACKLOG" --server-pid "$pid" \
     --label "$db:replay" >>"$results"
   stop_server "$pid"
+
+  if [ -n "$NATS" ]; then
+    local head stream="BENCH_${db}_$$" prefix="connections_bench.$$.$db"
+    head=$("$BENCH" head --database-url "$url")
+    say "$db: relay to NATS JetStream: catching up with $head events, then latency at $half removals/s"
+    start_server "$url" "$db-relay" --nats-url "$NATS" --nats-stream "$stream" \
+      --nats-subject-prefix "$prefix"
+    "$BENCH" relay-catch-up --nats "$NATS" --stream "$stream" --head "$head" --server-pid "$pid" \
+      --label "$db:relay" >>"$results"
+    # shellcheck disable=SC2046
+    "$BENCH" relay-latency $(target_args "$port") --nats "$NATS" --subject-prefix "$prefix" \
+      --delete-stream "$stream" --rate "$half" --seconds "$SECONDS_HEADLINE" --server-pid "$pid" \
+      --label "$db:relay" >>"$results"
+    stop_server "$pid"
+  fi
 }
 
 # pgbench_reference URL CONCURRENCY: the ceiling's removals/s and the

@@ -76,6 +76,25 @@ def main() -> None:
                 f"| | | | | | | | | {r.get('server_peak_rss_mib', 0):.0f} | |"
             )
 
+    relay = [r for r in rows if r["kind"].startswith("relay-")]
+    if relay:
+        print("\n## Relay to NATS JetStream\n")
+        print("| database | sustained events/s (catching up) | writers removals/s | commit to JetStream p50 ms | p99 ms | max ms | missing | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for db in databases:
+            catch = next((r for r in by("relay-catch-up", f"{db}:relay")), None)
+            lat = next((r for r in by("relay-latency", f"{db}:relay")), None)
+            if not catch and not lat:
+                continue
+            rate = f"{catch['events_per_s']:.0f} ({catch['events']} events)" if catch else ""
+            if lat:
+                print(
+                    f"| {db} | {rate} | {lat['removes_per_s']:.0f} | {lat['event_p50_ms']:.2f} | "
+                    f"{lat['event_p99_ms']:.2f} | {lat['event_max_ms']:.2f} | {lat['missing']} | {error_text(lat)} |"
+                )
+            else:
+                print(f"| {db} | {rate} | | | | | | |")
+
     errors = sum(r.get("error_count", 0) for r in rows) + sum(r.get("missing", 0) for r in rows)
     if errors:
         print(f"\nFAILED: {errors} errors or missing deliveries")

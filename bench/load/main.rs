@@ -6,6 +6,7 @@
 mod events;
 mod load;
 mod reference;
+mod relay;
 mod stats;
 
 use std::time::Duration;
@@ -134,6 +135,47 @@ enum Command {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// Commit-to-JetStream latency: writers at `--rate` while a NATS
+    /// subscription of the stream's subjects times each event's arrival.
+    RelayLatency {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        accounts: Accounts,
+        #[arg(long)]
+        nats: String,
+        #[arg(long, default_value = "connections.v1.removed")]
+        subject_prefix: String,
+        /// Delete this stream afterwards.
+        #[arg(long)]
+        delete_stream: Option<String>,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// The relay's sustained rate: time until the stream holds `--head`.
+    RelayCatchUp {
+        #[arg(long)]
+        nats: String,
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        head: u64,
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Prints the database's last sequenced position.
+    Head {
+        #[arg(long)]
+        database_url: String,
+    },
     /// The SQLite ceiling: the minimum statements of a removal (and of the
     /// re-link that restores it), on the same file, with the service's pragmas.
     SqliteReference {
@@ -229,6 +271,40 @@ async fn main() {
             server_pid,
             label,
         } => events::replay(&target, events, &server_pid, &label).await,
+        Command::RelayLatency {
+            target,
+            accounts,
+            nats,
+            subject_prefix,
+            delete_stream,
+            rate,
+            seconds,
+            server_pid,
+            label,
+        } => {
+            relay::latency(
+                &target,
+                &accounts,
+                relay::LatencyRun {
+                    nats,
+                    subject_prefix,
+                    rate,
+                    duration: Duration::from_secs_f64(seconds),
+                    server_pids: server_pid,
+                    label,
+                    delete_stream,
+                },
+            )
+            .await
+        }
+        Command::RelayCatchUp {
+            nats,
+            stream,
+            head,
+            server_pid,
+            label,
+        } => relay::catch_up(&nats, &stream, head, &server_pid, &label).await,
+        Command::Head { database_url } => reference::head(&database_url).await,
         Command::SqliteReference {
             db,
             accounts,

@@ -217,3 +217,20 @@ pub async fn backlog(database_url: &str, count: u64) -> Result<(), Error> {
     );
     Ok(())
 }
+
+/// Prints the last sequenced position (the relay's target).
+pub async fn head(database_url: &str) -> Result<(), Error> {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(database_url).await?;
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT last_position FROM event_sequence WHERE id = 1",
+        ))
+        .await?
+        .ok_or("event_sequence row is missing")?;
+    let head: i64 = row.try_get("", "last_position")?;
+    println!("{head}");
+    Ok(())
+}
