@@ -312,8 +312,10 @@ impl Repository {
             .transpose()
             .map_err(StorageError::Corrupt)?;
         let txn = self.begin_write().await?;
-        let site = find_site_by_api_key(&*txn, api_key).await?;
-        let account_row = self.lock_account_row(&txn, &site, uid).await?;
+        let (site, account_row) = self
+            .lock_site_account(&txn, SiteKey::ApiKey(api_key), uid)
+            .await?;
+        let account_row = account_row.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         let now = Utc::now();
 
         if let Some(login) = &new.login_id {
