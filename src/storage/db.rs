@@ -50,9 +50,12 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the one writer; SeaORM defaults SQLite to
         // a single connection, which would make readers queue behind writes.
+        // A file has no connection to lose: pinging it on every checkout
+        // would cost each transaction a round trip to sqlx's worker thread.
         options
             .max_connections(pool.max_connections.unwrap_or(8))
-            .min_connections(1);
+            .min_connections(1)
+            .test_before_acquire(false);
         options.map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
@@ -71,6 +74,10 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
             })
         });
     } else {
+        // Every checkout is pinged (sqlx's default): it costs a round trip,
+        // but after a restart or killed backends the pool finds its dead
+        // connections there, and calls fail over or fail fast instead of
+        // meeting them mid-transaction.
         options
             .max_connections(pool.max_connections.unwrap_or(32))
             .min_connections(1);

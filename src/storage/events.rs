@@ -426,20 +426,6 @@ fn sqlx_err(err: sea_orm::sqlx::Error) -> DbErr {
     DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into()))
 }
 
-/// Sends the "outbox written" notification inside a writer's transaction
-/// (PostgreSQL delivers it at commit). A no-op on SQLite.
-pub async fn notify_outbox<C: ConnectionTrait>(conn: &C) -> Result<(), DbErr> {
-    if conn.get_database_backend() == DbBackend::Postgres {
-        conn.execute_raw(statement(
-            DbBackend::Postgres,
-            "SELECT pg_notify($1, '')",
-            vec![OUTBOX_CHANNEL.into()],
-        ))
-        .await?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

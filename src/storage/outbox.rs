@@ -11,16 +11,18 @@
 //! the writing transaction (one `UPDATE ... RETURNING` of the head), which
 //! saves a stamping transaction per write and commits nothing undelivered.
 
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait};
+use sea_orm::{ConnectionTrait, DbBackend};
 
 use super::{
     entities::event,
     error::{StorageError, StorageResult},
+    sql::Sql,
 };
 use crate::domain::ConnectionRemoved;
 
-/// Appends events in the caller's transaction. After that transaction
-/// commits, call `Repository::outbox_committed` so the sequencer wakes at once.
+/// Appends events in the caller's transaction, in one round trip. After
+/// that transaction commits, call `Repository::outbox_committed` so the
+/// sequencer wakes at once.
 #[tracing::instrument(skip_all, name = "db.outbox_append", fields(events = events.len()))]
 pub async fn append<C: ConnectionTrait>(
     conn: &C,
@@ -29,49 +31,71 @@ pub async fn append<C: ConnectionTrait>(
     if events.is_empty() {
         return Ok(());
     }
-    let first_position = match conn.get_database_backend() {
-        DbBackend::Sqlite => Some(claim_positions(conn, events.len()).await?),
-        _ => None,
-    };
-    let rows = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            Ok(event::ActiveModel {
-                position: Set(first_position.map(|first| first + i as i64)),
-                event_id: Set(e.event_id.clone()),
-                occurred_at: Set(e.occurred_at),
-                api_key: Set(e.api_key.clone()),
-                provider: Set(e.provider.clone()),
-                source: Set(e.source.as_str().to_owned()),
-                payload: Set(serde_json::to_string(e)
-                    .map_err(|err| StorageError::Corrupt(err.to_string()))?),
-                ..Default::default()
-            })
-        })
-        .collect::<StorageResult<Vec<_>>>()?;
-    event::Entity::insert_many(rows).exec(conn).await?;
-    // Wakes the sequencer of every replica when the transaction commits.
-    super::events::notify_outbox(conn).await?;
+    let mut sql = Sql::new(conn.get_database_backend());
+    match sql.backend() {
+        DbBackend::Sqlite => {
+            push_claim(&mut sql, events.len());
+            sql.push("; ");
+            push_insert(&mut sql, events)?;
+        }
+        _ => {
+            sql.push("WITH appended AS (");
+            push_insert(&mut sql, events)?;
+            sql.push(" RETURNING 1) SELECT ").push(NOTIFY);
+        }
+    }
+    conn.execute_raw(sql.into_statement()).await?;
     Ok(())
 }
 
-/// Moves the head by `count` and returns the first of the claimed
-/// positions. Only for SQLite, inside a write transaction: the write lock
-/// orders the claims as the commits.
-async fn claim_positions<C: ConnectionTrait>(conn: &C, count: usize) -> StorageResult<i64> {
-    let count = i64::try_from(count).unwrap_or(i64::MAX);
-    let row = conn
-        .query_one_raw(super::events::statement(
-            DbBackend::Sqlite,
-            "UPDATE event_sequence SET last_position = last_position + $1 WHERE id = 1 \
-             RETURNING last_position",
-            vec![count.into()],
-        ))
-        .await?
-        .ok_or_else(|| StorageError::Corrupt("event_sequence row is missing".into()))?;
-    let head: i64 = row.try_get("", "last_position")?;
-    Ok(head - count + 1)
+/// PostgreSQL: wakes the sequencer of every replica, and only if and when
+/// the transaction commits.
+pub(crate) const NOTIFY: &str = "pg_notify('connections_outbox', '')";
+
+/// SQLite: moves the head by `count`, claiming the positions that
+/// [`push_insert`] (next in the same string) gives its rows. One writer at a
+/// time: the write lock orders these claims as the commits, so positions are
+/// dense and follow commit order.
+pub(crate) fn push_claim(sql: &mut Sql, count: usize) {
+    sql.push("UPDATE event_sequence SET last_position = last_position + ")
+        .bind(i64::try_from(count).unwrap_or(i64::MAX))
+        .push(" WHERE id = 1");
+}
+
+/// `INSERT INTO events ...` for `events`: on SQLite at the positions
+/// [`push_claim`] claimed just before, on PostgreSQL unsequenced (the
+/// sequencer stamps them after commit, in commit order).
+pub(crate) fn push_insert(sql: &mut Sql, events: &[ConnectionRemoved]) -> StorageResult<()> {
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    sql.push(
+        "INSERT INTO events (position, event_id, occurred_at, api_key, provider, source, \
+         payload) VALUES ",
+    );
+    for (i, e) in (0_i64..).zip(events) {
+        let payload =
+            serde_json::to_string(e).map_err(|err| StorageError::Corrupt(err.to_string()))?;
+        sql.push(if i == 0 { "(" } else { ", (" });
+        match sql.backend() {
+            DbBackend::Sqlite => sql
+                .push("(SELECT last_position FROM event_sequence WHERE id = 1) - ")
+                .bind(count - 1 - i),
+            _ => sql.push("NULL"),
+        };
+        sql.push(", ")
+            .bind(e.event_id.clone())
+            .push(", ")
+            .bind(e.occurred_at)
+            .push(", ")
+            .bind(e.api_key.clone())
+            .push(", ")
+            .bind(e.provider.clone())
+            .push(", ")
+            .bind(e.source.as_str())
+            .push(", ")
+            .bind(payload)
+            .push(")");
+    }
+    Ok(())
 }
 
 /// Decodes a stored event's payload.

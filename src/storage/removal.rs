@@ -6,15 +6,16 @@
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
+    DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
 };
 
 use super::{
-    entities::{context_id, idempotency_key, identity, login_id, site},
+    entities::{context_id, idempotency_key, site},
     error::{StorageError, StorageResult},
     outbox,
-    repository::{Repository, SiteKey, load_account, site_from_model, touch_account},
+    repository::{Repository, SiteKey, load_account, site_from_model},
+    sql::Sql,
 };
 use crate::domain::{
     CallOrigin, DomainError, IdentityState, ProviderRegistry, RemovalMode,
@@ -115,13 +116,8 @@ impl Repository {
             }));
         }
 
-        apply(txn, &plan, account_row.id, time).await?;
         let events = plan.events(request, &site, ctx, time);
-        outbox::append(txn, &events).await?;
-
-        if !plan.is_empty() {
-            touch_account(txn, account_row, time).await?;
-        }
+        apply(txn, &plan, account_row.id, time, &events).await?;
         // The answer comes from what this transaction decided, not a re-read.
         let after = plan.after_at(time);
         let event_ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
@@ -238,13 +234,18 @@ impl Repository {
     }
 }
 
-/// Writes the plan. Under the account lock every row the plan names exists,
-/// so a count that does not match means the data changed under the lock.
+/// Writes the plan, touches the account and appends its events, in one
+/// round trip: on SQLite one string of statements, on PostgreSQL one
+/// statement of data-modifying CTEs (they touch different rows, so one
+/// snapshot serves them all). Every write is a row of the answer, counted
+/// by kind: under the account lock every row the plan names exists, so a
+/// count that does not match means the data changed under the lock.
 async fn apply(
     txn: &DatabaseTransaction,
     plan: &RemovalPlan,
     account_id: i64,
     now: chrono::DateTime<Utc>,
+    events: &[crate::domain::ConnectionRemoved],
 ) -> StorageResult<()> {
     let ids = |mode: RemovalMode| -> Vec<i64> {
         plan.removals
@@ -253,47 +254,117 @@ async fn apply(
             .map(|r| r.identity.id)
             .collect()
     };
-    let hard = ids(RemovalMode::Hard);
+    let (hard, soft) = (ids(RemovalMode::Hard), ids(RemovalMode::Soft));
+    let logins = &plan.login_ids_to_delete;
+    if plan.is_empty() && events.is_empty() {
+        return Ok(());
+    }
+    let backend = txn.get_database_backend();
+    let mut sql = Sql::new(backend);
+    let postgres = backend == DbBackend::Postgres;
+    // Each write is one part: a statement of its own on SQLite, a CTE on
+    // PostgreSQL. `counted` parts answer one row per row they changed.
+    let mut counted: Vec<&str> = Vec::new();
+    let mut part = |sql: &mut Sql, name: &'static str, counts: bool| {
+        let first = sql.is_empty();
+        match (postgres, first) {
+            (true, true) => sql.push("WITH "),
+            (true, false) => sql.push(", "),
+            (false, true) => sql,
+            (false, false) => sql.push("; "),
+        };
+        if postgres {
+            sql.push(name).push(" AS (");
+        }
+        if counts {
+            counted.push(name);
+        }
+    };
+    let close = |sql: &mut Sql, name: &str| {
+        if postgres {
+            sql.push(" RETURNING 1)");
+        } else {
+            sql.push(" RETURNING '").push(name).push("' AS kind");
+        }
+    };
     if !hard.is_empty() {
-        let deleted = identity::Entity::delete_many()
-            .filter(identity::Column::AccountId.eq(account_id))
-            .filter(identity::Column::Id.is_in(hard.clone()))
-            .exec(txn)
-            .await?
-            .rows_affected;
-        expect_rows("identities deleted", hard.len(), deleted)?;
+        part(&mut sql, "hard", true);
+        sql.push("DELETE FROM identities WHERE account_id = ")
+            .bind(account_id)
+            .push(" AND id IN ")
+            .bind_list(hard.iter().copied());
+        close(&mut sql, "hard");
     }
-    let soft = ids(RemovalMode::Soft);
     if !soft.is_empty() {
-        let updated = identity::Entity::update_many()
-            .col_expr(
-                identity::Column::State,
-                sea_orm::sea_query::Expr::value(IdentityState::SoftRemoved.as_str()),
-            )
-            .col_expr(
-                identity::Column::Session,
-                sea_orm::sea_query::Expr::value(None::<Vec<u8>>),
-            )
-            .col_expr(
-                identity::Column::UpdatedAt,
-                sea_orm::sea_query::Expr::value(now),
-            )
-            .filter(identity::Column::AccountId.eq(account_id))
-            .filter(identity::Column::Id.is_in(soft.clone()))
-            .exec(txn)
-            .await?
-            .rows_affected;
-        expect_rows("identities soft-removed", soft.len(), updated)?;
+        part(&mut sql, "soft", true);
+        sql.push("UPDATE identities SET state = ")
+            .bind(IdentityState::SoftRemoved.as_str())
+            .push(", session = NULL, updated_at = ")
+            .bind(now)
+            .push(" WHERE account_id = ")
+            .bind(account_id)
+            .push(" AND id IN ")
+            .bind_list(soft.iter().copied());
+        close(&mut sql, "soft");
     }
-    if !plan.login_ids_to_delete.is_empty() {
-        let deleted = login_id::Entity::delete_many()
-            .filter(login_id::Column::AccountId.eq(account_id))
-            .filter(login_id::Column::LoginId.is_in(plan.login_ids_to_delete.clone()))
-            .exec(txn)
-            .await?
-            .rows_affected;
-        expect_rows("login IDs deleted", plan.login_ids_to_delete.len(), deleted)?;
+    if !logins.is_empty() {
+        part(&mut sql, "logins", true);
+        sql.push("DELETE FROM login_ids WHERE account_id = ")
+            .bind(account_id)
+            .push(" AND login_id IN ")
+            .bind_list(logins.iter().cloned());
+        close(&mut sql, "logins");
     }
+    if !plan.is_empty() {
+        part(&mut sql, "touched", false);
+        sql.push("UPDATE accounts SET updated_at = ")
+            .bind(now)
+            .push(" WHERE id = ")
+            .bind(account_id);
+        if postgres {
+            sql.push(" RETURNING 1)");
+        }
+    }
+    if !events.is_empty() {
+        if postgres {
+            part(&mut sql, "appended", false);
+            outbox::push_insert(&mut sql, events)?;
+            sql.push(" RETURNING 1)");
+        } else {
+            part(&mut sql, "claimed", false);
+            outbox::push_claim(&mut sql, events.len());
+            part(&mut sql, "appended", false);
+            outbox::push_insert(&mut sql, events)?;
+        }
+    }
+    if postgres {
+        let mut branches: Vec<String> = counted
+            .iter()
+            .map(|name| format!("SELECT '{name}' AS kind FROM {name}"))
+            .collect();
+        if !events.is_empty() {
+            branches.push(format!(
+                "SELECT 'notified' AS kind FROM (SELECT {}) n",
+                outbox::NOTIFY
+            ));
+        }
+        if branches.is_empty() {
+            branches.push("SELECT 'none' AS kind WHERE FALSE".into());
+        }
+        sql.push(" ").push(&branches.join(" UNION ALL "));
+    }
+    let rows = txn.query_all_raw(sql.into_statement()).await?;
+    let changed = |kind: &str| -> StorageResult<u64> {
+        let mut n = 0;
+        for row in &rows {
+            let found: String = row.try_get("", "kind")?;
+            n += u64::from(found == kind);
+        }
+        Ok(n)
+    };
+    expect_rows("identities deleted", hard.len(), changed("hard")?)?;
+    expect_rows("identities soft-removed", soft.len(), changed("soft")?)?;
+    expect_rows("login IDs deleted", logins.len(), changed("logins")?)?;
     Ok(())
 }
 

@@ -4,20 +4,21 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
 };
 use tokio::sync::Notify;
 
 use super::{
     action_secrets::{self, ActionSecret},
-    entities::{account, identity, login_id, site},
+    entities::{account, login_id, site},
     error::{StorageError, StorageResult},
+    group_commit::{GroupCommit, GroupCommitStats, WriteTxn},
     health::DbHealth,
     secrets::SessionSealer,
+    sql::Sql,
 };
 use crate::domain::{
     Account, AccountView, ApiKey, DomainError, Identity, IdentityState, IdentityView, LoginId,
@@ -35,50 +36,25 @@ pub struct Repository {
     health: Arc<DbHealth>,
     /// Woken after a transaction that wrote outbox rows commits.
     outbox_written: Arc<Notify>,
-    /// SQLite: one write transaction at a time in this process, taken in
-    /// arrival order. SQLite allows one writer; without this, writers that
-    /// find the lock taken sleep in its busy handler (1 ms, 2 ms, ... up to
-    /// 100 ms at a time) and wake late, long after the lock was free.
-    write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
-}
-
-/// A write transaction that holds this process's SQLite write turn (if
-/// any) until it commits, rolls back or is dropped.
-pub struct WriteTxn {
-    txn: DatabaseTransaction,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl WriteTxn {
-    pub async fn commit(self) -> Result<(), DbErr> {
-        self.txn.commit().await
-    }
-
-    pub async fn rollback(self) -> Result<(), DbErr> {
-        self.txn.rollback().await
-    }
-}
-
-impl std::ops::Deref for WriteTxn {
-    type Target = DatabaseTransaction;
-
-    fn deref(&self) -> &DatabaseTransaction {
-        &self.txn
-    }
+    /// SQLite: the write turn (one writer at a time in this process, taken
+    /// in arrival order) and group commit. SQLite allows one writer; without
+    /// this, writers that find the lock taken sleep in its busy handler (1
+    /// ms, 2 ms, ... up to 100 ms at a time) and wake late, long after the
+    /// lock was free. None on PostgreSQL.
+    group: Option<Arc<GroupCommit>>,
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
 // arguments can carry provider session tokens, which are never logged.
 impl Repository {
     pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
-        let write_turn =
-            (!super::db::is_postgres(&db)).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let group = (!super::db::is_postgres(&db)).then(|| Arc::new(GroupCommit::new(db.clone())));
         Self {
             health: DbHealth::new(db.clone()),
             db,
             sealer,
             outbox_written: Arc::new(Notify::new()),
-            write_turn,
+            group,
         }
     }
 
@@ -136,24 +112,27 @@ impl Repository {
         !self.is_postgres()
     }
 
-    /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: a
-    /// deferred transaction that upgrades to a write can fail with SQLITE_BUSY
-    /// even with a busy timeout.
+    /// Starts a write transaction. On SQLite it joins the open batch of
+    /// the group commit (see `group_commit`), whose transaction is `BEGIN
+    /// IMMEDIATE`: a deferred transaction that upgrades to a write can fail
+    /// with SQLITE_BUSY even with a busy timeout.
     #[tracing::instrument(skip_all, name = "db.begin_write")]
     pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
-        let turn = match &self.write_turn {
-            Some(turn) => Some(turn.clone().lock_owned().await),
-            None => None,
-        };
-        let txn = self
-            .db
-            .begin_with_options(TransactionOptions {
-                isolation_level: None,
-                access_mode: None,
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            })
-            .await?;
-        Ok(WriteTxn { txn, _turn: turn })
+        match &self.group {
+            Some(group) => group.join().await,
+            None => Ok(WriteTxn::own(self.db.begin().await?)),
+        }
+    }
+
+    /// SQLite group commit: batches committed and the writes they carried
+    /// (None on PostgreSQL).
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.group.as_ref().map(|g| g.stats())
+    }
+
+    /// SQLite: writers waiting for the write turn (0 on PostgreSQL).
+    pub fn writers_queued(&self) -> usize {
+        self.group.as_ref().map_or(0, |g| g.queued())
     }
 
     /// Cheap query used by the health check.
@@ -316,93 +295,150 @@ impl Repository {
             .lock_site_account(&txn, SiteKey::ApiKey(api_key), uid)
             .await?;
         let account_row = account_row.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
-        let now = Utc::now();
+        // Microseconds: what both databases store, so the answer built here
+        // equals what a later read returns.
+        let now = Utc::now().trunc_subsecs(6);
+        let login = new.login_id.as_ref().map(|l| l.as_str());
+        let (mut account, found) =
+            load_account_with(&*txn, &site, account_row, Some(&new), login).await?;
 
-        if let Some(login) = &new.login_id {
-            let owner = login_id::Entity::find()
-                .filter(login_id::Column::SiteId.eq(site.id))
-                .filter(login_id::Column::LoginId.eq(login.as_str()))
-                .one(&*txn)
-                .await?
-                .map(|row| row.account_id);
-            if link::login_id_needs_adding(account_row.id, login.as_str(), owner)? {
-                insert_login_id(&*txn, site.id, account_row.id, login.as_str(), false).await?;
-            }
+        if let Some(login) = login
+            && link::login_id_needs_adding(account.id, login, found.login_owner)?
+        {
+            insert_login_id(&*txn, site.id, account.id, login, false).await?;
+            account.login_ids.push(LoginId {
+                value: login.to_owned(),
+                has_password: false,
+            });
         }
 
-        let existing = identity::Entity::find()
-            .filter(identity::Column::SiteId.eq(site.id))
-            .filter(identity::Column::Provider.eq(new.provider.as_str()))
-            .filter(identity::Column::SubProvider.eq(new.sub_provider.as_str()))
-            .filter(identity::Column::ProviderUid.eq(new.provider_uid.as_str()))
-            .one(&*txn)
-            .await?;
-        let mapping = existing
-            .as_ref()
-            .map(|row| {
-                let state = IdentityState::parse(&row.state).ok_or_else(|| {
-                    StorageError::Corrupt(format!("identity {} has state {:?}", row.id, row.state))
-                })?;
-                Ok::<_, StorageError>(ExistingMapping {
-                    identity_id: row.id,
-                    account_id: row.account_id,
-                    state,
-                })
-            })
-            .transpose()?;
-        let (row, reactivated) = match (link::plan_link(account_row.id, mapping)?, existing) {
-            (LinkAction::Refresh { reactivated, .. }, Some(row)) => {
-                let mut active: identity::ActiveModel = row.into();
-                active.state = Set(IdentityState::Active.as_str().to_owned());
-                if new.login_id.is_some() {
-                    active.login_id = Set(new.login_id.as_ref().map(|l| l.as_str().to_owned()));
-                }
-                if sealed.is_some() {
-                    active.session = Set(sealed);
-                }
-                active.updated_at = Set(now);
-                (active.update(&*txn).await?, reactivated)
+        // The identity's write and the account's touch, in one round trip.
+        let action = link::plan_link(account.id, found.mapping)?;
+        let backend = txn.get_database_backend();
+        let postgres = backend == sea_orm::DbBackend::Postgres;
+        let mut sql = Sql::new(backend);
+        if postgres {
+            sql.push("WITH linked AS (");
+        }
+        match &action {
+            LinkAction::Create => {
+                sql.push(
+                    "INSERT INTO identities (site_id, account_id, provider, sub_provider, \
+                     provider_uid, login_id, state, session, linked_at, updated_at) VALUES (",
+                )
+                .bind(site.id)
+                .push(", ")
+                .bind(account.id)
+                .push(", ")
+                .bind(new.provider.as_str())
+                .push(", ")
+                .bind(new.sub_provider.as_str())
+                .push(", ")
+                .bind(new.provider_uid.as_str())
+                .push(", ")
+                .bind(login.map(str::to_owned))
+                .push(", ")
+                .bind(IdentityState::Active.as_str())
+                .push(", ")
+                .bind(sealed.clone())
+                .push(", ")
+                .bind(now)
+                .push(", ")
+                .bind(now)
+                .push(")");
             }
-            (LinkAction::Refresh { identity_id, .. }, None) => {
+            LinkAction::Refresh { identity_id, .. } => {
+                sql.push("UPDATE identities SET state = ")
+                    .bind(IdentityState::Active.as_str());
+                if let Some(login) = login {
+                    sql.push(", login_id = ").bind(login);
+                }
+                if let Some(sealed) = &sealed {
+                    sql.push(", session = ").bind(sealed.clone());
+                }
+                sql.push(", updated_at = ")
+                    .bind(now)
+                    .push(" WHERE id = ")
+                    .bind(*identity_id)
+                    .push(" AND account_id = ")
+                    .bind(account.id);
+            }
+        }
+        sql.push(" RETURNING id");
+        sql.push(if postgres {
+            "), touched AS (UPDATE accounts SET updated_at = "
+        } else {
+            "; UPDATE accounts SET updated_at = "
+        })
+        .bind(now)
+        .push(" WHERE id = ")
+        .bind(account.id);
+        if postgres {
+            sql.push(" RETURNING 1) SELECT id FROM linked");
+        }
+        let written = txn
+            .query_all_raw(sql.into_statement())
+            .await
+            .map_err(|err| {
+                // Another account linked it concurrently.
+                if StorageError::is_unique_violation(&err) {
+                    StorageError::Rule(DomainError::IdentityLinkedElsewhere)
+                } else {
+                    err.into()
+                }
+            })?;
+        let identity_id: i64 = match written.as_slice() {
+            [row] => row.try_get("", "id")?,
+            _ => {
                 return Err(StorageError::Corrupt(format!(
-                    "identity {identity_id} vanished under the account lock"
+                    "identity write under the account lock changed {} rows",
+                    written.len()
                 )));
             }
-            (LinkAction::Create, _) => {
-                let inserted = identity::ActiveModel {
-                    site_id: Set(site.id),
-                    account_id: Set(account_row.id),
-                    provider: Set(new.provider.clone()),
-                    sub_provider: Set(new.sub_provider.clone()),
-                    provider_uid: Set(new.provider_uid.as_str().to_owned()),
-                    login_id: Set(new.login_id.as_ref().map(|l| l.as_str().to_owned())),
-                    state: Set(IdentityState::Active.as_str().to_owned()),
-                    session: Set(sealed),
-                    linked_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
+        };
+
+        // The answer comes from what this transaction wrote, not a re-read.
+        account.updated_at = now;
+        let (identity, reactivated) = match action {
+            LinkAction::Create => {
+                let identity = Identity {
+                    id: identity_id,
+                    provider: new.provider.clone(),
+                    sub_provider: new.sub_provider.clone(),
+                    provider_uid: new.provider_uid.as_str().to_owned(),
+                    login_id: login.map(str::to_owned),
+                    state: IdentityState::Active,
+                    has_session: sealed.is_some(),
+                    linked_at: now,
+                    updated_at: now,
+                };
+                account.identities.push(identity.clone());
+                (identity, false)
+            }
+            LinkAction::Refresh { reactivated, .. } => {
+                let stored = account
+                    .identities
+                    .iter_mut()
+                    .find(|i| i.id == identity_id)
+                    .ok_or_else(|| {
+                        StorageError::Corrupt(format!(
+                            "identity {identity_id} is not the account's own"
+                        ))
+                    })?;
+                stored.state = IdentityState::Active;
+                if let Some(login) = login {
+                    stored.login_id = Some(login.to_owned());
                 }
-                .insert(&*txn)
-                .await
-                .map_err(|err| {
-                    // Another account linked it concurrently.
-                    if StorageError::is_unique_violation(&err) {
-                        StorageError::Rule(DomainError::IdentityLinkedElsewhere)
-                    } else {
-                        err.into()
-                    }
-                })?;
-                (inserted, false)
+                stored.has_session |= sealed.is_some();
+                stored.updated_at = now;
+                (stored.clone(), reactivated)
             }
         };
-        let account_row = touch_account(&*txn, account_row, now).await?;
-        let identity = IdentityView::of(&identity_from_model(&row)?);
-        let account = AccountView::of(&load_account(&*txn, &site, account_row).await?);
         txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(LinkOutcome {
-            identity,
+            identity: IdentityView::of(&identity),
             reactivated,
-            account,
+            account: AccountView::of(&account),
         })
     }
 
@@ -511,32 +547,113 @@ pub(crate) async fn find_account<C: ConnectionTrait>(
         .ok_or(StorageError::Rule(DomainError::AccountNotFound))
 }
 
-/// Reads an account's login IDs and identities.
+/// Reads an account's login IDs and identities in one round trip: a
+/// removal or a link holds the write lock meanwhile, and every statement
+/// under it is time the next writer waits.
 pub(crate) async fn load_account<C: ConnectionTrait>(
     conn: &C,
     site: &site::Model,
     row: account::Model,
 ) -> StorageResult<Account> {
-    let login_ids = login_id::Entity::find()
-        .filter(login_id::Column::AccountId.eq(row.id))
-        .order_by_asc(login_id::Column::Id)
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|l| LoginId {
-            value: l.login_id,
-            has_password: l.has_password,
-        })
-        .collect();
-    let identities = identity::Entity::find()
-        .filter(identity::Column::AccountId.eq(row.id))
-        .order_by_asc(identity::Column::Id)
-        .all(conn)
-        .await?
-        .iter()
-        .map(identity_from_model)
-        .collect::<StorageResult<Vec<_>>>()?;
-    Ok(Account {
+    Ok(load_account_with(conn, site, row, None, None).await?.0)
+}
+
+/// What LinkConnection needs besides the account, read in the same round
+/// trip: who holds the provider identity and the login ID it brings.
+#[derive(Debug, Default)]
+pub(crate) struct LinkLookups {
+    pub mapping: Option<ExistingMapping>,
+    pub login_owner: Option<i64>,
+}
+
+/// [`load_account`], plus the site's mapping of `identity` and the owner of
+/// `login`, when asked for.
+pub(crate) async fn load_account_with<C: ConnectionTrait>(
+    conn: &C,
+    site: &site::Model,
+    row: account::Model,
+    identity: Option<&NewIdentity>,
+    login: Option<&str>,
+) -> StorageResult<(Account, LinkLookups)> {
+    // One result: the account's identities (kind 0) and login IDs (1), then
+    // the mapping (2) and the login's owner (3), each in id order.
+    const IDENTITY_COLUMNS: &str = "id, account_id AS owner, provider, sub_provider, \
+         provider_uid, login_id, state, session IS NOT NULL AS has_session, \
+         FALSE AS has_password, linked_at, updated_at FROM identities WHERE ";
+    const LOGIN_COLUMNS: &str = "id, account_id, NULL, NULL, NULL, login_id, NULL, FALSE, \
+         has_password, created_at, created_at FROM login_ids WHERE ";
+    let mut sql = Sql::new(conn.get_database_backend());
+    sql.push("SELECT 0 AS kind, ")
+        .push(IDENTITY_COLUMNS)
+        .push("account_id = ")
+        .bind(row.id)
+        .push(" UNION ALL SELECT 1, ")
+        .push(LOGIN_COLUMNS)
+        .push("account_id = ")
+        .bind(row.id);
+    if let Some(new) = identity {
+        sql.push(" UNION ALL SELECT 2, ")
+            .push(IDENTITY_COLUMNS)
+            .push("site_id = ")
+            .bind(site.id)
+            .push(" AND provider = ")
+            .bind(new.provider.as_str())
+            .push(" AND sub_provider = ")
+            .bind(new.sub_provider.as_str())
+            .push(" AND provider_uid = ")
+            .bind(new.provider_uid.as_str());
+    }
+    if let Some(login) = login {
+        sql.push(" UNION ALL SELECT 3, ")
+            .push(LOGIN_COLUMNS)
+            .push("site_id = ")
+            .bind(site.id)
+            .push(" AND login_id = ")
+            .bind(login);
+    }
+    sql.push(" ORDER BY kind, id");
+    let rows = conn.query_all_raw(sql.into_statement()).await?;
+    let mut login_ids = Vec::new();
+    let mut identities = Vec::new();
+    let mut lookups = LinkLookups::default();
+    for found in rows {
+        let kind: i32 = found.try_get("", "kind")?;
+        let owner: i64 = found.try_get("", "owner")?;
+        match kind {
+            1 => login_ids.push(LoginId {
+                value: found.try_get("", "login_id")?,
+                has_password: found.try_get("", "has_password")?,
+            }),
+            3 => lookups.login_owner = Some(owner),
+            _ => {
+                let id: i64 = found.try_get("", "id")?;
+                let state: String = found.try_get("", "state")?;
+                let state = IdentityState::parse(&state).ok_or_else(|| {
+                    StorageError::Corrupt(format!("identity {id} state {state:?}"))
+                })?;
+                if kind == 2 {
+                    lookups.mapping = Some(ExistingMapping {
+                        identity_id: id,
+                        account_id: owner,
+                        state,
+                    });
+                    continue;
+                }
+                identities.push(Identity {
+                    id,
+                    provider: found.try_get("", "provider")?,
+                    sub_provider: found.try_get("", "sub_provider")?,
+                    provider_uid: found.try_get("", "provider_uid")?,
+                    login_id: found.try_get("", "login_id")?,
+                    state,
+                    has_session: found.try_get("", "has_session")?,
+                    linked_at: found.try_get("", "linked_at")?,
+                    updated_at: found.try_get("", "updated_at")?,
+                });
+            }
+        }
+    }
+    let account = Account {
         id: row.id,
         api_key: site.api_key.clone(),
         vhost: site.vhost,
@@ -545,17 +662,8 @@ pub(crate) async fn load_account<C: ConnectionTrait>(
         identities,
         created_at: row.created_at,
         updated_at: row.updated_at,
-    })
-}
-
-pub(crate) async fn touch_account<C: ConnectionTrait>(
-    conn: &C,
-    row: account::Model,
-    now: chrono::DateTime<Utc>,
-) -> StorageResult<account::Model> {
-    let mut active: account::ActiveModel = row.into();
-    active.updated_at = Set(now);
-    Ok(active.update(conn).await?)
+    };
+    Ok((account, lookups))
 }
 
 async fn insert_login_id<C: ConnectionTrait>(
@@ -601,23 +709,6 @@ pub(crate) fn site_from_model(model: site::Model) -> StorageResult<Site> {
         allowed_redirect_origins,
         allowed_browser_origins,
         created_at: model.created_at,
-        updated_at: model.updated_at,
-    })
-}
-
-pub(crate) fn identity_from_model(model: &identity::Model) -> StorageResult<Identity> {
-    let state = IdentityState::parse(&model.state).ok_or_else(|| {
-        StorageError::Corrupt(format!("identity {} state {:?}", model.id, model.state))
-    })?;
-    Ok(Identity {
-        id: model.id,
-        provider: model.provider.clone(),
-        sub_provider: model.sub_provider.clone(),
-        provider_uid: model.provider_uid.clone(),
-        login_id: model.login_id.clone(),
-        state,
-        has_session: model.session.is_some(),
-        linked_at: model.linked_at,
         updated_at: model.updated_at,
     })
 }

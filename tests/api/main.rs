@@ -11,6 +11,7 @@ mod deadlines;
 mod disk_full;
 mod end_to_end;
 mod events;
+mod group_commit;
 mod helpers;
 mod hostile_input;
 mod link_connection;

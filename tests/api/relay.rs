@@ -12,6 +12,10 @@
 use std::{
     net::TcpStream,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -179,15 +183,47 @@ async fn write_concurrently(repos: &[Repository], writers: usize, per_writer: us
         tasks.push(tokio::spawn(async move {
             let mut written = 0;
             for n in 0..per_writer {
-                let batch: Vec<_> = (0..=((w + n) % 3))
-                    .map(|_| removed("3_relay", "facebook", EventSource::RemoveConnection))
-                    .collect();
+                let batch = one_to_three_events(w + n);
                 write(&repo, &batch).await;
                 written += batch.len();
             }
             written
         }));
     }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("writer");
+    }
+    total
+}
+
+/// 1 to 3 events, by `turn`.
+fn one_to_three_events(turn: usize) -> Vec<ConnectionRemoved> {
+    (0..=(turn % 3))
+        .map(|_| removed("3_relay", "facebook", EventSource::RemoveConnection))
+        .collect()
+}
+
+/// `writers` tasks commit transactions of 1 to 3 events each until `stop`;
+/// returns how many events were written.
+async fn write_until(repo: &Repository, writers: usize, stop: &Arc<AtomicBool>) -> usize {
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (repo, stop) = (repo.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut written = 0;
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let batch = one_to_three_events(w + n);
+                    write(&repo, &batch).await;
+                    written += batch.len();
+                }
+                written
+            })
+        })
+        .collect();
     let mut total = 0;
     for task in tasks {
         total += task.await.expect("writer");
@@ -454,12 +490,14 @@ async fn nats_restarted_under_load_loses_and_repeats_nothing(backend: Backend) {
     let app = TestApp::spawn_with(&backend, |s| s.relay = Some(settings.clone())).await;
     let js = jetstream(&broker.url()).await;
 
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let repo = app.repo.clone();
-        tokio::spawn(async move { write_concurrently(&[repo], 4, 400).await })
+        let (repo, stop) = (app.repo.clone(), stop.clone());
+        tokio::spawn(async move { write_until(&repo, 4, &stop).await })
     };
     // Kill the broker once some events went through, keep writing while it
-    // is down, then bring it back on the same port and storage.
+    // is down, then bring it back on the same port and storage, and write
+    // on a little longer.
     wait_for_relayed(&app.repo, 200).await;
     broker.kill();
     let down_at = app
@@ -470,6 +508,8 @@ async fn nats_restarted_under_load_loses_and_repeats_nothing(backend: Backend) {
         .last_position;
     wait_for_head(&app.repo, down_at + 300).await;
     broker.restart();
+    wait_for_head(&app.repo, down_at + 600).await;
+    stop.store(true, Ordering::Relaxed);
 
     let written = writer.await.expect("writer");
     let head = all_relayed(&app.repo, &js, &settings.stream).await;

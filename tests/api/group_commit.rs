@@ -1,0 +1,239 @@
+//! SQLite group commit (issue 12): writers that queue for the write turn
+//! share one transaction, each in its own savepoint.
+//!
+//! - A write that fails inside a batch, after it wrote, changes nothing, and
+//!   its neighbours in the same batch commit and are answered.
+//! - A batch whose next writer goes away (a cancelled request) still
+//!   commits: nobody is left waiting for an answer that never comes.
+//! - Concurrent removals form batches, and every event is there once, at
+//!   dense positions.
+//!
+//! That a crash mid-batch loses no acknowledged call is `crash.rs`: its
+//! eight concurrent writers share batches on SQLite, and the server is
+//! killed with SIGKILL mid-load.
+
+use std::time::{Duration, Instant};
+
+use connections::{proto::v1 as pb, storage::GroupCommitStats};
+use sea_orm::ConnectionTrait;
+use tonic::Code;
+
+use crate::{
+    helpers::{Backend, TestApp, reason},
+    remove_connection::outbox_events,
+};
+
+const KEY: &str = "3_gc";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn remove(uid: &str, provider: &str) -> pb::RemoveConnectionRequest {
+    pb::RemoveConnectionRequest {
+        api_key: KEY.into(),
+        ..crate::remove_connection::remove(uid, Some(provider))
+    }
+}
+
+fn stats(app: &TestApp) -> GroupCommitStats {
+    app.repo
+        .group_commit_stats()
+        .expect("SQLite has group commit")
+}
+
+/// Waits until `count` writers queue for the write turn.
+async fn queued(app: &TestApp, count: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while app.repo.writers_queued() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{count} writers never queued (now {})",
+            app.repo.writers_queued()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn site_name(app: &TestApp) -> String {
+    let row = app
+        .repo
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            format!("SELECT name FROM sites WHERE api_key = '{KEY}'"),
+        ))
+        .await
+        .expect("read site")
+        .expect("site");
+    row.try_get("", "name").expect("name")
+}
+
+async fn setup(app: &TestApp, uids: &[&str]) {
+    app.create_site(KEY, 4711).await;
+    for uid in uids {
+        app.create_account(KEY, uid, &[]).await;
+        for provider in ["facebook", "googleplus"] {
+            app.link(KEY, uid, provider, "", &format!("{provider}-{uid}"), None)
+                .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_failing_inside_a_batch_changes_nothing_and_its_neighbours_commit() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    setup(&app, &["u1", "u2", "u3", "other"]).await;
+    app.link(KEY, "other", "twitter", "", "tw-taken", None)
+        .await;
+    let before = stats(&app);
+
+    // The holder opens the batch and keeps the turn while three calls queue.
+    let holder = app.repo.begin_write().await.expect("begin");
+    holder
+        .execute_unprepared(&format!(
+            "UPDATE sites SET name = 'held' WHERE api_key = '{KEY}'"
+        ))
+        .await
+        .expect("holder's write");
+    let mut client = app.connections();
+    let first =
+        tokio::spawn(async move { client.remove_connection(remove("u1", "facebook")).await });
+    queued(&app, 1).await;
+    // Adds its login ID, then finds the identity linked to another account:
+    // it fails after writing, inside the batch.
+    let mut client = app.connections();
+    let failing = tokio::spawn(async move {
+        client
+            .link_connection(pb::LinkConnectionRequest {
+                api_key: KEY.into(),
+                uid: "u2".into(),
+                provider: "twitter".into(),
+                sub_provider: String::new(),
+                provider_uid: "tw-taken".into(),
+                login_id: Some("fresh@example.com".into()),
+                session: None,
+            })
+            .await
+    });
+    queued(&app, 2).await;
+    let mut client = app.connections();
+    let last =
+        tokio::spawn(async move { client.remove_connection(remove("u3", "facebook")).await });
+    queued(&app, 3).await;
+
+    // The holder hands the batch on and is answered after the shared commit.
+    holder
+        .commit()
+        .await
+        .expect("holder committed with its batch");
+    let first = first.await.expect("join").expect("first removal");
+    let last = last.await.expect("join").expect("last removal");
+    let failed = failing
+        .await
+        .expect("join")
+        .expect_err("link of a taken identity");
+    assert_eq!(failed.code(), Code::AlreadyExists, "{failed:?}");
+    assert_eq!(reason(&failed), "IDENTITY_LINKED_ELSEWHERE");
+
+    let after = stats(&app);
+    let (batches, members) = (
+        after.batches - before.batches,
+        after.members - before.members,
+    );
+    // The link rolled back to its savepoint inside a batch whose other
+    // members committed (the holder may have committed alone before them,
+    // when its batch was older than the batch age limit).
+    assert!(
+        members >= 3 && members > batches && after.rolled_back > before.rolled_back,
+        "the failing link shared a batch with the removals: {before:?} -> {after:?}"
+    );
+
+    assert_eq!(site_name(&app).await, "held");
+    let u2 = app.account(KEY, "u2").await;
+    assert!(
+        u2.login_ids.is_empty(),
+        "the failed link's login ID was rolled back: {:?}",
+        u2.login_ids
+    );
+    assert!(u2.identities.iter().all(|i| i.provider != "twitter"));
+    for (uid, response) in [("u1", first.into_inner()), ("u3", last.into_inner())] {
+        assert_eq!(response.removed.len(), 1, "{uid}");
+        let account = app.account(KEY, uid).await;
+        let providers: Vec<_> = account.identities.iter().map(|i| &i.provider).collect();
+        assert_eq!(providers, ["googleplus"], "{uid}");
+    }
+    let events = outbox_events(&app).await;
+    let uids: Vec<_> = events.iter().map(|e| e.uid.as_str()).collect();
+    assert_eq!(uids, ["u1", "u3"]);
+}
+
+#[tokio::test]
+async fn a_batch_whose_next_writer_goes_away_still_commits() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.create_site(KEY, 4711).await;
+
+    let holder = app.repo.begin_write().await.expect("begin");
+    holder
+        .execute_unprepared(&format!(
+            "UPDATE sites SET name = 'kept' WHERE api_key = '{KEY}'"
+        ))
+        .await
+        .expect("holder's write");
+    let repo = app.repo.clone();
+    let waiter = tokio::spawn(async move {
+        let txn = repo.begin_write().await;
+        // Never finishes: it is cancelled queued, or holding the turn.
+        std::future::pending::<()>().await;
+        drop(txn);
+    });
+    queued(&app, 1).await;
+    // The holder sees a writer queued and hands the batch on to it ...
+    let commit = tokio::spawn(async move { holder.commit().await });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // ... which goes away, queued or in the middle of its turn.
+    waiter.abort();
+    let committed = tokio::time::timeout(PATIENCE, commit)
+        .await
+        .expect("the holder is answered")
+        .expect("join");
+    committed.expect("the batch committed");
+    assert_eq!(site_name(&app).await, "kept");
+    // The turn is free again.
+    let next = tokio::time::timeout(PATIENCE, app.repo.begin_write())
+        .await
+        .expect("the turn came free")
+        .expect("begin");
+    next.rollback().await.expect("rollback");
+}
+
+#[tokio::test]
+async fn concurrent_removals_share_commits_and_keep_positions_dense() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let uids: Vec<String> = (0..32).map(|n| format!("c{n}")).collect();
+    let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
+    setup(&app, &refs).await;
+    let before = stats(&app);
+
+    let calls = uids.iter().map(|uid| {
+        let mut client = app.connections();
+        let request = remove(uid, "facebook");
+        async move { client.remove_connection(request).await }
+    });
+    for result in futures::future::join_all(calls).await {
+        let response = result.expect("removal").into_inner();
+        assert_eq!(response.removed.len(), 1);
+    }
+
+    let after = stats(&app);
+    assert!(
+        after.members - before.members >= 32 && after.batches - before.batches < 32,
+        "32 concurrent removals shared commits: {before:?} -> {after:?}"
+    );
+    let mut events = app.events();
+    let (replayed, _) = crate::process::replay_all(&mut events, PATIENCE).await;
+    let positions: Vec<u64> = replayed.iter().map(|e| e.position).collect();
+    let expected: Vec<u64> = (1..=positions.len() as u64).collect();
+    assert_eq!(positions, expected, "dense positions");
+    assert_eq!(
+        replayed.iter().filter(|e| e.provider == "facebook").count(),
+        32
+    );
+}
