@@ -115,10 +115,14 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     }
     // Streams nobody reads: the server must neither buffer without bound
     // nor slow the writers for them.
+    // On connections of their own: streams nobody reads fill their
+    // connection's HTTP/2 window, which would stall the readers beside
+    // them (in the client, not the server).
+    let idle_channels = channels(&run.read, target.channels).await?;
     let mut idle = Vec::new();
     for i in 0..run.idle_subscribers {
         let mut client = EventServiceClient::with_interceptor(
-            read_channels[i % read_channels.len()].clone(),
+            idle_channels[i % idle_channels.len()].clone(),
             bearer.clone(),
         );
         idle.push(live_stream(&mut client, &accounts.api_key).await?);

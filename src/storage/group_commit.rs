@@ -35,6 +35,8 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
+use crate::telemetry::metrics;
+
 /// A batch commits once it has this many members, even with more queued.
 const MAX_MEMBERS: usize = 64;
 /// ... or once it has been open this long: the first member waits for the
@@ -114,38 +116,34 @@ impl GroupCommit {
             guard: Some(guard),
             shared: self.shared.clone(),
         };
-        let slot = turn.slot();
-        let batch = match slot.open.take() {
-            Some(batch) => batch,
-            None => Batch {
-                txn: self
+        // The batch stays in the slot across every await below: a caller
+        // cancelled there leaves it to the turn's drop, never drops it.
+        let savepoint = match turn.slot().open.as_ref() {
+            // Only a neighbour's kept work needs a savepoint to protect it
+            // (a batch waits in the slot only with kept work).
+            Some(batch) => Some(batch.txn.begin().await?),
+            None => {
+                let txn = self
                     .db
                     .begin_with_options(TransactionOptions {
                         isolation_level: None,
                         access_mode: None,
                         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                     })
-                    .await?,
-                kept: 0,
-                opened: Instant::now(),
-                outcome: watch::channel(None).0,
-            },
-        };
-        // Only a neighbour's kept work needs a savepoint to protect it.
-        let savepoint = if batch.kept > 0 {
-            match batch.txn.begin().await {
-                Ok(savepoint) => Some(savepoint),
-                Err(err) => {
-                    turn.slot().open = Some(batch);
-                    return Err(err);
-                }
+                    .await?;
+                turn.slot().open = Some(Batch {
+                    txn,
+                    kept: 0,
+                    opened: Instant::now(),
+                    outcome: watch::channel(None).0,
+                });
+                None
             }
-        } else {
-            None
         };
+        let batch = turn.slot().open.take();
         Ok(WriteTxn(Inner::Member(Member {
             turn: Some(turn),
-            batch: Some(batch),
+            batch,
             savepoint,
         })))
     }
@@ -242,10 +240,10 @@ async fn commit_batch(batch: Batch, guard: Option<OwnedMutexGuard<Slot>>, shared
         txn.commit().await
     };
     if result.is_ok() && kept > 0 {
+        let kept = u64::try_from(kept).unwrap_or(u64::MAX);
         shared.batches.fetch_add(1, Ordering::Relaxed);
-        shared
-            .members
-            .fetch_add(u64::try_from(kept).unwrap_or(u64::MAX), Ordering::Relaxed);
+        shared.members.fetch_add(kept, Ordering::Relaxed);
+        metrics::storage().group_committed(kept);
     }
     let _ = outcome.send(Some(result));
     drop(guard);
@@ -308,31 +306,35 @@ impl Member {
         let (Some(mut turn), Some(mut batch)) = (self.turn.take(), self.batch.take()) else {
             return Ok(());
         };
-        match (self.savepoint.take(), keep) {
-            (Some(savepoint), true) => {
-                if let Err(err) = savepoint.commit().await {
-                    // The savepoint's rollback is queued by its drop; the
-                    // neighbours' work goes on (the turn's drop settles it).
-                    turn.slot().open = Some(batch);
-                    return Err(err);
-                }
-                batch.kept += 1;
-            }
-            (Some(savepoint), false) => {
-                if let Err(err) = savepoint.rollback().await {
-                    turn.slot().open = Some(batch);
-                    return Err(err);
-                }
-                turn.shared.rolled_back.fetch_add(1, Ordering::Relaxed);
-            }
+        match self.savepoint.take() {
             // Alone in the batch: the transaction is this member's.
-            (None, true) => batch.kept += 1,
-            (None, false) => {
+            None if keep => batch.kept += 1,
+            None => {
                 // Rolled back before the turn passes on, so the next writer
                 // does not find SQLite's write lock still taken.
                 let result = batch.txn.rollback().await;
                 drop(turn);
                 return result;
+            }
+            Some(savepoint) => {
+                // Back in the slot while the savepoint ends: if this caller
+                // is cancelled or the savepoint fails, the turn's drop
+                // settles the neighbours' work.
+                turn.slot().open = Some(batch);
+                if keep {
+                    savepoint.commit().await?;
+                } else {
+                    savepoint.rollback().await?;
+                    turn.shared.rolled_back.fetch_add(1, Ordering::Relaxed);
+                    metrics::storage().group_commit_rolled_back();
+                }
+                let Some(back) = turn.slot().open.take() else {
+                    return Ok(());
+                };
+                batch = back;
+                if keep {
+                    batch.kept += 1;
+                }
             }
         }
         let full = batch.kept >= MAX_MEMBERS || batch.opened.elapsed() >= MAX_AGE;
@@ -360,6 +362,7 @@ impl Drop for Member {
         };
         if savepoint.is_some() {
             turn.shared.rolled_back.fetch_add(1, Ordering::Relaxed);
+            metrics::storage().group_commit_rolled_back();
         }
         drop(savepoint);
         if batch.kept > 0 {

@@ -299,6 +299,40 @@ impl EventMetrics {
     }
 }
 
+/// SQLite group commit: shared transactions and the writes they carried.
+#[derive(Debug, Default)]
+pub struct StorageMetrics {
+    group_commits: AtomicU64,
+    group_commit_writes: AtomicU64,
+    group_commit_rollbacks: AtomicU64,
+}
+
+impl StorageMetrics {
+    /// One shared transaction committed with `writes` writes in it.
+    pub fn group_committed(&self, writes: u64) {
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
+        self.group_commit_writes
+            .fetch_add(writes, Ordering::Relaxed);
+    }
+
+    /// One write rolled back to its savepoint inside a shared transaction.
+    pub fn group_commit_rolled_back(&self) {
+        self.group_commit_rollbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn group_commits(&self) -> u64 {
+        self.group_commits.load(Ordering::Relaxed)
+    }
+
+    pub fn group_commit_writes(&self) -> u64 {
+        self.group_commit_writes.load(Ordering::Relaxed)
+    }
+
+    pub fn group_commit_rollbacks(&self) -> u64 {
+        self.group_commit_rollbacks.load(Ordering::Relaxed)
+    }
+}
+
 /// Metrics of the JetStream relay. The relay task is handed a reference (see
 /// [`relay()`]); every method is one atomic operation.
 #[derive(Debug, Default)]
@@ -389,6 +423,7 @@ struct Registry {
     http: HttpMetrics,
     events: EventMetrics,
     relay: RelayMetrics,
+    storage: StorageMetrics,
 }
 
 fn registry() -> &'static Registry {
@@ -398,7 +433,13 @@ fn registry() -> &'static Registry {
         http: HttpMetrics::default(),
         events: EventMetrics::new(),
         relay: RelayMetrics::default(),
+        storage: StorageMetrics::default(),
     })
+}
+
+/// The storage metrics (global, always available).
+pub fn storage() -> &'static StorageMetrics {
+    &registry().storage
 }
 
 /// The relay metrics the process exports; `app` hands them to the relay.
@@ -616,6 +657,31 @@ pub fn render_prometheus() -> String {
         );
     }
 
+    let storage = storage();
+    let group_commit = [
+        (
+            "connections_sqlite_group_commits_total",
+            "SQLite shared write transactions committed (group commit).",
+            storage.group_commits(),
+        ),
+        (
+            "connections_sqlite_group_commit_writes_total",
+            "Writes those shared transactions carried.",
+            storage.group_commit_writes(),
+        ),
+        (
+            "connections_sqlite_group_commit_rollbacks_total",
+            "Writes rolled back to their savepoint inside a shared transaction.",
+            storage.group_commit_rollbacks(),
+        ),
+    ];
+    for (name, help, value) in group_commit {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+
     out.push_str("# HELP connections_events_sequencing_lag_seconds Time from an outbox row's commit to its position.\n");
     out.push_str("# TYPE connections_events_sequencing_lag_seconds histogram\n");
     events
@@ -753,6 +819,16 @@ pub(crate) fn register_otel(meter: &Meter) {
         .with_description("Events this replica published to JetStream")
         .with_callback(|observer| observer.observe(relay().published_total(), &[]))
         .build();
+    meter
+        .u64_observable_counter("connections.sqlite.group_commits")
+        .with_description("SQLite shared write transactions committed (group commit)")
+        .with_callback(|observer| observer.observe(storage().group_commits(), &[]))
+        .build();
+    meter
+        .u64_observable_counter("connections.sqlite.group_commit_writes")
+        .with_description("Writes those shared transactions carried")
+        .with_callback(|observer| observer.observe(storage().group_commit_writes(), &[]))
+        .build();
 }
 
 #[cfg(test)]
@@ -794,6 +870,18 @@ mod tests {
         assert!(text.contains(&format!(
             "connections_rpc_duration_seconds_bucket{{rpc=\"{rpc}\",le=\"0.0025\"}} 2\n"
         )));
+    }
+
+    #[test]
+    fn group_commit_metrics_are_rendered() {
+        let before = storage().group_commit_writes();
+        storage().group_committed(3);
+        storage().group_commit_rolled_back();
+        let text = render_prometheus();
+        assert!(text.contains("# TYPE connections_sqlite_group_commits_total counter\n"));
+        assert!(text.contains("connections_sqlite_group_commit_writes_total "));
+        assert!(storage().group_commit_writes() >= before + 3);
+        assert!(text.contains("connections_sqlite_group_commit_rollbacks_total "));
     }
 
     #[test]
