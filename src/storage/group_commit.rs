@@ -105,7 +105,7 @@ impl GroupCommit {
     }
 
     /// Waits for the write turn, then joins the open batch or opens one.
-    pub(crate) async fn join(&self) -> Result<WriteTxn, DbErr> {
+    pub(crate) async fn join(&self, writes: Writes) -> Result<WriteTxn, DbErr> {
         let guard = {
             let queued = Queued::new(self.shared.clone(), self.turn.clone());
             let guard = self.turn.clone().lock_owned().await;
@@ -120,8 +120,10 @@ impl GroupCommit {
         // cancelled there leaves it to the turn's drop, never drops it.
         let savepoint = match turn.slot().open.as_ref() {
             // Only a neighbour's kept work needs a savepoint to protect it
-            // (a batch waits in the slot only with kept work).
-            Some(batch) => Some(batch.txn.begin().await?),
+            // (a batch waits in the slot only with kept work), and only from
+            // writes that could fail half-done.
+            Some(batch) if writes == Writes::Several => Some(batch.txn.begin().await?),
+            Some(_) => None,
             None => {
                 let txn = self
                     .db
@@ -141,12 +143,28 @@ impl GroupCommit {
             }
         };
         let batch = turn.slot().open.take();
+        let alone = batch.as_ref().is_some_and(|b| b.kept == 0);
         Ok(WriteTxn(Inner::Member(Member {
             turn: Some(turn),
             batch,
             savepoint,
+            alone,
         })))
     }
+}
+
+/// What a write transaction's caller promises about its writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Any number of statements: in a batch with neighbours, a savepoint
+    /// undoes them if the write fails or rolls back.
+    Several,
+    /// Reads, then at most one write step that is atomic by itself and
+    /// undoes itself if it fails (one statement, or statements wrapped in a
+    /// savepoint of the caller's): no savepoint of its own is needed, which
+    /// saves two round trips per write. A rollback after that step is not
+    /// possible: the caller must not roll back once the step succeeded.
+    Atomic,
 }
 
 /// Counts a writer as queued until it gets the turn; one cancelled while
@@ -274,6 +292,8 @@ struct Member {
     batch: Option<Batch>,
     /// The member's savepoint; None when it runs on the transaction itself.
     savepoint: Option<DatabaseTransaction>,
+    /// No neighbour's work in the transaction: it is this member's alone.
+    alone: bool,
 }
 
 impl WriteTxn {
@@ -307,8 +327,10 @@ impl Member {
             return Ok(());
         };
         match self.savepoint.take() {
-            // Alone in the batch: the transaction is this member's.
+            // On the transaction itself: alone, or an atomic write whose
+            // step either happened whole or not at all.
             None if keep => batch.kept += 1,
+            None if !self.alone => {}
             None => {
                 // Rolled back before the turn passes on, so the next writer
                 // does not find SQLite's write lock still taken.

@@ -13,6 +13,7 @@ use sea_orm::{
 use super::{
     entities::{context_id, idempotency_key, site},
     error::{StorageError, StorageResult},
+    group_commit::Writes,
     outbox,
     repository::{Repository, SiteKey, load_account, site_from_model},
     sql::Sql,
@@ -44,7 +45,14 @@ impl Repository {
         ctx: &CallOrigin,
         request: RemovalRequest,
     ) -> StorageResult<RemovalOutcome> {
-        let txn = self.begin_write().await?;
+        // A plain removal writes in one atomic step (`apply`); with a cid or
+        // a request id it also writes their rows, around that step.
+        let writes = if request.cid().is_none() && request.request_id().is_none() {
+            Writes::Atomic
+        } else {
+            Writes::Several
+        };
+        let txn = self.begin_write_of(writes).await?;
         let step = self.remove_in(&txn, registry, ctx, &request).await;
         match step {
             Ok(Step::Done(outcome, wrote_events)) => {
@@ -262,6 +270,11 @@ async fn apply(
     let backend = txn.get_database_backend();
     let mut sql = Sql::new(backend);
     let postgres = backend == DbBackend::Postgres;
+    if !postgres {
+        // Several statements: atomic only inside a savepoint, rolled back
+        // below if any of them fails (PostgreSQL's one statement is atomic).
+        sql.push(APPLY_SAVEPOINT_SQL);
+    }
     // Each write is one part: a statement of its own on SQLite, a CTE on
     // PostgreSQL. `counted` parts answer one row per row they changed.
     let mut counted: Vec<&str> = Vec::new();
@@ -353,10 +366,35 @@ async fn apply(
         }
         sql.push(" ").push(&branches.join(" UNION ALL "));
     }
-    let rows = txn.query_all_raw(sql.into_statement()).await?;
+    let written = txn.query_all_raw(sql.into_statement()).await;
+    let checked = written
+        .map_err(StorageError::from)
+        .and_then(|rows| check_counts(&rows, &hard, &soft, logins));
+    if checked.is_err() && !postgres {
+        // Undo whatever part of the step ran. ROLLBACK TO fails only with
+        // the connection itself (or after SQLite rolled the whole
+        // transaction back), and then the shared commit fails too.
+        let _ = txn.execute_unprepared(UNDO_APPLY_SQL).await;
+    }
+    checked
+}
+
+/// Opens the savepoint that makes `apply`'s statements one step on SQLite.
+/// Left open on success: the enclosing transaction's commit (or savepoint
+/// release) takes it along.
+const APPLY_SAVEPOINT_SQL: &str = "SAVEPOINT removal_apply";
+const UNDO_APPLY_SQL: &str = "ROLLBACK TO removal_apply; RELEASE removal_apply";
+
+/// Every write the plan names happened exactly once.
+fn check_counts(
+    rows: &[sea_orm::QueryResult],
+    hard: &[i64],
+    soft: &[i64],
+    logins: &[String],
+) -> StorageResult<()> {
     let changed = |kind: &str| -> StorageResult<u64> {
         let mut n = 0;
-        for row in &rows {
+        for row in rows {
             let found: String = row.try_get("", "kind")?;
             n += u64::from(found == kind);
         }

@@ -15,7 +15,7 @@ use super::{
     action_secrets::{self, ActionSecret},
     entities::{account, login_id, site},
     error::{StorageError, StorageResult},
-    group_commit::{GroupCommit, GroupCommitStats, WriteTxn},
+    group_commit::{GroupCommit, GroupCommitStats, WriteTxn, Writes},
     health::DbHealth,
     secrets::SessionSealer,
     sql::Sql,
@@ -118,8 +118,15 @@ impl Repository {
     /// with SQLITE_BUSY even with a busy timeout.
     #[tracing::instrument(skip_all, name = "db.begin_write")]
     pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
+        self.begin_write_of(Writes::Several).await
+    }
+
+    /// [`Self::begin_write`] for a caller whose writes are one atomic step
+    /// (see [`Writes::Atomic`]): on SQLite it joins a batch without a
+    /// savepoint of its own.
+    pub(crate) async fn begin_write_of(&self, writes: Writes) -> Result<WriteTxn, DbErr> {
         match &self.group {
-            Some(group) => group.join().await,
+            Some(group) => group.join(writes).await,
             None => Ok(WriteTxn::own(self.db.begin().await?)),
         }
     }

@@ -97,6 +97,12 @@ async fn a_write_failing_inside_a_batch_changes_nothing_and_its_neighbours_commi
     let first =
         tokio::spawn(async move { client.remove_connection(remove("u1", "facebook")).await });
     queued(&app, 1).await;
+    // Refused after reading (nothing connected for that provider): it joins
+    // without a savepoint of its own, and leaves its neighbours alone.
+    let mut client = app.connections();
+    let refused =
+        tokio::spawn(async move { client.remove_connection(remove("u2", "linkedin")).await });
+    queued(&app, 2).await;
     // Adds its login ID, then finds the identity linked to another account:
     // it fails after writing, inside the batch.
     let mut client = app.connections();
@@ -113,11 +119,11 @@ async fn a_write_failing_inside_a_batch_changes_nothing_and_its_neighbours_commi
             })
             .await
     });
-    queued(&app, 2).await;
+    queued(&app, 3).await;
     let mut client = app.connections();
     let last =
         tokio::spawn(async move { client.remove_connection(remove("u3", "facebook")).await });
-    queued(&app, 3).await;
+    queued(&app, 4).await;
 
     // The holder hands the batch on and is answered after the shared commit.
     holder
@@ -132,6 +138,8 @@ async fn a_write_failing_inside_a_batch_changes_nothing_and_its_neighbours_commi
         .expect_err("link of a taken identity");
     assert_eq!(failed.code(), Code::AlreadyExists, "{failed:?}");
     assert_eq!(reason(&failed), "IDENTITY_LINKED_ELSEWHERE");
+    let refused = refused.await.expect("join").expect_err("nothing to remove");
+    assert_eq!(reason(&refused), "NOT_CONNECTED", "{refused:?}");
 
     let after = stats(&app);
     let (batches, members) = (
