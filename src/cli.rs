@@ -588,15 +588,18 @@ mod tests {
     fn serve(args: &[&str]) -> Result<Settings, String> {
         let cli = Cli::try_parse_from([&["connections", "serve"], args].concat())
             .map_err(|e| e.to_string())?;
+        serve_settings(cli)
+    }
+
+    /// The settings of a command line parsed as `serve`.
+    fn serve_settings(cli: Cli) -> Result<Settings, String> {
         match cli.command {
             Command::Serve(serve) => serve.settings(),
             Command::Migrate(_)
             | Command::Token(_)
             | Command::AppKey(_)
             | Command::UserToken(_)
-            | Command::ActionLink(_) => {
-                unreachable!("parsed serve")
-            }
+            | Command::ActionLink(_) => unreachable!("parsed serve"),
         }
     }
 
@@ -679,14 +682,7 @@ mod tests {
             CliError::Usage(e) => e.to_string(),
             CliError::Config(message) => message.replace(&path, "FILE"),
         })?;
-        match cli.command {
-            Command::Serve(serve) => serve.settings(),
-            Command::Migrate(_)
-            | Command::Token(_)
-            | Command::AppKey(_)
-            | Command::UserToken(_)
-            | Command::ActionLink(_) => unreachable!("parsed serve"),
-        }
+        serve_settings(cli)
     }
 
     #[test]
