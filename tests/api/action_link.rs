@@ -416,7 +416,7 @@ async fn action_link_refuses_unsigned_forged_and_altered_links_with_a_page(backe
         "vhost=%ZZ",
         "vhost=%C3%28",
         "uid=42",
-        "vhost=abc&uid=42",
+        "vhost=qzxv&uid=42",
         "vhost=-1",
         "vhost=123456789012",
         "vhost=77&vhost=77",
@@ -424,7 +424,7 @@ async fn action_link_refuses_unsigned_forged_and_altered_links_with_a_page(backe
         &format!("{valid}&uid=43"),
     ] {
         let reply = get(&app, query).await;
-        assert_page(&reply, 400, &["abc", "again", "%ZZ"]);
+        assert_page(&reply, 400, &["qzxv", "again", "%ZZ"]);
     }
     // The valid link still works after all that.
     assert_eq!(location(&get(&app, &valid).await), "/userprofile?status=ok");
