@@ -16,7 +16,7 @@ use sea_orm::{ConnectionTrait, DbBackend};
 use super::{
     entities::event,
     error::{StorageError, StorageResult},
-    sql::Sql,
+    sql::{Sql, WriteSteps},
 };
 use crate::domain::ConnectionRemoved;
 
@@ -31,26 +31,38 @@ pub async fn append<C: ConnectionTrait>(
     if events.is_empty() {
         return Ok(());
     }
-    let mut sql = Sql::new(conn.get_database_backend());
-    match sql.backend() {
-        DbBackend::Sqlite => {
-            push_claim(&mut sql, events.len());
-            sql.push("; ");
-            push_insert(&mut sql, events)?;
-        }
-        _ => {
-            sql.push("WITH appended AS (");
-            push_insert(&mut sql, events)?;
-            sql.push(" RETURNING 1) SELECT ").push(NOTIFY);
-        }
+    let mut steps = WriteSteps::new(conn.get_database_backend());
+    push_append(&mut steps, events, "1")?;
+    conn.execute_raw(steps.into_statement()).await?;
+    Ok(())
+}
+
+/// Appends `events` as the next writes of `steps`. On PostgreSQL the
+/// `NOTIFY` answers one row, `notified` (in the columns of the other
+/// writes' answers).
+pub(crate) fn push_append(
+    steps: &mut WriteSteps,
+    events: &[ConnectionRemoved],
+    notified: &str,
+) -> StorageResult<()> {
+    if events.is_empty() {
+        return Ok(());
     }
-    conn.execute_raw(sql.into_statement()).await?;
+    if !steps.postgres() {
+        push_claim(steps.open("claimed"), events.len());
+        steps.close("claimed", None);
+    }
+    push_insert(steps.open("appended"), events)?;
+    steps.close("appended", None);
+    if steps.postgres() {
+        steps.also_select(notified, NOTIFY);
+    }
     Ok(())
 }
 
 /// PostgreSQL: wakes the sequencer of every replica, and only if and when
 /// the transaction commits.
-pub(crate) const NOTIFY: &str = "pg_notify('connections_outbox', '')";
+const NOTIFY: &str = "pg_notify('connections_outbox', '')";
 
 /// SQLite: moves the head by `count`, claiming the positions that
 /// [`push_insert`] (next in the same string) gives its rows. One writer at a

@@ -7,7 +7,7 @@
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
 };
 
 use super::{
@@ -16,7 +16,7 @@ use super::{
     group_commit::Writes,
     outbox,
     repository::{Repository, SiteKey, load_account, site_from_model},
-    sql::Sql,
+    sql::WriteSteps,
 };
 use crate::domain::{
     CallOrigin, DomainError, IdentityState, ProviderRegistry, RemovalMode,
@@ -267,50 +267,28 @@ async fn apply(
     if plan.is_empty() && events.is_empty() {
         return Ok(());
     }
-    let backend = txn.get_database_backend();
-    let mut sql = Sql::new(backend);
-    let postgres = backend == DbBackend::Postgres;
+    let mut steps = WriteSteps::new(txn.get_database_backend());
+    let postgres = steps.postgres();
     if !postgres {
         // Several statements: atomic only inside a savepoint, rolled back
         // below if any of them fails (PostgreSQL's one statement is atomic).
-        sql.push(APPLY_SAVEPOINT_SQL);
+        steps.open("savepoint").push(APPLY_SAVEPOINT_SQL);
+        steps.close("savepoint", None);
     }
-    // Each write is one part: a statement of its own on SQLite, a CTE on
-    // PostgreSQL. `counted` parts answer one row per row they changed.
-    let mut counted: Vec<&str> = Vec::new();
-    let mut part = |sql: &mut Sql, name: &'static str, counts: bool| {
-        let first = sql.is_empty();
-        match (postgres, first) {
-            (true, true) => sql.push("WITH "),
-            (true, false) => sql.push(", "),
-            (false, true) => sql,
-            (false, false) => sql.push("; "),
-        };
-        if postgres {
-            sql.push(name).push(" AS (");
-        }
-        if counts {
-            counted.push(name);
-        }
-    };
-    let close = |sql: &mut Sql, name: &str| {
-        if postgres {
-            sql.push(" RETURNING 1)");
-        } else {
-            sql.push(" RETURNING '").push(name).push("' AS kind");
-        }
-    };
+    // Every identity or login ID a write changes answers one row of its kind.
     if !hard.is_empty() {
-        part(&mut sql, "hard", true);
-        sql.push("DELETE FROM identities WHERE account_id = ")
+        steps
+            .open("hard")
+            .push("DELETE FROM identities WHERE account_id = ")
             .bind(account_id)
             .push(" AND id IN ")
             .bind_list(hard.iter().copied());
-        close(&mut sql, "hard");
+        steps.close("hard", Some("'hard' AS kind"));
     }
     if !soft.is_empty() {
-        part(&mut sql, "soft", true);
-        sql.push("UPDATE identities SET state = ")
+        steps
+            .open("soft")
+            .push("UPDATE identities SET state = ")
             .bind(IdentityState::SoftRemoved.as_str())
             .push(", session = NULL, updated_at = ")
             .bind(now)
@@ -318,55 +296,28 @@ async fn apply(
             .bind(account_id)
             .push(" AND id IN ")
             .bind_list(soft.iter().copied());
-        close(&mut sql, "soft");
+        steps.close("soft", Some("'soft' AS kind"));
     }
     if !logins.is_empty() {
-        part(&mut sql, "logins", true);
-        sql.push("DELETE FROM login_ids WHERE account_id = ")
+        steps
+            .open("logins")
+            .push("DELETE FROM login_ids WHERE account_id = ")
             .bind(account_id)
             .push(" AND login_id IN ")
             .bind_list(logins.iter().cloned());
-        close(&mut sql, "logins");
+        steps.close("logins", Some("'logins' AS kind"));
     }
     if !plan.is_empty() {
-        part(&mut sql, "touched", false);
-        sql.push("UPDATE accounts SET updated_at = ")
+        steps
+            .open("touched")
+            .push("UPDATE accounts SET updated_at = ")
             .bind(now)
             .push(" WHERE id = ")
             .bind(account_id);
-        if postgres {
-            sql.push(" RETURNING 1)");
-        }
+        steps.close("touched", None);
     }
-    if !events.is_empty() {
-        if postgres {
-            part(&mut sql, "appended", false);
-            outbox::push_insert(&mut sql, events)?;
-            sql.push(" RETURNING 1)");
-        } else {
-            part(&mut sql, "claimed", false);
-            outbox::push_claim(&mut sql, events.len());
-            part(&mut sql, "appended", false);
-            outbox::push_insert(&mut sql, events)?;
-        }
-    }
-    if postgres {
-        let mut branches: Vec<String> = counted
-            .iter()
-            .map(|name| format!("SELECT '{name}' AS kind FROM {name}"))
-            .collect();
-        if !events.is_empty() {
-            branches.push(format!(
-                "SELECT 'notified' AS kind FROM (SELECT {}) n",
-                outbox::NOTIFY
-            ));
-        }
-        if branches.is_empty() {
-            branches.push("SELECT 'none' AS kind WHERE FALSE".into());
-        }
-        sql.push(" ").push(&branches.join(" UNION ALL "));
-    }
-    let written = txn.query_all_raw(sql.into_statement()).await;
+    outbox::push_append(&mut steps, events, "'notified' AS kind")?;
+    let written = txn.query_all_raw(steps.into_statement()).await;
     let checked = written
         .map_err(StorageError::from)
         .and_then(|rows| check_counts(&rows, &hard, &soft, logins));

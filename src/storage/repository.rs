@@ -18,7 +18,7 @@ use super::{
     group_commit::{GroupCommit, GroupCommitStats, WriteTxn, Writes},
     health::DbHealth,
     secrets::SessionSealer,
-    sql::Sql,
+    sql::{Sql, WriteSteps},
 };
 use crate::domain::{
     Account, AccountView, ApiKey, DomainError, Identity, IdentityState, IdentityView, LoginId,
@@ -321,12 +321,8 @@ impl Repository {
 
         // The identity's write and the account's touch, in one round trip.
         let action = link::plan_link(account.id, found.mapping)?;
-        let backend = txn.get_database_backend();
-        let postgres = backend == sea_orm::DbBackend::Postgres;
-        let mut sql = Sql::new(backend);
-        if postgres {
-            sql.push("WITH linked AS (");
-        }
+        let mut steps = WriteSteps::new(txn.get_database_backend());
+        let sql = steps.open("linked");
         match &action {
             LinkAction::Create => {
                 sql.push(
@@ -371,20 +367,16 @@ impl Repository {
                     .bind(account.id);
             }
         }
-        sql.push(" RETURNING id");
-        sql.push(if postgres {
-            "), touched AS (UPDATE accounts SET updated_at = "
-        } else {
-            "; UPDATE accounts SET updated_at = "
-        })
-        .bind(now)
-        .push(" WHERE id = ")
-        .bind(account.id);
-        if postgres {
-            sql.push(" RETURNING 1) SELECT id FROM linked");
-        }
+        steps.close("linked", Some("id"));
+        steps
+            .open("touched")
+            .push("UPDATE accounts SET updated_at = ")
+            .bind(now)
+            .push(" WHERE id = ")
+            .bind(account.id);
+        steps.close("touched", None);
         let written = txn
-            .query_all_raw(sql.into_statement())
+            .query_all_raw(steps.into_statement())
             .await
             .map_err(|err| {
                 // Another account linked it concurrently.

@@ -72,6 +72,84 @@ impl Sql {
     }
 }
 
+/// Several writes in one round trip: on SQLite the statements of one
+/// string, on PostgreSQL the data-modifying CTEs of one statement (each sees
+/// the statement's snapshot, so they must touch different rows). A write may
+/// answer a row per row it changed (`RETURNING answer`): SQLite returns them
+/// from its statement, PostgreSQL from the final `SELECT` over those CTEs.
+#[derive(Debug)]
+pub(crate) struct WriteSteps {
+    sql: Sql,
+    /// PostgreSQL: the final SELECT's branches.
+    answers: Vec<String>,
+}
+
+impl WriteSteps {
+    pub(crate) fn new(backend: DbBackend) -> Self {
+        Self {
+            sql: Sql::new(backend),
+            answers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn postgres(&self) -> bool {
+        self.sql.backend == DbBackend::Postgres
+    }
+
+    /// Starts the next write (its CTE's `name` on PostgreSQL); write its SQL
+    /// into the returned builder, then [`Self::close`] it.
+    pub(crate) fn open(&mut self, name: &str) -> &mut Sql {
+        let first = self.sql.is_empty();
+        if self.postgres() {
+            self.sql
+                .push(if first { "WITH " } else { ", " })
+                .push(name)
+                .push(" AS (");
+        } else if !first {
+            self.sql.push("; ");
+        }
+        &mut self.sql
+    }
+
+    /// Ends the write opened as `name`; `answer` is what each row it changed
+    /// answers (the same columns for every answering write), if anything.
+    pub(crate) fn close(&mut self, name: &str, answer: Option<&str>) {
+        match (self.postgres(), answer) {
+            (true, answer) => {
+                self.sql
+                    .push(" RETURNING ")
+                    .push(answer.unwrap_or("1"))
+                    .push(")");
+                if answer.is_some() {
+                    self.answers.push(format!("SELECT * FROM {name}"));
+                }
+            }
+            (false, Some(answer)) => {
+                self.sql.push(" RETURNING ").push(answer);
+            }
+            (false, None) => {}
+        }
+    }
+
+    /// PostgreSQL: a `SELECT` run for its side effect (e.g. `pg_notify`),
+    /// answering `answer` once.
+    pub(crate) fn also_select(&mut self, answer: &str, select: &str) {
+        self.answers
+            .push(format!("SELECT {answer} FROM (SELECT {select}) effect"));
+    }
+
+    pub(crate) fn into_statement(mut self) -> Statement {
+        if self.postgres() {
+            if self.answers.is_empty() {
+                self.answers.push("SELECT 1 WHERE FALSE".into());
+            }
+            let answers = self.answers.join(" UNION ALL ");
+            self.sql.push(" ").push(&answers);
+        }
+        self.sql.into_statement()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +173,30 @@ mod tests {
         let mut sql = Sql::new(DbBackend::Postgres);
         sql.push("SELECT ").bind(1_i64).push(", ").bind("a");
         assert_eq!(sql.into_statement().sql, "SELECT $1, $2");
+    }
+
+    fn two_writes(backend: DbBackend) -> String {
+        let mut steps = WriteSteps::new(backend);
+        steps
+            .open("gone")
+            .push("DELETE FROM t WHERE a = ")
+            .bind(1_i64);
+        steps.close("gone", Some("'gone' AS kind"));
+        steps.open("touched").push("UPDATE u SET b = ").bind(2_i64);
+        steps.close("touched", None);
+        steps.into_statement().sql
+    }
+
+    #[test]
+    fn write_steps_are_statements_on_sqlite_and_ctes_on_postgres() {
+        assert_eq!(
+            two_writes(DbBackend::Sqlite),
+            "DELETE FROM t WHERE a = ? RETURNING 'gone' AS kind; UPDATE u SET b = ?"
+        );
+        assert_eq!(
+            two_writes(DbBackend::Postgres),
+            "WITH gone AS (DELETE FROM t WHERE a = $1 RETURNING 'gone' AS kind), \
+             touched AS (UPDATE u SET b = $2 RETURNING 1) SELECT * FROM gone"
+        );
     }
 }
