@@ -94,6 +94,12 @@ impl DbHealth {
             )))
         }
     }
+
+    /// Resolves when the breaker opens (at once if it is open).
+    pub(crate) async fn opened(&self) {
+        let mut available = self.available.subscribe();
+        let _ = available.wait_for(|up| !*up).await;
+    }
 }
 
 impl DbHealth {

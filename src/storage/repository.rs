@@ -7,7 +7,8 @@ use std::sync::Arc;
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, RuntimeErr,
+    TransactionTrait,
 };
 use tokio::sync::Notify;
 
@@ -127,7 +128,17 @@ impl Repository {
     pub(crate) async fn begin_write_of(&self, writes: Writes) -> Result<WriteTxn, DbErr> {
         match &self.group {
             Some(group) => group.join(writes).await,
-            None => Ok(WriteTxn::own(self.db.begin().await?)),
+            // A call that must open a connection just as the database goes
+            // away would wait out the pool's timeout (sqlx retries refused
+            // connections until then); once the breaker opens it is refused
+            // like the calls after it. Nothing was written yet.
+            None => tokio::select! {
+                biased;
+                txn = self.db.begin() => Ok(WriteTxn::own(txn?)),
+                () = self.health.opened() => Err(DbErr::Conn(RuntimeErr::Internal(
+                    "the database stopped answering".into(),
+                ))),
+            },
         }
     }
 
