@@ -99,11 +99,10 @@ impl Ord for EventSource {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(api_key: &str, provider: &str, source: EventSource) -> ConnectionRemoved {
-        ConnectionRemoved {
+impl ConnectionRemoved {
+    /// A made-up event for unit tests.
+    pub(crate) fn sample(api_key: &str, provider: &str, source: EventSource) -> Self {
+        Self {
             event_id: "e".into(),
             occurred_at: Utc::now(),
             api_key: api_key.into(),
@@ -123,11 +122,31 @@ mod tests {
             traceparent: None,
         }
     }
+}
+
+#[cfg(test)]
+impl SequencedEvent {
+    /// A made-up event at `position`, for unit tests.
+    pub(crate) fn sample(position: u64) -> Self {
+        Self {
+            position,
+            event: ConnectionRemoved::sample("k", "facebook", EventSource::RemoveConnection),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn an_empty_filter_matches_everything() {
         let filter = EventFilter::default();
-        assert!(filter.matches(&sample("k", "facebook", EventSource::UnlinkAccount)));
+        assert!(filter.matches(&ConnectionRemoved::sample(
+            "k",
+            "facebook",
+            EventSource::UnlinkAccount
+        )));
     }
 
     #[test]
@@ -137,10 +156,26 @@ mod tests {
             providers: Some(["facebook".to_owned()].into()),
             sources: Some([EventSource::RemoveConnection].into()),
         };
-        assert!(filter.matches(&sample("k1", "facebook", EventSource::RemoveConnection)));
-        assert!(!filter.matches(&sample("k2", "facebook", EventSource::RemoveConnection)));
-        assert!(!filter.matches(&sample("k1", "google", EventSource::RemoveConnection)));
-        assert!(!filter.matches(&sample("k1", "facebook", EventSource::UnlinkAccount)));
+        assert!(filter.matches(&ConnectionRemoved::sample(
+            "k1",
+            "facebook",
+            EventSource::RemoveConnection
+        )));
+        assert!(!filter.matches(&ConnectionRemoved::sample(
+            "k2",
+            "facebook",
+            EventSource::RemoveConnection
+        )));
+        assert!(!filter.matches(&ConnectionRemoved::sample(
+            "k1",
+            "google",
+            EventSource::RemoveConnection
+        )));
+        assert!(!filter.matches(&ConnectionRemoved::sample(
+            "k1",
+            "facebook",
+            EventSource::UnlinkAccount
+        )));
     }
 
     #[test]
@@ -149,7 +184,11 @@ mod tests {
             api_keys: Some(BTreeSet::new()),
             ..EventFilter::default()
         };
-        assert!(!filter.matches(&sample("k1", "facebook", EventSource::RemoveConnection)));
+        assert!(!filter.matches(&ConnectionRemoved::sample(
+            "k1",
+            "facebook",
+            EventSource::RemoveConnection
+        )));
     }
 }
 

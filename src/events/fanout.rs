@@ -7,11 +7,14 @@
 use std::sync::Arc;
 
 use tokio::{
-    sync::{Notify, broadcast, watch},
+    sync::{broadcast, watch},
     time::MissedTickBehavior,
 };
 
-use super::Shutdown;
+use super::{
+    Shutdown,
+    stamped::{Handed, Stamped},
+};
 use crate::{
     config::EventSettings,
     domain::{EventFilter, SequencedEvent},
@@ -28,7 +31,7 @@ const PAGE: u64 = 500;
 pub async fn run(
     repo: Repository,
     settings: EventSettings,
-    sequenced: Arc<Notify>,
+    sequenced: Arc<Stamped>,
     live: broadcast::Sender<Arc<SequencedEvent>>,
     head: watch::Sender<u64>,
     metrics: &'static EventMetrics,
@@ -41,15 +44,55 @@ pub async fn run(
     let mut listener = NotificationListener::new(repo.clone(), EVENTS_CHANNEL);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut read_table = true;
     loop {
-        publish_new(&repo, &live, &head, metrics, &mut published).await;
+        if read_table {
+            publish_new(&repo, &live, &head, metrics, &mut published).await;
+        }
+        read_table = true;
         tokio::select! {
             () = shutdown.raised() => return,
-            () = sequenced.notified() => {}
-            () = listener.wait() => {}
+            handed = sequenced.next() => {
+                if let Handed::Events(events) = handed {
+                    read_table = !publish_stamped(events, &live, &head, metrics, &mut published);
+                }
+            }
+            notified = listener.wait() => {
+                // This replica's own stamps are announced too: nothing to
+                // read when they are already published.
+                if notified.is_some_and(|stamped_head| stamped_head <= published) {
+                    read_table = false;
+                }
+            }
             _ = poll.tick() => {}
         }
     }
+}
+
+/// Publishes events handed over by this replica's sequencer, if they follow
+/// what was published; returns false when the table must be read instead.
+fn publish_stamped(
+    events: Vec<SequencedEvent>,
+    live: &broadcast::Sender<Arc<SequencedEvent>>,
+    head: &watch::Sender<u64>,
+    metrics: &EventMetrics,
+    published: &mut u64,
+) -> bool {
+    let fresh: Vec<SequencedEvent> = events
+        .into_iter()
+        .filter(|e| e.position > *published)
+        .collect();
+    let follows = fresh
+        .iter()
+        .zip(*published + 1..)
+        .all(|(e, expected)| e.position == expected);
+    if !follows {
+        return false;
+    }
+    if !fresh.is_empty() {
+        publish(fresh, live, head, metrics, published);
+    }
+    true
 }
 
 async fn publish_new(
@@ -69,23 +112,100 @@ async fn publish_new(
             }
         };
         let full = page.len() as u64 == PAGE;
-        let now = chrono::Utc::now();
-        for event in page {
-            *published = event.position;
-            // Commit (occurred_at is taken just before) to publication here.
-            let lag = (now - event.event.occurred_at).to_std().unwrap_or_default();
-            metrics.record_sequencing_lag(lag.as_secs_f64());
-            // No receiver is fine: nobody is tailing right now.
-            let _ = live.send(Arc::new(event));
-        }
-        metrics.set_head_position(*published);
-        head.send_if_modified(|h| {
-            let moved = *h != *published;
-            *h = *published;
-            moved
-        });
+        publish(page, live, head, metrics, published);
         if !full {
             return;
         }
+    }
+}
+
+/// Sends `events` (following `published`, in position order) to the live
+/// channel and moves the head.
+fn publish(
+    events: Vec<SequencedEvent>,
+    live: &broadcast::Sender<Arc<SequencedEvent>>,
+    head: &watch::Sender<u64>,
+    metrics: &EventMetrics,
+    published: &mut u64,
+) {
+    let now = chrono::Utc::now();
+    for event in events {
+        *published = event.position;
+        // Commit (occurred_at is taken just before) to publication here.
+        let lag = (now - event.event.occurred_at).to_std().unwrap_or_default();
+        metrics.record_sequencing_lag(lag.as_secs_f64());
+        // No receiver is fine: nobody is tailing right now.
+        let _ = live.send(Arc::new(event));
+    }
+    metrics.set_head_position(*published);
+    head.send_if_modified(|h| {
+        let moved = *h != *published;
+        *h = *published;
+        moved
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Live {
+        tx: broadcast::Sender<Arc<SequencedEvent>>,
+        rx: broadcast::Receiver<Arc<SequencedEvent>>,
+        head: watch::Sender<u64>,
+        published: u64,
+    }
+
+    impl Live {
+        fn at(published: u64) -> Self {
+            let (tx, rx) = broadcast::channel(16);
+            Self {
+                tx,
+                rx,
+                head: watch::Sender::new(published),
+                published,
+            }
+        }
+
+        fn hand(&mut self, positions: &[u64]) -> bool {
+            let events = positions
+                .iter()
+                .copied()
+                .map(SequencedEvent::sample)
+                .collect();
+            let metrics = crate::telemetry::metrics::events();
+            publish_stamped(events, &self.tx, &self.head, metrics, &mut self.published)
+        }
+
+        fn sent(&mut self) -> Vec<u64> {
+            std::iter::from_fn(|| self.rx.try_recv().ok().map(|e| e.position)).collect()
+        }
+    }
+
+    #[test]
+    fn handed_events_that_follow_the_head_are_published_without_a_read() {
+        let mut live = Live::at(4);
+        assert!(live.hand(&[5, 6, 7]));
+        assert_eq!(live.sent(), vec![5, 6, 7]);
+        assert_eq!((live.published, *live.head.borrow()), (7, 7));
+    }
+
+    #[test]
+    fn handed_events_already_read_from_the_table_are_skipped() {
+        let mut live = Live::at(6);
+        assert!(live.hand(&[5, 6, 7]));
+        assert_eq!(live.sent(), vec![7]);
+        assert!(live.hand(&[6, 7]));
+        assert!(live.sent().is_empty());
+        assert_eq!(live.published, 7);
+    }
+
+    #[test]
+    fn a_gap_before_the_handed_events_sends_the_fan_out_to_the_table() {
+        let mut live = Live::at(4);
+        assert!(!live.hand(&[6, 7]));
+        assert!(!live.hand(&[5, 7]));
+        assert!(live.sent().is_empty());
+        assert_eq!((live.published, *live.head.borrow()), (4, 4));
     }
 }

@@ -5,17 +5,19 @@
 //!    | in-process Notify / NOTIFY connections_outbox
 //!    v
 //! sequencer (one per database) --stamps positions 1, 2, 3 ...--> events table
-//!    | in-process Notify / NOTIFY connections_events
+//!    | the stamped rows in process (PostgreSQL) / NOTIFY connections_events
 //!    v
-//! fan-out (one per replica) --reads new rows once--> broadcast + head watch
+//! fan-out (one per replica) --reads rows it was not handed, once--> broadcast + head watch
 //!    v
 //! subscriptions (one task per stream): replay from the table, then tail live
 //! ```
 //!
 //! - [`sequencer`]: stamps committed rows with dense positions in commit
 //!   order; on PostgreSQL only the holder of an advisory lock does it.
-//! - [`fanout`]: reads each newly stamped row once per replica and publishes
-//!   it on a bounded broadcast channel.
+//! - [`stamped`]: the sequencer's hand-over to its own replica's fan-out.
+//! - [`fanout`]: publishes each newly stamped row once per replica on a
+//!   bounded broadcast channel: as handed over by the local sequencer, else
+//!   read from the table.
 //! - [`subscription`]: a stream's task: replay, `CaughtUp`, live tail,
 //!   heartbeats, falling back to the table when it lags.
 //! - [`retention`]: prunes old events and moves `pruned_through`.
@@ -27,12 +29,13 @@
 pub mod fanout;
 pub mod retention;
 pub mod sequencer;
+pub mod stamped;
 pub mod subscription;
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::{
-    sync::{Notify, broadcast, watch},
+    sync::{broadcast, watch},
     task::JoinHandle,
 };
 
@@ -139,7 +142,7 @@ pub fn build(
 impl EventTasks {
     /// Spawns the sequencer, the fan-out and the pruner.
     pub fn start(self, shutdown: Shutdown) -> Vec<JoinHandle<()>> {
-        let sequenced = Arc::new(Notify::new());
+        let sequenced = Arc::new(stamped::Stamped::default());
         vec![
             tokio::spawn(sequencer::run(
                 self.repo.clone(),

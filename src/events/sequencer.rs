@@ -11,9 +11,9 @@
 
 use std::sync::Arc;
 
-use tokio::{sync::Notify, time::MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 
-use super::{Shutdown, pause};
+use super::{Shutdown, pause, stamped::Stamped};
 use crate::{
     config::EventSettings,
     storage::{
@@ -26,11 +26,11 @@ use crate::{
 /// Rows stamped per transaction.
 const STAMP_BATCH: u64 = 1000;
 
-/// Runs until shutdown. `sequenced` is woken after every stamping commit.
+/// Runs until shutdown. `sequenced` hears of every stamping commit.
 pub async fn run(
     repo: Repository,
     settings: EventSettings,
-    sequenced: Arc<Notify>,
+    sequenced: Arc<Stamped>,
     metrics: &'static EventMetrics,
     shutdown: Shutdown,
 ) {
@@ -38,8 +38,9 @@ pub async fn run(
         lead(&repo, &settings, &sequenced, metrics, &shutdown, None).await;
         return;
     }
+    let mut candidate = repo.sequencer_candidate();
     loop {
-        match repo.try_sequencer_lease().await {
+        match candidate.try_lead().await {
             Ok(Some(lease)) => {
                 tracing::info!("this replica is the event sequencer");
                 lead(
@@ -65,7 +66,7 @@ pub async fn run(
 async fn lead(
     repo: &Repository,
     settings: &EventSettings,
-    sequenced: &Notify,
+    sequenced: &Stamped,
     metrics: &EventMetrics,
     shutdown: &Shutdown,
     mut lease: Option<SequencerLease>,
@@ -79,19 +80,24 @@ async fn lead(
     let stamped_on_write = repo.sequences_on_write();
     let mut stamp = true;
     loop {
-        if stamp {
-            stamp_all(repo, sequenced, metrics).await;
+        if stamp
+            && !stamp_all(repo, lease.as_mut(), sequenced, metrics).await
+            && let Some(held) = &mut lease
+            && !held.is_alive().await
+        {
+            tracing::warn!("lost the sequencer lock's connection");
+            return;
         }
         stamp = true;
         tokio::select! {
             () = shutdown.raised() => break,
             () = written.notified() => {
                 if stamped_on_write {
-                    sequenced.notify_one();
+                    sequenced.in_table();
                     stamp = false;
                 }
             }
-            () = listener.wait() => {}
+            _ = listener.wait() => {}
             _ = poll.tick() => {
                 if let Some(held) = &mut lease
                     && !held.is_alive().await
@@ -113,20 +119,42 @@ async fn lead(
     }
 }
 
-async fn stamp_all(repo: &Repository, sequenced: &Notify, metrics: &EventMetrics) {
+/// Stamps until nothing is pending; returns false after a failure. The
+/// leader on PostgreSQL stamps on its lock's connection, which returns the
+/// rows for the fan-out; elsewhere the fan-out reads them from the table.
+async fn stamp_all(
+    repo: &Repository,
+    mut lease: Option<&mut SequencerLease>,
+    sequenced: &Stamped,
+    metrics: &EventMetrics,
+) -> bool {
     loop {
-        match repo.stamp_pending_events(STAMP_BATCH).await {
-            Ok(Some(head)) => {
-                tracing::debug!(head, "sequenced events");
-                sequenced.notify_one();
-            }
+        let stamped = match lease.as_deref_mut() {
+            Some(held) => held.stamp_events(STAMP_BATCH).await.map(|events| {
+                let head = events.last().map(|e| e.position);
+                if head.is_some() {
+                    sequenced.events(events);
+                }
+                head
+            }),
+            None => repo
+                .stamp_pending_events(STAMP_BATCH)
+                .await
+                .inspect(|head| {
+                    if head.is_some() {
+                        sequenced.in_table();
+                    }
+                }),
+        };
+        match stamped {
+            Ok(Some(head)) => tracing::debug!(head, "sequenced events"),
             Ok(None) => {
                 metrics.set_unsequenced(0);
-                return;
+                return true;
             }
             Err(err) => {
                 tracing::warn!(error = %err, "sequencing failed; will retry");
-                return;
+                return false;
             }
         }
     }

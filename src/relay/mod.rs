@@ -97,8 +97,9 @@ impl Relay {
             self.lead(None, &mut head, shutdown).await;
             return;
         }
+        let mut candidate = self.repo.relay_candidate();
         loop {
-            match self.repo.try_relay_lease().await {
+            match candidate.try_lead().await {
                 Ok(Some(lease)) => {
                     tracing::info!("this replica is the JetStream relay");
                     self.lead(Some(lease), &mut head, shutdown).await;

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Statement, Value,
-    sqlx::{Connection as _, PgConnection, postgres::PgListener},
+    sqlx::{Connection as _, PgConnection, Row as _, postgres::PgListener},
 };
 
 use super::{
@@ -329,26 +329,59 @@ impl Repository {
         Ok(listener)
     }
 
-    /// Tries to become the database's sequencer (PostgreSQL only): a session
-    /// advisory lock on a connection of its own, released when it closes.
-    pub async fn try_sequencer_lease(&self) -> Result<Option<SequencerLease>, DbErr> {
-        self.try_advisory_lease(SEQUENCER_LOCK_KEY).await
+    /// A candidate for the database's sequencer (PostgreSQL only).
+    pub fn sequencer_candidate(&self) -> LeaseCandidate {
+        LeaseCandidate::new(self.clone(), SEQUENCER_LOCK_KEY)
+    }
+}
+
+/// A replica that tries, now and then, to take the session advisory lock
+/// `key` (PostgreSQL only). It keeps one connection of its own between
+/// attempts: taking one from the pool each time would make the pool open a
+/// replacement on some request's path, and opening a connection costs tens
+/// of milliseconds (sqlx 0.9 leaves Nagle's algorithm on during the
+/// handshake).
+pub struct LeaseCandidate {
+    repo: Repository,
+    key: i64,
+    conn: Option<PgConnection>,
+}
+
+impl LeaseCandidate {
+    pub(super) fn new(repo: Repository, key: i64) -> Self {
+        Self {
+            repo,
+            key,
+            conn: None,
+        }
     }
 
-    /// Tries to take the session advisory lock `key` on a connection of its
-    /// own (PostgreSQL only); the lock lives as long as that connection.
-    pub(super) async fn try_advisory_lease(&self, key: i64) -> Result<Option<LeaderLease>, DbErr> {
-        let pool = self.connection().get_postgres_connection_pool();
-        let mut conn = pool.acquire().await.map_err(sqlx_err)?.detach();
+    /// Takes the lock if nobody holds it. The lease owns the connection the
+    /// lock lives on; the next attempt after it ends opens a new one.
+    pub async fn try_lead(&mut self) -> Result<Option<LeaderLease>, DbErr> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let options = self
+                    .repo
+                    .connection()
+                    .get_postgres_connection_pool()
+                    .connect_options();
+                PgConnection::connect_with(&options)
+                    .await
+                    .map_err(sqlx_err)?
+            }
+        };
+        // On an error the connection is dropped: the next attempt reconnects.
         let locked: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
+            .bind(self.key)
             .fetch_one(&mut conn)
             .await
             .map_err(sqlx_err)?;
         if locked {
             Ok(Some(LeaderLease { conn }))
         } else {
-            conn.close().await.ok();
+            self.conn = Some(conn);
             Ok(None)
         }
     }
@@ -365,6 +398,36 @@ pub struct LeaderLease {
 pub type SequencerLease = LeaderLease;
 
 impl LeaderLease {
+    /// Stamps up to `batch` committed, unstamped events on the lock's own
+    /// connection, in one round trip (`connections_stamp_events`, see its
+    /// migration), and returns them in position order, so that this
+    /// replica's fan-out can publish them without reading them back. Only
+    /// the lock's holder can stamp this way, and a lost connection stamps
+    /// nothing.
+    pub async fn stamp_events(&mut self, batch: u64) -> StorageResult<Vec<SequencedEvent>> {
+        let rows = sea_orm::sqlx::query(
+            "SELECT stamped_position, stamped_payload FROM connections_stamp_events($1, $2)",
+        )
+        .bind(to_i64(batch))
+        .bind(EVENTS_CHANNEL)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(sqlx_err)?;
+        let mut events = rows
+            .iter()
+            .map(|row| {
+                let position: i64 = row.try_get(0).map_err(sqlx_err)?;
+                let payload: String = row.try_get(1).map_err(sqlx_err)?;
+                Ok(SequencedEvent {
+                    position: to_u64(position),
+                    event: outbox::decode_payload(&format!("at position {position}"), &payload)?,
+                })
+            })
+            .collect::<StorageResult<Vec<_>>>()?;
+        events.sort_by_key(|e| e.position);
+        Ok(events)
+    }
+
     /// Whether the lock's connection still answers (else leadership is lost).
     pub async fn is_alive(&mut self) -> bool {
         let ping = tokio::time::timeout(std::time::Duration::from_secs(5), self.conn.ping());
@@ -393,9 +456,11 @@ impl NotificationListener {
         }
     }
 
-    /// Resolves on a notification, or after a lost connection or an error
-    /// (notifications may have been missed: the caller re-reads the table).
-    pub async fn wait(&mut self) {
+    /// Resolves on a notification, with the highest number any waiting
+    /// notification carried (the sequencer's carry the new head), or with
+    /// None after a lost connection or an error (notifications may have
+    /// been missed: the caller re-reads the table).
+    pub async fn wait(&mut self) -> Option<u64> {
         if !self.repo.is_postgres() {
             return std::future::pending().await;
         }
@@ -406,17 +471,28 @@ impl NotificationListener {
                 Err(err) => {
                     tracing::warn!(channel = self.channel, error = %err, "LISTEN failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    return;
+                    return None;
                 }
             },
         };
         match listener.try_recv().await.map_err(sqlx_err) {
-            Ok(Some(_)) => while listener.next_buffered().is_some() {},
-            Ok(None) => tracing::warn!(channel = self.channel, "LISTEN connection lost"),
+            Ok(Some(first)) => {
+                let mut highest = first.payload().parse::<u64>().ok();
+                while let Some(next) = listener.next_buffered() {
+                    let carried = next.payload().parse::<u64>().ok();
+                    highest = highest.zip(carried).map(|(a, b)| a.max(b));
+                }
+                highest
+            }
+            Ok(None) => {
+                tracing::warn!(channel = self.channel, "LISTEN connection lost");
+                None
+            }
             Err(err) => {
                 tracing::warn!(channel = self.channel, error = %err, "LISTEN failed; reconnecting");
                 self.inner = None;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                None
             }
         }
     }

@@ -112,6 +112,11 @@ pub(crate) fn push_insert(sql: &mut Sql, events: &[ConnectionRemoved]) -> Storag
 
 /// Decodes a stored event's payload.
 pub fn decode(row: &event::Model) -> StorageResult<ConnectionRemoved> {
-    serde_json::from_str(&row.payload)
-        .map_err(|err| StorageError::Corrupt(format!("event {}: {err}", row.id)))
+    decode_payload(&format!("{}", row.id), &row.payload)
+}
+
+/// Decodes a stored payload; `which` names the event in the error.
+pub fn decode_payload(which: &str, payload: &str) -> StorageResult<ConnectionRemoved> {
+    serde_json::from_str(payload)
+        .map_err(|err| StorageError::Corrupt(format!("event {which}: {err}")))
 }

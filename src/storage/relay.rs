@@ -3,13 +3,13 @@
 //! publishes are read with [`Repository::events_after`].
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::{
     Repository,
     entities::event,
     error::{StorageError, StorageResult},
-    events::{LeaderLease, statement, to_i64, to_u64},
+    events::{LeaseCandidate, statement, to_i64, to_u64},
 };
 
 /// Session advisory lock key held by the relay leader ("connrly"); not the
@@ -92,9 +92,8 @@ impl Repository {
         Ok(id)
     }
 
-    /// Tries to become the database's relay (PostgreSQL only): a session
-    /// advisory lock on a connection of its own, released when it closes.
-    pub async fn try_relay_lease(&self) -> Result<Option<LeaderLease>, DbErr> {
-        self.try_advisory_lease(RELAY_LOCK_KEY).await
+    /// A candidate for the database's JetStream relay (PostgreSQL only).
+    pub fn relay_candidate(&self) -> LeaseCandidate {
+        LeaseCandidate::new(self.clone(), RELAY_LOCK_KEY)
     }
 }

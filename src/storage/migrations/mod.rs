@@ -10,6 +10,7 @@ mod m20261127_000011_token_expiry;
 mod m20261127_000020_app_keys;
 mod m20261128_000030_browser_sdk;
 mod m20261128_000031_action_secrets;
+mod m20261128_000040_stamp_function;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000020_app_keys::Migration),
             Box::new(m20261128_000030_browser_sdk::Migration),
             Box::new(m20261128_000031_action_secrets::Migration),
+            Box::new(m20261128_000040_stamp_function::Migration),
         ]
     }
 }
