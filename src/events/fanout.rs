@@ -153,6 +153,7 @@ mod tests {
         tx: broadcast::Sender<Arc<SequencedEvent>>,
         rx: broadcast::Receiver<Arc<SequencedEvent>>,
         head: watch::Sender<u64>,
+        metrics: EventMetrics,
         published: u64,
     }
 
@@ -163,6 +164,7 @@ mod tests {
                 tx,
                 rx,
                 head: watch::Sender::new(published),
+                metrics: EventMetrics::detached(),
                 published,
             }
         }
@@ -173,8 +175,13 @@ mod tests {
                 .copied()
                 .map(SequencedEvent::sample)
                 .collect();
-            let metrics = crate::telemetry::metrics::events();
-            publish_stamped(events, &self.tx, &self.head, metrics, &mut self.published)
+            publish_stamped(
+                events,
+                &self.tx,
+                &self.head,
+                &self.metrics,
+                &mut self.published,
+            )
         }
 
         fn sent(&mut self) -> Vec<u64> {

@@ -241,6 +241,12 @@ pub struct EventMetrics {
 }
 
 impl EventMetrics {
+    /// Metrics of their own, outside the global registry (unit tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        Self::new()
+    }
+
     fn new() -> Self {
         Self {
             unsequenced: AtomicU64::new(0),
