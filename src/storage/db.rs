@@ -37,9 +37,6 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 ///
 /// A failure to open the database is a `DbErr::Conn` whose message is the
 /// one line of [`describe`].
-/// A pooled PostgreSQL connection idle this long is pinged before use.
-const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
-
 pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConnection, DbErr> {
     let is_postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
     if is_postgres {
@@ -77,26 +74,15 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
             })
         });
     } else {
-        // A checkout pings a connection only if it sat idle for a while
-        // (sqlx pings every one by default: a round trip on every call):
-        // after a restart or killed backends the pool finds most of its dead
-        // connections there, and a call that meets one mid-transaction is
-        // retried on another connection (`DbHealth::guarded`).
+        // Every checkout is pinged (sqlx's default): it costs a round trip,
+        // but after a restart or killed backends the pool finds its dead
+        // connections there, and calls fail over or fail fast instead of
+        // meeting them mid-transaction. Pinging only connections idle for a
+        // second let reads right after killed backends meet more dead
+        // connections than the breaker's guard retries.
         options
             .max_connections(pool.max_connections.unwrap_or(32))
             .min_connections(1);
-        options.map_sqlx_postgres_pool_opts(|pool| {
-            pool.test_before_acquire(false)
-                .before_acquire(|conn, meta| {
-                    Box::pin(async move {
-                        if meta.idle_for >= PING_IDLE_AFTER {
-                            use sea_orm::sqlx::Connection;
-                            conn.ping().await?;
-                        }
-                        Ok(true)
-                    })
-                })
-        });
     }
     match Database::connect(options).await {
         Ok(connection) => Ok(connection),
