@@ -404,6 +404,7 @@ impl ServeArgs {
                 acquire_timeout: self.db_acquire_timeout,
                 probe_interval: self.db_probe_interval,
                 max_connections: self.db_max_connections,
+                ..config::PoolSettings::default()
             },
             relay: self.nats.settings()?,
         })

@@ -39,9 +39,10 @@ use crate::telemetry::metrics;
 
 /// A batch commits once it has this many members, even with more queued.
 const MAX_MEMBERS: usize = 64;
-/// ... or once it has been open this long: the first member waits for the
+/// ... or once it has been open this long (the default of
+/// `PoolSettings::group_commit_max_age`): the first member waits for the
 /// commit, so its latency is bounded too.
-const MAX_AGE: Duration = Duration::from_millis(5);
+pub(crate) const MAX_AGE: Duration = Duration::from_millis(5);
 
 /// The SQLite write turn and the batch that its holders share.
 #[derive(Debug)]
@@ -53,6 +54,8 @@ pub(crate) struct GroupCommit {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// A batch commits once it has been open this long.
+    max_age: Duration,
     /// Writers waiting for the turn.
     queued: AtomicUsize,
     batches: AtomicU64,
@@ -84,11 +87,14 @@ struct Batch {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: DatabaseConnection, max_age: Duration) -> Self {
         Self {
             db,
             turn: Arc::new(Mutex::new(Slot::default())),
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Shared {
+                max_age,
+                ..Shared::default()
+            }),
         }
     }
 
@@ -359,7 +365,7 @@ impl Member {
                 }
             }
         }
-        let full = batch.kept >= MAX_MEMBERS || batch.opened.elapsed() >= MAX_AGE;
+        let full = batch.kept >= MAX_MEMBERS || batch.opened.elapsed() >= turn.shared.max_age;
         if full || turn.shared.queued.load(Ordering::Acquire) == 0 {
             return turn.commit_now(batch).await;
         }

@@ -29,6 +29,9 @@ pub struct PoolSettings {
     pub probe_interval: Duration,
     /// Most connections the pool opens; None: 8 on SQLite, 32 on PostgreSQL.
     pub max_connections: Option<u32>,
+    /// SQLite group commit: the longest a batch stays open for writers
+    /// queued behind it (their first member waits that long at most).
+    pub group_commit_max_age: Duration,
 }
 
 impl Default for PoolSettings {
@@ -37,6 +40,7 @@ impl Default for PoolSettings {
             acquire_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
             max_connections: None,
+            group_commit_max_age: super::group_commit::MAX_AGE,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! under `storage`. Methods take validated domain types and return domain
 //! types; SeaORM models never leave this module tree.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
@@ -16,7 +16,7 @@ use super::{
     action_secrets::{self, ActionSecret},
     entities::{account, login_id, site},
     error::{StorageError, StorageResult},
-    group_commit::{GroupCommit, GroupCommitStats, WriteTxn, Writes},
+    group_commit::{self, GroupCommit, GroupCommitStats, WriteTxn, Writes},
     health::DbHealth,
     secrets::SessionSealer,
     sql::{Sql, WriteSteps},
@@ -48,8 +48,18 @@ pub struct Repository {
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
 // arguments can carry provider session tokens, which are never logged.
 impl Repository {
+    /// SQLite: a group-commit batch commits once it has been open this long
+    /// (see `PoolSettings::group_commit_max_age`).
+    pub fn with_group_commit_max_age(mut self, max_age: Duration) -> Self {
+        if self.group.is_some() {
+            self.group = Some(Arc::new(GroupCommit::new(self.db.clone(), max_age)));
+        }
+        self
+    }
+
     pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
-        let group = (!super::db::is_postgres(&db)).then(|| Arc::new(GroupCommit::new(db.clone())));
+        let group = (!super::db::is_postgres(&db))
+            .then(|| Arc::new(GroupCommit::new(db.clone(), group_commit::MAX_AGE)));
         Self {
             health: DbHealth::new(db.clone()),
             db,
