@@ -55,13 +55,9 @@ pub(super) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-async fn read_sequence<C: ConnectionTrait>(conn: &C, lock: bool) -> StorageResult<SequenceState> {
+async fn read_sequence<C: ConnectionTrait>(conn: &C) -> StorageResult<SequenceState> {
     let backend = conn.get_database_backend();
-    let sql = if lock && backend == DbBackend::Postgres {
-        "SELECT last_position, pruned_through FROM event_sequence WHERE id = 1 FOR UPDATE"
-    } else {
-        "SELECT last_position, pruned_through FROM event_sequence WHERE id = 1"
-    };
+    let sql = "SELECT last_position, pruned_through FROM event_sequence WHERE id = 1";
     let row = conn
         .query_one_raw(statement(backend, sql, vec![]))
         .await?
@@ -86,7 +82,7 @@ pub fn prunable_prefix(rows: &[(u64, DateTime<Utc>)], cutoff: DateTime<Utc>) -> 
 impl Repository {
     /// Head and pruning horizon.
     pub async fn sequence_state(&self) -> StorageResult<SequenceState> {
-        read_sequence(self.connection(), false).await
+        read_sequence(self.connection()).await
     }
 
     /// Outbox rows committed but not yet given a position (partial index).
@@ -98,13 +94,14 @@ impl Repository {
         Ok(count)
     }
 
-    /// Stamps up to `batch` committed, unstamped events in id order with the
-    /// next positions. Returns the new head when it stamped anything. On
-    /// PostgreSQL the `event_sequence` row lock makes a second sequencer wait
-    /// (and then see these stamps), and the head is notified on commit.
+    /// SQLite: stamps up to `batch` committed, unstamped events (left by an
+    /// older version; writers stamp their own) in id order with the next
+    /// positions, in a write transaction. Returns the new head when it
+    /// stamped anything. On PostgreSQL only the sequencer's leader stamps,
+    /// with [`LeaderLease::stamp_events`].
     pub async fn stamp_pending_events(&self, batch: u64) -> StorageResult<Option<u64>> {
         // A cheap read first (partial index), so that an idle poll takes no
-        // write lock (SQLite) or row lock (PostgreSQL).
+        // write lock.
         let pending = event::Entity::find()
             .select_only()
             .column(event::Column::Id)
@@ -118,7 +115,7 @@ impl Repository {
         }
         let txn = self.begin_write().await?;
         let backend = txn.get_database_backend();
-        let state = read_sequence(&*txn, true).await?;
+        let state = read_sequence(&*txn).await?;
         let stamped = txn
             .execute_raw(statement(
                 backend,
@@ -141,14 +138,6 @@ impl Repository {
             vec![to_i64(head).into()],
         ))
         .await?;
-        if backend == DbBackend::Postgres {
-            txn.execute_raw(statement(
-                backend,
-                "SELECT pg_notify($1, $2)",
-                vec![EVENTS_CHANNEL.into(), head.to_string().into()],
-            ))
-            .await?;
-        }
         txn.commit().await.map_err(StorageError::from_commit)?;
         Ok(Some(head))
     }
