@@ -29,8 +29,13 @@ use crate::{
 
 /// Events read per replay query.
 const PAGE: u64 = 500;
-/// Items buffered per stream between the task and the client.
-const STREAM_BUFFER: usize = 64;
+/// Replayed events go to the client in batches of this many: one channel
+/// hand-over (a wake-up of the client's task) per batch, not per event.
+const BATCH: usize = 64;
+/// Batches buffered per stream between the task and the client: live
+/// events travel one per batch, so a client may fall this many behind before
+/// the task waits.
+const STREAM_BUFFER: usize = 4;
 
 pub type Item = Result<StreamItem, StorageError>;
 
@@ -43,8 +48,9 @@ pub struct Plan {
     pub heartbeat: Duration,
 }
 
-/// Starts the stream's task; the receiver ends when the task does.
-pub fn spawn(repo: Repository, hub: EventHub, plan: Plan) -> mpsc::Receiver<Item> {
+/// Starts the stream's task; the receiver ends when the task does. Items
+/// come in batches, in order.
+pub fn spawn(repo: Repository, hub: EventHub, plan: Plan) -> mpsc::Receiver<Vec<Item>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     // Counted as a live subscriber for as long as the task runs.
     let gauge = hub.metrics.subscriber_opened();
@@ -86,7 +92,7 @@ enum Stop {
     Done,
 }
 
-async fn run(repo: Repository, hub: EventHub, plan: Plan, tx: mpsc::Sender<Item>) {
+async fn run(repo: Repository, hub: EventHub, plan: Plan, tx: mpsc::Sender<Vec<Item>>) {
     let Plan {
         after,
         filter,
@@ -109,7 +115,7 @@ struct Task {
     hub: EventHub,
     filter: EventFilter,
     heartbeat: Duration,
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::Sender<Vec<Item>>,
     /// Every position up to this one has been examined (sent or filtered out).
     scanned: u64,
     caught_up: bool,
@@ -150,9 +156,17 @@ impl Task {
                 }
             };
             let full = page.len() as u64 == PAGE;
-            for event in page {
-                self.scanned = event.position;
-                self.send(Ok(StreamItem::Event(Box::new(event)))).await?;
+            let mut events = page.into_iter().peekable();
+            while events.peek().is_some() {
+                let batch: Vec<Item> = events
+                    .by_ref()
+                    .take(BATCH)
+                    .map(|event| {
+                        self.scanned = event.position;
+                        Ok(StreamItem::Event(Box::new(event)))
+                    })
+                    .collect();
+                self.send_batch(batch).await?;
             }
             if !full {
                 self.scanned = self.scanned.max(head);
@@ -214,12 +228,19 @@ impl Task {
     /// Waits for room in the channel, unless the client leaves or the
     /// server shuts down first.
     async fn send(&self, item: Item) -> Result<(), Stop> {
-        let is_event = matches!(item, Ok(StreamItem::Event(_)));
+        self.send_batch(vec![item]).await
+    }
+
+    async fn send_batch(&self, batch: Vec<Item>) -> Result<(), Stop> {
+        let events = batch
+            .iter()
+            .filter(|item| matches!(item, Ok(StreamItem::Event(_))))
+            .count();
         tokio::select! {
-            sent = self.tx.send(item) => {
+            sent = self.tx.send(batch) => {
                 sent.map_err(|_| Stop::Done)?;
-                if is_event {
-                    self.hub.metrics.events_delivered(1);
+                if events > 0 {
+                    self.hub.metrics.events_delivered(events as u64);
                 }
                 Ok(())
             }

@@ -69,7 +69,9 @@ impl Services {
         };
         let items = subscription::spawn(self.repo.clone(), self.events.clone(), plan);
         Ok(Box::pin(
-            ReceiverStream::new(items).map(|item| item.map_err(ServiceError::from)),
+            ReceiverStream::new(items)
+                .flat_map(futures::stream::iter)
+                .map(|item| item.map_err(ServiceError::from)),
         ))
     }
 

@@ -163,19 +163,23 @@ impl Repository {
         if let Some(sources) = &filter.sources {
             query = query.filter(event::Column::Source.is_in(sources.iter().map(|s| s.as_str())));
         }
-        let rows = query
+        // The payload is the whole event: the other columns only serve the
+        // filter, and decoding them per row cost replay a third of its time.
+        let rows: Vec<(i64, String)> = query
+            .select_only()
+            .column(event::Column::Position)
+            .column(event::Column::Payload)
             .order_by_asc(event::Column::Position)
             .limit(limit)
+            .into_tuple()
             .all(self.connection())
             .await?;
-        rows.iter()
-            .map(|row| {
-                let position = row.position.map(to_u64).ok_or_else(|| {
-                    StorageError::Corrupt(format!("event {} has no position", row.id))
-                })?;
+        rows.into_iter()
+            .map(|(position, payload)| {
+                let position = to_u64(position);
                 Ok(SequencedEvent {
                     position,
-                    event: outbox::decode(row)?,
+                    event: outbox::decode_payload(position, &payload)?,
                 })
             })
             .collect()
@@ -405,11 +409,11 @@ impl LeaderLease {
         let mut events = rows
             .iter()
             .map(|row| {
-                let position: i64 = row.try_get(0).map_err(sqlx_err)?;
+                let position = to_u64(row.try_get(0).map_err(sqlx_err)?);
                 let payload: String = row.try_get(1).map_err(sqlx_err)?;
                 Ok(SequencedEvent {
-                    position: to_u64(position),
-                    event: outbox::decode_payload(&format!("at position {position}"), &payload)?,
+                    position,
+                    event: outbox::decode_payload(position, &payload)?,
                 })
             })
             .collect::<StorageResult<Vec<_>>>()?;

@@ -14,7 +14,6 @@
 use sea_orm::{ConnectionTrait, DbBackend};
 
 use super::{
-    entities::event,
     error::{StorageError, StorageResult},
     sql::{Sql, WriteSteps},
 };
@@ -110,13 +109,8 @@ pub(crate) fn push_insert(sql: &mut Sql, events: &[ConnectionRemoved]) -> Storag
     Ok(())
 }
 
-/// Decodes a stored event's payload.
-pub fn decode(row: &event::Model) -> StorageResult<ConnectionRemoved> {
-    decode_payload(&format!("{}", row.id), &row.payload)
-}
-
-/// Decodes a stored payload; `which` names the event in the error.
-pub fn decode_payload(which: &str, payload: &str) -> StorageResult<ConnectionRemoved> {
+/// Decodes the payload of the event at `position`.
+pub fn decode_payload(position: u64, payload: &str) -> StorageResult<ConnectionRemoved> {
     serde_json::from_str(payload)
-        .map_err(|err| StorageError::Corrupt(format!("event {which}: {err}")))
+        .map_err(|err| StorageError::Corrupt(format!("event at position {position}: {err}")))
 }

@@ -24,6 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 on_both_backends!(
     replay_then_live_gives_dense_positions,
+    a_replay_over_several_pages_arrives_whole_and_in_order,
     concurrent_writers_are_delivered_exactly_once_in_order,
     a_late_committing_transaction_is_not_skipped,
     subscriptions_resume_after_a_position_or_a_consumer_checkpoint,
@@ -186,6 +187,23 @@ async fn replay_then_live_gives_dense_positions(backend: Backend) {
     write_n(&app, 2).await;
     let live = events(&mut stream, 2).await;
     assert_eq!(positions(&live), [4, 5]);
+}
+
+/// Replay reads the table in pages and hands events to the stream in
+/// batches: none of those seams may drop, repeat or reorder an event.
+async fn a_replay_over_several_pages_arrives_whole_and_in_order(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let mut written = Vec::new();
+    for _ in 0..3 {
+        written.extend(write_n(&app, 411).await);
+    }
+    let mut stream = subscribe(&app, from(pb::StartFrom::Beginning)).await;
+    let replayed = events(&mut stream, written.len()).await;
+    assert_eq!(positions(&replayed), (1..=1233).collect::<Vec<_>>());
+    let ids: Vec<_> = replayed.iter().map(|e| e.event_id.as_str()).collect();
+    let expected: Vec<_> = written.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(caught_up(&mut stream).await, 1233);
 }
 
 async fn concurrent_writers_are_delivered_exactly_once_in_order(backend: Backend) {
