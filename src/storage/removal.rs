@@ -15,7 +15,7 @@ use super::{
     error::{StorageError, StorageResult},
     group_commit::Writes,
     outbox,
-    repository::{Repository, SiteKey, load_account, site_from_model},
+    repository::{Locked, Repository, SiteKey, site_from_model},
     sql::WriteSteps,
 };
 use crate::domain::{
@@ -99,14 +99,18 @@ impl Repository {
         // The account lock serialises every removal of this account, so the
         // plan below sees the state the change is applied to, and concurrent
         // retries of one request id wait here for the first to commit.
-        let (site_row, account_row) = self.lock_site_account(txn, site_key, request.uid()).await?;
+        let Locked {
+            site: site_row,
+            account,
+        } = self
+            .lock_and_load(txn, site_key, request.uid(), None, None)
+            .await?;
         let site = site_from_model(site_row.clone())?;
         let redirect = request.check_site(&site)?;
-        let account_row = account_row.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
+        let (account, _) = account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         if let Some(stored) = self.stored_outcome(txn, request).await? {
             return Ok(Step::RollBack(stored));
         }
-        let account = load_account(txn, &site_row, account_row.clone()).await?;
         let plan = request.plan(&account, registry)?;
         self.count_context_id(txn, &site_row, request).await?;
 
@@ -125,7 +129,7 @@ impl Repository {
         }
 
         let events = plan.events(request, &site, ctx, time);
-        apply(txn, &plan, account_row.id, time, &events).await?;
+        apply(txn, &plan, account.id, time, &events).await?;
         // The answer comes from what this transaction decided, not a re-read.
         let after = plan.after_at(time);
         let event_ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();

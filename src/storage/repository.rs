@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, RuntimeErr,
+    DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, RuntimeErr,
     TransactionTrait,
 };
 use tokio::sync::Notify;
@@ -319,16 +319,15 @@ impl Repository {
             .transpose()
             .map_err(StorageError::Corrupt)?;
         let txn = self.begin_write().await?;
-        let (site, account_row) = self
-            .lock_site_account(&txn, SiteKey::ApiKey(api_key), uid)
+        let login = new.login_id.as_ref().map(|l| l.as_str());
+        let Locked { site, account } = self
+            .lock_and_load(&txn, SiteKey::ApiKey(api_key), uid, Some(&new), login)
             .await?;
-        let account_row = account_row.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
+        let (mut account, found) =
+            account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         // Microseconds: what both databases store, so the answer built here
         // equals what a later read returns.
         let now = Utc::now().trunc_subsecs(6);
-        let login = new.login_id.as_ref().map(|l| l.as_str());
-        let (mut account, found) =
-            load_account_with(&*txn, &site, account_row, Some(&new), login).await?;
 
         if let Some(login) = login
             && link::login_id_needs_adding(account.id, login, found.login_owner)?
@@ -515,6 +514,78 @@ impl Repository {
     }
 }
 
+/// The site, and the account (if it exists) with what a write needs of it,
+/// under the write's lock: [`Repository::lock_site_account`], then
+/// [`load_account_with`]. On SQLite, whose write transaction already holds
+/// the database's one write lock, both are one statement: one hop to sqlx's
+/// worker thread fewer per write. PostgreSQL keeps two statements: one that
+/// waited for the row lock read the other tables in its snapshot from before
+/// the wait, which may predate the change that held the lock.
+pub(crate) struct Locked {
+    pub site: site::Model,
+    pub account: Option<(Account, LinkLookups)>,
+}
+
+impl Repository {
+    pub(crate) async fn lock_and_load(
+        &self,
+        txn: &DatabaseTransaction,
+        site_key: SiteKey<'_>,
+        uid: &Uid,
+        identity: Option<&NewIdentity>,
+        login: Option<&str>,
+    ) -> StorageResult<Locked> {
+        if self.is_postgres() {
+            let (site, row) = self.lock_site_account(txn, site_key, uid).await?;
+            let account = match row {
+                Some(row) => Some(load_account_with(txn, &site, row, identity, login).await?),
+                None => None,
+            };
+            return Ok(Locked { site, account });
+        }
+        let mut sql = Sql::new(txn.get_database_backend());
+        sql.push(
+            "WITH acc AS (SELECT s.id AS s_id, s.api_key AS s_api_key, s.vhost AS s_vhost, \
+             s.name AS s_name, s.unlink_action_enabled AS s_unlink_action_enabled, \
+             s.allowed_redirect_origins AS s_allowed_redirect_origins, \
+             s.allowed_browser_origins AS s_allowed_browser_origins, \
+             s.created_at AS s_created_at, s.updated_at AS s_updated_at, a.id AS a_id, \
+             a.site_id AS a_site_id, a.uid AS a_uid, a.created_at AS a_created_at, \
+             a.updated_at AS a_updated_at \
+             FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ",
+        )
+        .bind(uid.as_str());
+        match site_key {
+            SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
+            SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
+        };
+        sql.push(") SELECT acc.*, x.* FROM acc LEFT JOIN (");
+        push_account_rows(&mut sql, Anchor::Found, identity, login);
+        sql.push(") x ON 1 ORDER BY x.kind, x.id");
+        let rows = txn.query_all_raw(sql.into_statement()).await?;
+        let Some(first) = rows.first() else {
+            // No such account: tell a missing site apart (its rules come
+            // before the account's absence).
+            let site = site::Entity::find()
+                .filter(site_key.condition())
+                .one(txn)
+                .await?
+                .ok_or(StorageError::Rule(DomainError::SiteNotFound))?;
+            return Ok(Locked {
+                site,
+                account: None,
+            });
+        };
+        let site = site::Model::from_query_result(first, "s_")?;
+        let row = account::Model::from_query_result(first, "a_")?;
+        let account = collect_account(&rows, &site, row)?;
+        Ok(Locked {
+            site,
+            account: Some(account),
+        })
+    }
+}
+
 /// How a request names its site.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum SiteKey<'a> {
@@ -595,28 +666,73 @@ pub(crate) async fn load_account_with<C: ConnectionTrait>(
     identity: Option<&NewIdentity>,
     login: Option<&str>,
 ) -> StorageResult<(Account, LinkLookups)> {
-    // One result: the account's identities (kind 0) and login IDs (1), then
-    // the mapping (2) and the login's owner (3), each in id order.
+    let mut sql = Sql::new(conn.get_database_backend());
+    push_account_rows(
+        &mut sql,
+        Anchor::Bound {
+            site_id: site.id,
+            account_id: row.id,
+        },
+        identity,
+        login,
+    );
+    sql.push(" ORDER BY kind, id");
+    let rows = conn.query_all_raw(sql.into_statement()).await?;
+    collect_account(&rows, site, row)
+}
+
+/// What the rows of [`push_account_rows`] belong to.
+#[derive(Clone, Copy)]
+enum Anchor {
+    /// A site and account already read.
+    Bound { site_id: i64, account_id: i64 },
+    /// The `acc` CTE of the same statement (its `s_id` and `a_id`).
+    Found,
+}
+
+impl Anchor {
+    fn push_site_id(self, sql: &mut Sql) {
+        match self {
+            Anchor::Bound { site_id, .. } => sql.bind(site_id),
+            Anchor::Found => sql.push("(SELECT s_id FROM acc)"),
+        };
+    }
+
+    fn push_account_id(self, sql: &mut Sql) {
+        match self {
+            Anchor::Bound { account_id, .. } => sql.bind(account_id),
+            Anchor::Found => sql.push("(SELECT a_id FROM acc)"),
+        };
+    }
+}
+
+/// One result for an account's identities (kind 0) and login IDs (1), then
+/// the site's mapping of `identity` (2) and the owner of `login` (3).
+fn push_account_rows(
+    sql: &mut Sql,
+    anchor: Anchor,
+    identity: Option<&NewIdentity>,
+    login: Option<&str>,
+) {
     const IDENTITY_COLUMNS: &str = "id, account_id AS owner, provider, sub_provider, \
          provider_uid, login_id, state, session IS NOT NULL AS has_session, \
          FALSE AS has_password, linked_at, updated_at FROM identities WHERE ";
     const LOGIN_COLUMNS: &str = "id, account_id, NULL, NULL, NULL, login_id, NULL, FALSE, \
          has_password, created_at, created_at FROM login_ids WHERE ";
-    let mut sql = Sql::new(conn.get_database_backend());
     sql.push("SELECT 0 AS kind, ")
         .push(IDENTITY_COLUMNS)
-        .push("account_id = ")
-        .bind(row.id)
-        .push(" UNION ALL SELECT 1, ")
+        .push("account_id = ");
+    anchor.push_account_id(sql);
+    sql.push(" UNION ALL SELECT 1, ")
         .push(LOGIN_COLUMNS)
-        .push("account_id = ")
-        .bind(row.id);
+        .push("account_id = ");
+    anchor.push_account_id(sql);
     if let Some(new) = identity {
         sql.push(" UNION ALL SELECT 2, ")
             .push(IDENTITY_COLUMNS)
-            .push("site_id = ")
-            .bind(site.id)
-            .push(" AND provider = ")
+            .push("site_id = ");
+        anchor.push_site_id(sql);
+        sql.push(" AND provider = ")
             .bind(new.provider.as_str())
             .push(" AND sub_provider = ")
             .bind(new.sub_provider.as_str())
@@ -626,18 +742,26 @@ pub(crate) async fn load_account_with<C: ConnectionTrait>(
     if let Some(login) = login {
         sql.push(" UNION ALL SELECT 3, ")
             .push(LOGIN_COLUMNS)
-            .push("site_id = ")
-            .bind(site.id)
-            .push(" AND login_id = ")
-            .bind(login);
+            .push("site_id = ");
+        anchor.push_site_id(sql);
+        sql.push(" AND login_id = ").bind(login);
     }
-    sql.push(" ORDER BY kind, id");
-    let rows = conn.query_all_raw(sql.into_statement()).await?;
+}
+
+/// Builds the account and the lookups from the rows of [`push_account_rows`]
+/// (rows with no kind, from an outer join that found none, are skipped).
+fn collect_account(
+    rows: &[sea_orm::QueryResult],
+    site: &site::Model,
+    row: account::Model,
+) -> StorageResult<(Account, LinkLookups)> {
     let mut login_ids = Vec::new();
     let mut identities = Vec::new();
     let mut lookups = LinkLookups::default();
     for found in rows {
-        let kind: i32 = found.try_get("", "kind")?;
+        let Some(kind): Option<i32> = found.try_get("", "kind")? else {
+            continue;
+        };
         let owner: i64 = found.try_get("", "owner")?;
         match kind {
             1 => login_ids.push(LoginId {
