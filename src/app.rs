@@ -110,8 +110,11 @@ impl App {
             .map(tls_acceptor)
             .transpose()
             .map_err(AppError::Config)?;
-        let repo = Repository::new(connection, sealer)
-            .with_group_commit_max_age(settings.pool.group_commit_max_age);
+        let repo = Repository::with_group_commit_max_age(
+            connection,
+            sealer,
+            settings.pool.group_commit_max_age,
+        );
         let (stop, shutdown) = Shutdown::new();
         // Read before serving: the fan-out broadcasts every position after
         // this head, and streams opened before it starts rely on that.

@@ -110,7 +110,7 @@ pub(crate) fn push_insert(sql: &mut Sql, events: &[ConnectionRemoved]) -> Storag
 }
 
 /// Decodes the payload of the event at `position`.
-pub fn decode_payload(position: u64, payload: &str) -> StorageResult<ConnectionRemoved> {
+pub(crate) fn decode_payload(position: u64, payload: &str) -> StorageResult<ConnectionRemoved> {
     serde_json::from_str(payload)
         .map_err(|err| StorageError::Corrupt(format!("event at position {position}: {err}")))
 }

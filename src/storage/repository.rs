@@ -2,13 +2,16 @@
 //! under `storage`. Methods take validated domain types and return domain
 //! types; SeaORM models never leave this module tree.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, RuntimeErr,
-    TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, IdenStatic, Iterable, QueryFilter,
+    QuerySelect, RuntimeErr, TransactionTrait,
 };
 use tokio::sync::Notify;
 
@@ -48,18 +51,19 @@ pub struct Repository {
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
 // arguments can carry provider session tokens, which are never logged.
 impl Repository {
-    /// SQLite: a group-commit batch commits once it has been open this long
-    /// (see `PoolSettings::group_commit_max_age`).
-    pub fn with_group_commit_max_age(mut self, max_age: Duration) -> Self {
-        if self.group.is_some() {
-            self.group = Some(Arc::new(GroupCommit::new(self.db.clone(), max_age)));
-        }
-        self
+    pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
+        Self::with_group_commit_max_age(db, sealer, group_commit::MAX_AGE)
     }
 
-    pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
-        let group = (!super::db::is_postgres(&db))
-            .then(|| Arc::new(GroupCommit::new(db.clone(), group_commit::MAX_AGE)));
+    /// [`Repository::new`], where a SQLite group-commit batch commits once it
+    /// has been open `max_age` (see `PoolSettings::group_commit_max_age`).
+    pub fn with_group_commit_max_age(
+        db: DatabaseConnection,
+        sealer: SessionSealer,
+        max_age: Duration,
+    ) -> Self {
+        let group =
+            (!super::db::is_postgres(&db)).then(|| Arc::new(GroupCommit::new(db.clone(), max_age)));
         Self {
             health: DbHealth::new(db.clone()),
             db,
@@ -245,12 +249,12 @@ impl Repository {
 
     #[tracing::instrument(skip_all, name = "db.site_by_api_key")]
     pub async fn site_by_api_key(&self, api_key: &ApiKey) -> StorageResult<Site> {
-        site_from_model(find_site_by_api_key(&self.db, api_key).await?)
+        site_from_model(find_site(&self.db, SiteKey::ApiKey(api_key)).await?)
     }
 
     #[tracing::instrument(skip_all, name = "db.site_by_vhost")]
     pub async fn site_by_vhost(&self, vhost: Vhost) -> StorageResult<Site> {
-        site_from_model(find_site_by_vhost(&self.db, vhost).await?)
+        site_from_model(find_site(&self.db, SiteKey::Vhost(vhost)).await?)
     }
 
     #[tracing::instrument(skip_all, name = "db.upsert_account")]
@@ -262,7 +266,7 @@ impl Repository {
     ) -> StorageResult<(Account, bool)> {
         distinct_login_ids(&login_ids)?;
         let txn = self.begin_write().await?;
-        let site = find_site_by_api_key(&*txn, api_key).await?;
+        let site = find_site(&*txn, SiteKey::ApiKey(api_key)).await?;
         let now = Utc::now();
         let existing = self.lock_account_row(&txn, &site, uid).await;
         let (row, created) = match existing {
@@ -300,7 +304,7 @@ impl Repository {
 
     #[tracing::instrument(skip_all, name = "db.account")]
     pub async fn account(&self, api_key: &ApiKey, uid: &Uid) -> StorageResult<Account> {
-        let site = find_site_by_api_key(&self.db, api_key).await?;
+        let site = find_site(&self.db, SiteKey::ApiKey(api_key)).await?;
         let row = find_account(&self.db, &site, uid).await?;
         load_account(&self.db, &site, row).await
     }
@@ -481,52 +485,53 @@ impl Repository {
             .await?
             .ok_or(StorageError::Rule(DomainError::AccountNotFound))
     }
+}
 
-    /// The site and, when it exists, the account, in one round trip; on
-    /// PostgreSQL the account row (only) is locked until the transaction
-    /// ends. A missing account costs a second read that tells a missing site
-    /// apart, so the caller can apply the site's rules before refusing.
-    pub(crate) async fn lock_site_account(
-        &self,
-        txn: &DatabaseTransaction,
-        site_key: SiteKey<'_>,
-        uid: &Uid,
-    ) -> StorageResult<(site::Model, Option<account::Model>)> {
-        let mut query = account::Entity::find()
-            .find_also_related(site::Entity)
-            .filter(account::Column::Uid.eq(uid.as_str()))
-            .filter(site_key.condition());
-        if self.is_postgres() {
-            // `FOR UPDATE OF accounts`: locking the site row too would make
-            // every removal on a site wait for the one before it.
-            sea_orm::QueryTrait::query(&mut query)
-                .lock_with_tables(sea_orm::sea_query::LockType::Update, [account::Entity]);
-        }
-        if let Some((account, Some(site))) = query.one(txn).await? {
-            return Ok((site, Some(account)));
-        }
-        let site = site::Entity::find()
-            .filter(site_key.condition())
-            .one(txn)
-            .await?
-            .ok_or(StorageError::Rule(DomainError::SiteNotFound))?;
-        Ok((site, None))
+/// PostgreSQL: the site and, when it exists, the account, in one round trip,
+/// the account row (only) locked until the transaction ends.
+async fn lock_site_account(
+    txn: &DatabaseTransaction,
+    site_key: SiteKey<'_>,
+    uid: &Uid,
+) -> StorageResult<(site::Model, Option<account::Model>)> {
+    let mut query = account::Entity::find()
+        .find_also_related(site::Entity)
+        .filter(account::Column::Uid.eq(uid.as_str()))
+        .filter(site_key.condition());
+    // `FOR UPDATE OF accounts`: locking the site row too would make every
+    // removal on a site wait for the one before it.
+    sea_orm::QueryTrait::query(&mut query)
+        .lock_with_tables(sea_orm::sea_query::LockType::Update, [account::Entity]);
+    match query.one(txn).await? {
+        Some((account, Some(site))) => Ok((site, Some(account))),
+        _ => Ok((find_site(txn, site_key).await?, None)),
     }
 }
 
-/// The site, and the account (if it exists) with what a write needs of it,
-/// under the write's lock: [`Repository::lock_site_account`], then
-/// [`load_account_with`]. On SQLite, whose write transaction already holds
-/// the database's one write lock, both are one statement: one hop to sqlx's
-/// worker thread fewer per write. PostgreSQL keeps two statements: one that
-/// waited for the row lock read the other tables in its snapshot from before
-/// the wait, which may predate the change that held the lock.
+/// What [`Repository::lock_and_load`] found.
 pub(crate) struct Locked {
     pub site: site::Model,
     pub account: Option<(Account, LinkLookups)>,
 }
 
+/// The site's and the account's columns for the `acc` CTE of
+/// [`Repository::lock_and_load`], aliased `s_<column>` / `a_<column>` for
+/// `FromQueryResult`'s prefixes; taken from the entities, so they follow the
+/// schema.
+static LOCKED_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    let site = site::Column::iter().map(|c| format!("s.{0} AS s_{0}", c.as_str()));
+    let account = account::Column::iter().map(|c| format!("a.{0} AS a_{0}", c.as_str()));
+    site.chain(account).collect::<Vec<_>>().join(", ")
+});
+
 impl Repository {
+    /// The site, and the account (if it exists) with what a write needs of
+    /// it, under the write's lock. On SQLite, whose write transaction
+    /// already holds the database's one write lock, that is one statement:
+    /// one hop to sqlx's worker thread fewer per write. PostgreSQL takes two:
+    /// a statement that waited for the row lock reads the other tables in
+    /// its snapshot from before the wait, which may predate the change that
+    /// held the lock.
     pub(crate) async fn lock_and_load(
         &self,
         txn: &DatabaseTransaction,
@@ -536,7 +541,7 @@ impl Repository {
         login: Option<&str>,
     ) -> StorageResult<Locked> {
         if self.is_postgres() {
-            let (site, row) = self.lock_site_account(txn, site_key, uid).await?;
+            let (site, row) = lock_site_account(txn, site_key, uid).await?;
             let account = match row {
                 Some(row) => Some(load_account_with(txn, &site, row, identity, login).await?),
                 None => None,
@@ -544,17 +549,10 @@ impl Repository {
             return Ok(Locked { site, account });
         }
         let mut sql = Sql::new(txn.get_database_backend());
-        sql.push(
-            "WITH acc AS (SELECT s.id AS s_id, s.api_key AS s_api_key, s.vhost AS s_vhost, \
-             s.name AS s_name, s.unlink_action_enabled AS s_unlink_action_enabled, \
-             s.allowed_redirect_origins AS s_allowed_redirect_origins, \
-             s.allowed_browser_origins AS s_allowed_browser_origins, \
-             s.created_at AS s_created_at, s.updated_at AS s_updated_at, a.id AS a_id, \
-             a.site_id AS a_site_id, a.uid AS a_uid, a.created_at AS a_created_at, \
-             a.updated_at AS a_updated_at \
-             FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ",
-        )
-        .bind(uid.as_str());
+        sql.push("WITH acc AS (SELECT ")
+            .push(&LOCKED_COLUMNS)
+            .push(" FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ")
+            .bind(uid.as_str());
         match site_key {
             SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
             SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
@@ -566,13 +564,8 @@ impl Repository {
         let Some(first) = rows.first() else {
             // No such account: tell a missing site apart (its rules come
             // before the account's absence).
-            let site = site::Entity::find()
-                .filter(site_key.condition())
-                .one(txn)
-                .await?
-                .ok_or(StorageError::Rule(DomainError::SiteNotFound))?;
             return Ok(Locked {
-                site,
+                site: find_site(txn, site_key).await?,
                 account: None,
             });
         };
@@ -603,23 +596,12 @@ impl SiteKey<'_> {
     }
 }
 
-pub(crate) async fn find_site_by_api_key<C: ConnectionTrait>(
+pub(crate) async fn find_site<C: ConnectionTrait>(
     conn: &C,
-    api_key: &ApiKey,
+    site_key: SiteKey<'_>,
 ) -> StorageResult<site::Model> {
     site::Entity::find()
-        .filter(site::Column::ApiKey.eq(api_key.as_str()))
-        .one(conn)
-        .await?
-        .ok_or(StorageError::Rule(DomainError::SiteNotFound))
-}
-
-pub(crate) async fn find_site_by_vhost<C: ConnectionTrait>(
-    conn: &C,
-    vhost: Vhost,
-) -> StorageResult<site::Model> {
-    site::Entity::find()
-        .filter(site::Column::Vhost.eq(vhost.get()))
+        .filter(site_key.condition())
         .one(conn)
         .await?
         .ok_or(StorageError::Rule(DomainError::SiteNotFound))
