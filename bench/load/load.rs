@@ -225,7 +225,9 @@ pub async fn worker(mut client: Client, plan: WorkerPlan) -> WorkerFigures {
     if mine.is_empty() {
         return figures;
     }
-    let mut next = Instant::now();
+    // Workers start a fraction of the interval apart, so that a paced run
+    // is a steady stream of calls, not bursts of all workers at once.
+    let mut next = Instant::now() + interval.mul_f64(worker as f64 / workers as f64);
     let mut turn = 0u64;
     while Instant::now() < deadline {
         if !interval.is_zero() {
