@@ -280,7 +280,10 @@ impl App {
         };
 
         let max_message = security_settings.max_message_bytes;
-        let mut server = Server::builder();
+        // The server's own deadline: it drops a call's work (rolling back its
+        // transaction) before answering, which a client's deadline, fired on
+        // the client's side, cannot promise.
+        let mut server = Server::builder().timeout(security_settings.call_timeout);
         if let Some(tls) = tls {
             server = server.tls_config(tls)?;
         }

@@ -229,6 +229,9 @@ pub struct SecurityArgs {
     /// Seconds a token lookup is cached: how soon new and revoked tokens take effect.
     #[arg(long, env = "CONNECTIONS_TOKEN_CACHE_SECONDS", default_value_t = 2)]
     pub token_cache_seconds: u64,
+    /// Longest a gRPC call may take before the server gives up on it and rolls its work back (`30s`, `500ms`).
+    #[arg(long, env = "CONNECTIONS_CALL_TIMEOUT", default_value = "30s", value_parser = config::parse_duration)]
+    pub call_timeout: Duration,
 }
 
 impl SecurityArgs {
@@ -251,6 +254,7 @@ impl SecurityArgs {
             max_message_bytes: self.max_message_bytes,
             max_streams_per_caller: self.max_streams_per_caller,
             token_cache_ttl: Duration::from_secs(self.token_cache_seconds),
+            call_timeout: self.call_timeout,
         })
     }
 }
@@ -697,6 +701,7 @@ mod tests {
             db_max_connections = 3
             rate_limit = 12.5
             max_streams_per_caller = 4
+            call_timeout = "2s"
             nats_url = "nats://127.0.0.1:4222"
             nats_format = "json"
         "#;
@@ -712,6 +717,7 @@ mod tests {
         assert_eq!(settings.pool.max_connections, Some(3));
         assert!((settings.security.rate_limit_per_second - 12.5).abs() < f64::EPSILON);
         assert_eq!(settings.security.max_streams_per_caller, 4);
+        assert_eq!(settings.security.call_timeout, Duration::from_secs(2));
         assert_eq!(settings.relay.unwrap().format, RelayFormat::Json);
         // A flag wins over the file; what the file does not set keeps its default.
         let flagged = serve_with_file(file, &["--listen", "127.0.0.1:7000"]).unwrap();

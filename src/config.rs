@@ -120,6 +120,11 @@ pub struct SecuritySettings {
     /// How long a token lookup (and "do tokens exist") is cached: the delay
     /// before a revocation or a first token takes effect.
     pub token_cache_ttl: Duration,
+    /// Longest a gRPC call may take to answer: past it the server drops the
+    /// call's work (its transaction rolls back) and answers CANCELLED. A
+    /// client's shorter `grpc-timeout` applies first. Streams are bounded
+    /// until their first answer only.
+    pub call_timeout: Duration,
 }
 
 impl Default for SecuritySettings {
@@ -131,6 +136,7 @@ impl Default for SecuritySettings {
             max_message_bytes: 64 * 1024,
             max_streams_per_caller: 16,
             token_cache_ttl: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(30),
         }
     }
 }

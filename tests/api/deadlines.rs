@@ -1,6 +1,12 @@
-//! A client that stops waiting: when its deadline passes before the
-//! database answers, the work is cancelled and rolled back. Nothing
-//! half-done is left, no event is written, and the account is not wedged.
+//! A call that outlives the server's deadline (`call_timeout`): the server
+//! drops its work, which rolls back, and answers. Nothing half-done is left,
+//! no event is written, and the account is not wedged.
+//!
+//! The deadline is the server's own, not a client's `grpc-timeout`: a client
+//! that gives up fires its timer on its own side, and its server may still be
+//! inside the same deadline (it started counting on receipt) when the
+//! database lets the work through; only the server's answer says that the
+//! work was dropped.
 
 use std::time::Duration;
 
@@ -56,23 +62,26 @@ fn remove(uid: &str) -> pb::RemoveConnectionRequest {
 }
 
 async fn a_deadline_shorter_than_the_database_rolls_the_removal_back(backend: Backend) {
-    let app = TestApp::spawn(&backend).await;
+    let app = TestApp::spawn_with(&backend, |settings| {
+        settings.security.call_timeout = Duration::from_millis(300);
+    })
+    .await;
     app.create_site("3_a", 1).await;
     app.create_account("3_a", "u1", &[("a@x.com", true)]).await;
     app.link("3_a", "u1", "facebook", "", "fb-1", None).await;
 
     let (holder, txn) = hold_writers(&app, "u1").await;
-    let mut request = tonic::Request::new(remove("u1"));
-    request.set_timeout(Duration::from_millis(300));
     let status = app
         .connections()
-        .remove_connection(request)
+        .remove_connection(remove("u1"))
         .await
         .expect_err("the database did not answer in time");
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
     );
+    // The server's answer, not a client-side timer's.
+    assert!(std::error::Error::source(&status).is_none(), "{status:?}");
     txn.rollback().await.expect("release");
     holder.close().await.expect("close");
 
