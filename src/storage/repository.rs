@@ -487,27 +487,6 @@ impl Repository {
     }
 }
 
-/// PostgreSQL: the site and, when it exists, the account, in one round trip,
-/// the account row (only) locked until the transaction ends.
-async fn lock_site_account(
-    txn: &DatabaseTransaction,
-    site_key: SiteKey<'_>,
-    uid: &Uid,
-) -> StorageResult<(site::Model, Option<account::Model>)> {
-    let mut query = account::Entity::find()
-        .find_also_related(site::Entity)
-        .filter(account::Column::Uid.eq(uid.as_str()))
-        .filter(site_key.condition());
-    // `FOR UPDATE OF accounts`: locking the site row too would make every
-    // removal on a site wait for the one before it.
-    sea_orm::QueryTrait::query(&mut query)
-        .lock_with_tables(sea_orm::sea_query::LockType::Update, [account::Entity]);
-    match query.one(txn).await? {
-        Some((account, Some(site))) => Ok((site, Some(account))),
-        _ => Ok((find_site(txn, site_key).await?, None)),
-    }
-}
-
 /// What [`Repository::lock_and_load`] found.
 pub(crate) struct Locked {
     pub site: site::Model,
@@ -526,12 +505,13 @@ static LOCKED_COLUMNS: LazyLock<String> = LazyLock::new(|| {
 
 impl Repository {
     /// The site, and the account (if it exists) with what a write needs of
-    /// it, under the write's lock. On SQLite, whose write transaction
-    /// already holds the database's one write lock, that is one statement:
-    /// one hop to sqlx's worker thread fewer per write. PostgreSQL takes two:
-    /// a statement that waited for the row lock reads the other tables in
-    /// its snapshot from before the wait, which may predate the change that
-    /// held the lock.
+    /// it, under the write's lock, in one round trip. On SQLite, whose
+    /// write transaction already holds the database's one write lock, that
+    /// is one statement. On PostgreSQL it is one call of
+    /// `connections_lock_and_load` (see its migration): a statement that
+    /// waited for the row lock reads the other tables in its snapshot from
+    /// before the wait, so the lock and the read are two statements there,
+    /// in one function.
     pub(crate) async fn lock_and_load(
         &self,
         txn: &DatabaseTransaction,
@@ -540,36 +520,57 @@ impl Repository {
         identity: Option<&NewIdentity>,
         login: Option<&str>,
     ) -> StorageResult<Locked> {
-        if self.is_postgres() {
-            let (site, row) = lock_site_account(txn, site_key, uid).await?;
-            let account = match row {
-                Some(row) => Some(load_account_with(txn, &site, row, identity, login).await?),
-                None => None,
-            };
-            return Ok(Locked { site, account });
-        }
         let mut sql = Sql::new(txn.get_database_backend());
-        sql.push("WITH acc AS (SELECT ")
-            .push(&LOCKED_COLUMNS)
-            .push(" FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ")
-            .bind(uid.as_str());
-        match site_key {
-            SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
-            SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
-        };
-        sql.push(") SELECT acc.*, x.* FROM acc LEFT JOIN (");
-        push_account_rows(&mut sql, Anchor::Found, identity, login);
-        sql.push(") x ON 1 ORDER BY x.kind, x.id");
+        if self.is_postgres() {
+            let (api_key, vhost) = match site_key {
+                SiteKey::ApiKey(key) => (Some(key.as_str().to_owned()), None),
+                SiteKey::Vhost(vhost) => (None, Some(vhost.get())),
+            };
+            sql.push("SELECT * FROM connections_lock_and_load(")
+                .bind(api_key)
+                .push(", ")
+                .bind(vhost)
+                .push(", ")
+                .bind(uid.as_str())
+                .push(", ")
+                .bind(identity.map(|new| new.provider.clone()))
+                .push(", ")
+                .bind(identity.map(|new| new.sub_provider.clone()))
+                .push(", ")
+                .bind(identity.map(|new| new.provider_uid.as_str().to_owned()))
+                .push(", ")
+                .bind(login.map(str::to_owned))
+                .push(")");
+        } else {
+            sql.push("WITH acc AS (SELECT ")
+                .push(&LOCKED_COLUMNS)
+                .push(" FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ")
+                .bind(uid.as_str());
+            match site_key {
+                SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
+                SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
+            };
+            sql.push(") SELECT acc.*, x.* FROM acc LEFT JOIN (");
+            push_account_rows(&mut sql, Anchor::Found, identity, login);
+            sql.push(") x ON 1 ORDER BY x.kind, x.id");
+        }
         let rows = txn.query_all_raw(sql.into_statement()).await?;
         let Some(first) = rows.first() else {
-            // No such account: tell a missing site apart (its rules come
-            // before the account's absence).
+            // No such account (SQLite) or site (PostgreSQL): tell a missing
+            // site apart (its rules come before the account's absence).
             return Ok(Locked {
                 site: find_site(txn, site_key).await?,
                 account: None,
             });
         };
         let site = site::Model::from_query_result(first, "s_")?;
+        let account_id: Option<i64> = first.try_get("", "a_id")?;
+        if account_id.is_none() {
+            return Ok(Locked {
+                site,
+                account: None,
+            });
+        }
         let row = account::Model::from_query_result(first, "a_")?;
         let account = collect_account(&rows, &site, row)?;
         Ok(Locked {
@@ -620,15 +621,25 @@ pub(crate) async fn find_account<C: ConnectionTrait>(
         .ok_or(StorageError::Rule(DomainError::AccountNotFound))
 }
 
-/// Reads an account's login IDs and identities in one round trip: a
-/// removal or a link holds the write lock meanwhile, and every statement
-/// under it is time the next writer waits.
+/// Reads an account's login IDs and identities in one round trip.
 pub(crate) async fn load_account<C: ConnectionTrait>(
     conn: &C,
     site: &site::Model,
     row: account::Model,
 ) -> StorageResult<Account> {
-    Ok(load_account_with(conn, site, row, None, None).await?.0)
+    let mut sql = Sql::new(conn.get_database_backend());
+    push_account_rows(
+        &mut sql,
+        Anchor::Bound {
+            site_id: site.id,
+            account_id: row.id,
+        },
+        None,
+        None,
+    );
+    sql.push(" ORDER BY kind, id");
+    let rows = conn.query_all_raw(sql.into_statement()).await?;
+    Ok(collect_account(&rows, site, row)?.0)
 }
 
 /// What LinkConnection needs besides the account, read in the same round
@@ -637,30 +648,6 @@ pub(crate) async fn load_account<C: ConnectionTrait>(
 pub(crate) struct LinkLookups {
     pub mapping: Option<ExistingMapping>,
     pub login_owner: Option<i64>,
-}
-
-/// [`load_account`], plus the site's mapping of `identity` and the owner of
-/// `login`, when asked for.
-pub(crate) async fn load_account_with<C: ConnectionTrait>(
-    conn: &C,
-    site: &site::Model,
-    row: account::Model,
-    identity: Option<&NewIdentity>,
-    login: Option<&str>,
-) -> StorageResult<(Account, LinkLookups)> {
-    let mut sql = Sql::new(conn.get_database_backend());
-    push_account_rows(
-        &mut sql,
-        Anchor::Bound {
-            site_id: site.id,
-            account_id: row.id,
-        },
-        identity,
-        login,
-    );
-    sql.push(" ORDER BY kind, id");
-    let rows = conn.query_all_raw(sql.into_statement()).await?;
-    collect_account(&rows, site, row)
 }
 
 /// What the rows of [`push_account_rows`] belong to.

@@ -49,21 +49,14 @@ $fn$
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
-            return Ok(());
-        }
-        manager.get_connection().execute_unprepared(CREATE).await?;
-        Ok(())
+        super::on_postgres(manager, CREATE).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared("DROP FUNCTION IF EXISTS connections_stamp_events(bigint, text)")
-            .await?;
-        Ok(())
+        super::on_postgres(
+            manager,
+            "DROP FUNCTION IF EXISTS connections_stamp_events(bigint, text)",
+        )
+        .await
     }
 }

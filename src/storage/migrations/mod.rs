@@ -11,6 +11,7 @@ mod m20261127_000020_app_keys;
 mod m20261128_000030_browser_sdk;
 mod m20261128_000031_action_secrets;
 mod m20261128_000040_stamp_function;
+mod m20261128_000050_lock_and_load_function;
 
 pub struct Migrator;
 
@@ -27,6 +28,16 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000030_browser_sdk::Migration),
             Box::new(m20261128_000031_action_secrets::Migration),
             Box::new(m20261128_000040_stamp_function::Migration),
+            Box::new(m20261128_000050_lock_and_load_function::Migration),
         ]
     }
+}
+
+/// Runs `sql` on PostgreSQL only: for the server-side functions that spare
+/// PostgreSQL round trips (SQLite runs in-process and has no such trips).
+async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
+        manager.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
 }
