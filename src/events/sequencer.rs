@@ -122,6 +122,10 @@ async fn lead(
 /// Stamps until nothing is pending; returns false after a failure. The
 /// leader on PostgreSQL stamps on its lock's connection, which returns the
 /// rows for the fan-out; elsewhere the fan-out reads them from the table.
+///
+/// A batch shorter than `STAMP_BATCH` stamped every row pending when it ran,
+/// so it ends the round without a second, empty stamp: a row committed
+/// after it has its writer's wake-up (sent after the commit) still to come.
 async fn stamp_all(
     repo: &Repository,
     mut lease: Option<&mut SequencerLease>,
@@ -131,12 +135,15 @@ async fn stamp_all(
     loop {
         let stamped = match lease.as_deref_mut() {
             Some(held) => held.stamp_events(STAMP_BATCH).await.map(|events| {
+                let full = events.len() as u64 == STAMP_BATCH;
                 let head = events.last().map(|e| e.position);
                 if head.is_some() {
                     sequenced.events(events);
                 }
-                head
+                head.map(|head| (head, full))
             }),
+            // Only rows an older version left unstamped: rare, not worth
+            // counting.
             None => repo
                 .stamp_pending_events(STAMP_BATCH)
                 .await
@@ -144,10 +151,16 @@ async fn stamp_all(
                     if head.is_some() {
                         sequenced.in_table();
                     }
-                }),
+                })
+                .map(|head| head.map(|head| (head, true))),
         };
         match stamped {
-            Ok(Some(head)) => tracing::debug!(head, "sequenced events"),
+            Ok(Some((head, true))) => tracing::debug!(head, "sequenced events"),
+            Ok(Some((head, false))) => {
+                tracing::debug!(head, "sequenced events");
+                metrics.set_unsequenced(0);
+                return true;
+            }
             Ok(None) => {
                 metrics.set_unsequenced(0);
                 return true;
