@@ -4,16 +4,19 @@
 //! `access` to verify a request. Sites and permissions are stored as text
 //! and parsed by `access`, as for tokens.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, sea_query::Expr,
+    QueryOrder, QueryTrait, sea_query::Expr,
 };
 
 use super::{
     SessionSealer,
     entities::{app_key, request_nonce},
     error::{StorageError, StorageResult},
+    group_commit::{self, GroupCommit},
 };
 
 /// A stored application key, without its secret.
@@ -68,11 +71,23 @@ impl std::fmt::Debug for AppKeySecret {
 pub struct AppKeyStore {
     db: DatabaseConnection,
     sealer: SessionSealer,
+    /// SQLite: the server's write turn, which nonce writes take (see
+    /// `group_commit::write_one`). None on PostgreSQL and in admin commands.
+    group: Option<Arc<GroupCommit>>,
 }
 
 impl AppKeyStore {
     pub fn new(db: DatabaseConnection, sealer: SessionSealer) -> Self {
-        Self { db, sealer }
+        Self {
+            db,
+            sealer,
+            group: None,
+        }
+    }
+
+    pub(crate) fn with_group(mut self, group: Option<Arc<GroupCommit>>) -> Self {
+        self.group = group;
+        self
     }
 
     /// Whether secrets sealed now can be opened after a restart (a
@@ -192,13 +207,13 @@ impl AppKeyStore {
             nonce: Set(nonce.to_owned()),
             expires_at: Set(expires_at),
         };
-        match request_nonce::Entity::insert(row)
-            .exec_without_returning(&self.db)
-            .await
-        {
+        let insert = request_nonce::Entity::insert(row).build(self.db.get_database_backend());
+        match group_commit::write_one(&self.db, self.group.as_deref(), insert).await {
             Ok(_) => Ok(true),
-            Err(err) if StorageError::is_unique_violation(&err) => Ok(false),
-            Err(err) => Err(err.into()),
+            Err(StorageError::Database(err)) if StorageError::is_unique_violation(&err) => {
+                Ok(false)
+            }
+            Err(err) => Err(err),
         }
     }
 

@@ -241,9 +241,8 @@ impl Repository {
              WHERE consumers.owner = excluded.owner OR consumers.owner = ''
              RETURNING position"
         );
-        let row = self
-            .connection()
-            .query_one_raw(statement(
+        let rows = self
+            .write_one(statement(
                 backend,
                 &sql,
                 vec![
@@ -254,7 +253,8 @@ impl Repository {
                 ],
             ))
             .await?;
-        row.map(|r| r.try_get::<i64>("", "position").map(to_u64))
+        rows.first()
+            .map(|r| r.try_get::<i64>("", "position").map(to_u64))
             .transpose()
             .map_err(Into::into)
     }

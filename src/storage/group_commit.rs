@@ -30,11 +30,12 @@ use std::{
 };
 
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
+use super::error::{StorageError, StorageResult};
 use crate::telemetry::metrics;
 
 /// A batch commits once it has this many members, even with more queued.
@@ -403,6 +404,32 @@ impl Drop for Member {
             let _ = batch.txn.rollback().await;
             drop(turn);
         });
+    }
+}
+
+/// One write statement as a write of its own, returning its rows: on SQLite
+/// in the write turn (in the open batch, as one atomic step), since a
+/// statement in autocommit beside the turn's open transaction would find the
+/// database locked and sleep in SQLite's busy handler, up to 100 ms at a
+/// time; on PostgreSQL (no `group`) its own implicit transaction.
+pub(crate) async fn write_one(
+    db: &DatabaseConnection,
+    group: Option<&GroupCommit>,
+    statement: Statement,
+) -> StorageResult<Vec<QueryResult>> {
+    let Some(group) = group else {
+        return Ok(db.query_all_raw(statement).await?);
+    };
+    let txn = group.join(Writes::Atomic).await?;
+    match txn.query_all_raw(statement).await {
+        Ok(rows) => {
+            txn.commit().await.map_err(StorageError::from_commit)?;
+            Ok(rows)
+        }
+        Err(err) => {
+            let _ = txn.rollback().await;
+            Err(err.into())
+        }
     }
 }
 

@@ -55,14 +55,13 @@ impl Repository {
     /// moves back (a deposed leader's late write cannot undo a newer one).
     pub async fn set_relayed_through(&self, position: u64) -> StorageResult<()> {
         let backend = self.connection().get_database_backend();
-        self.connection()
-            .execute_raw(statement(
-                backend,
-                "UPDATE event_sequence SET relayed_through = $1
-                 WHERE id = 1 AND (relayed_through IS NULL OR relayed_through < $1)",
-                vec![to_i64(position).into()],
-            ))
-            .await?;
+        self.write_one(statement(
+            backend,
+            "UPDATE event_sequence SET relayed_through = $1
+             WHERE id = 1 AND (relayed_through IS NULL OR relayed_through < $1)",
+            vec![to_i64(position).into()],
+        ))
+        .await?;
         Ok(())
     }
 

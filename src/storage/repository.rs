@@ -109,7 +109,7 @@ impl Repository {
     /// The application key and nonce tables, on the same pool, sealing
     /// with the server's secret key.
     pub fn app_keys(&self) -> super::AppKeyStore {
-        super::AppKeyStore::new(self.db.clone(), self.sealer.clone())
+        super::AppKeyStore::new(self.db.clone(), self.sealer.clone()).with_group(self.group.clone())
     }
 
     /// Closes the connection pool (at shutdown).
@@ -154,6 +154,18 @@ impl Repository {
                 ))),
             },
         }
+    }
+
+    /// Runs one write statement as a write of its own and returns its rows.
+    /// On SQLite it takes the write turn (in the open batch, as one atomic
+    /// step): a statement in autocommit beside the turn's open transaction
+    /// would find the database locked and sleep in SQLite's busy handler, up
+    /// to 100 ms at a time. On PostgreSQL it is its own implicit transaction.
+    pub(crate) async fn write_one(
+        &self,
+        statement: sea_orm::Statement,
+    ) -> StorageResult<Vec<sea_orm::QueryResult>> {
+        group_commit::write_one(&self.db, self.group.as_deref(), statement).await
     }
 
     /// SQLite group commit: batches committed and the writes they carried
