@@ -433,19 +433,31 @@ impl Publisher<'_> {
                     }
                 };
                 if page.is_empty() {
-                    // Caught up: collect every ack, record it, then sleep
-                    // until the head moves (or the safety-net poll).
+                    // Caught up: collect every ack, then sleep until the
+                    // head moves (or the safety-net poll). The progress is
+                    // written at most every STORE_EVERY, not on every
+                    // catch-up (under load, once per event): its row is the
+                    // one the sequencer's stamp locks.
                     if let Err(reason) = self.drain(&mut inflight, &mut progress).await {
                         self.store(&mut progress).await;
                         return Ended::Failed(reason);
                     }
-                    self.store(&mut progress).await;
+                    self.metrics.set_relayed_position(progress.acked);
+                    let store_due = progress.stored_at + STORE_EVERY;
+                    if Instant::now() >= store_due {
+                        self.store(&mut progress).await;
+                    }
                     tokio::select! {
                         () = self.shutdown.raised() => {}
                         changed = self.head.changed(), if head_open => {
                             if changed.is_err() {
                                 head_open = false;
                             }
+                        }
+                        () = tokio::time::sleep_until(store_due),
+                            if progress.acked > progress.stored =>
+                        {
+                            self.store(&mut progress).await;
                         }
                         _ = poll.tick() => {}
                     }
