@@ -142,8 +142,9 @@ async fn stamp_all(
                 }
                 head.map(|head| (head, full))
             }),
-            // Only rows an older version left unstamped: rare, not worth
-            // counting.
+            // SQLite, only for rows an older version left unstamped (rare):
+            // its stamp returns just the head, so a round ends with a stamp
+            // that finds nothing.
             None => repo
                 .stamp_pending_events(STAMP_BATCH)
                 .await
@@ -155,20 +156,19 @@ async fn stamp_all(
                 .map(|head| head.map(|head| (head, true))),
         };
         match stamped {
-            Ok(Some((head, true))) => tracing::debug!(head, "sequenced events"),
-            Ok(Some((head, false))) => {
+            Ok(Some((head, full))) => {
                 tracing::debug!(head, "sequenced events");
-                metrics.set_unsequenced(0);
-                return true;
+                if full {
+                    continue;
+                }
             }
-            Ok(None) => {
-                metrics.set_unsequenced(0);
-                return true;
-            }
+            Ok(None) => {}
             Err(err) => {
                 tracing::warn!(error = %err, "sequencing failed; will retry");
                 return false;
             }
         }
+        metrics.set_unsequenced(0);
+        return true;
     }
 }

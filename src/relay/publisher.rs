@@ -442,10 +442,11 @@ impl Publisher<'_> {
                         self.store(&mut progress).await;
                         return Ended::Failed(reason);
                     }
-                    self.metrics.set_relayed_position(progress.acked);
                     let store_due = progress.stored_at + STORE_EVERY;
                     if Instant::now() >= store_due {
                         self.store(&mut progress).await;
+                    } else {
+                        self.metrics.set_relayed_position(progress.acked);
                     }
                     tokio::select! {
                         () = self.shutdown.raised() => {}

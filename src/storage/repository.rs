@@ -535,7 +535,7 @@ impl Repository {
         let mut sql = Sql::new(txn.get_database_backend());
         if self.is_postgres() {
             let (api_key, vhost) = match site_key {
-                SiteKey::ApiKey(key) => (Some(key.as_str().to_owned()), None),
+                SiteKey::ApiKey(key) => (Some(key.as_str()), None),
                 SiteKey::Vhost(vhost) => (None, Some(vhost.get())),
             };
             sql.push("SELECT * FROM connections_lock_and_load(")
@@ -545,13 +545,13 @@ impl Repository {
                 .push(", ")
                 .bind(uid.as_str())
                 .push(", ")
-                .bind(identity.map(|new| new.provider.clone()))
+                .bind(identity.map(|new| new.provider.as_str()))
                 .push(", ")
-                .bind(identity.map(|new| new.sub_provider.clone()))
+                .bind(identity.map(|new| new.sub_provider.as_str()))
                 .push(", ")
-                .bind(identity.map(|new| new.provider_uid.as_str().to_owned()))
+                .bind(identity.map(|new| new.provider_uid.as_str()))
                 .push(", ")
-                .bind(login.map(str::to_owned))
+                .bind(login)
                 .push(")");
         } else {
             sql.push("WITH acc AS (SELECT ")
