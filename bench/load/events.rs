@@ -100,6 +100,8 @@ async fn read_events(
 }
 
 pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> Result<(), Error> {
+    // Before the subscribers: they count only the measured part's events.
+    load::warm_up(target, accounts, run.concurrency, run.rate).await?;
     let bearer = Bearer::new(&target.token)?;
     let read_channels = channels(&run.read, target.channels).await?;
     let mut readers = Vec::new();

@@ -262,6 +262,36 @@ pub async fn worker(mut client: Client, plan: WorkerPlan) -> WorkerFigures {
     figures
 }
 
+/// How long a latency run writes, unmeasured, before it starts timing.
+pub const WARM_UP: Duration = Duration::from_secs(1);
+
+/// Writes at `rate` for [`WARM_UP`] with `concurrency` workers and discards
+/// the figures. A freshly started replica grows its database pool under the
+/// first load (each new PostgreSQL connection: TLS, authentication and an
+/// empty statement cache), which is start-up, not event latency. Any error
+/// fails the run, as it would in the measured part.
+pub async fn warm_up(
+    target: &Target,
+    accounts: &Accounts,
+    concurrency: usize,
+    rate: f64,
+) -> Result<(), Error> {
+    let clients = clients(target, concurrency).await?;
+    let figures = drive(
+        clients,
+        accounts,
+        Workload::RemoveOne,
+        Instant::now() + WARM_UP,
+        rate,
+        false,
+    )
+    .await?;
+    match figures.errors.total() {
+        0 => Ok(()),
+        n => Err(format!("{n} errors while warming up: {}", figures.errors.to_json()).into()),
+    }
+}
+
 /// Runs one worker per client until `deadline`, all together at `rate`
 /// removals per second (0: as fast as they can), and sums their figures.
 pub async fn drive(

@@ -35,6 +35,7 @@ pub struct LatencyRun {
 /// timed to its message reaching a plain NATS subscription of the stream's
 /// subjects (the server delivers it there when the stream stores it).
 pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> Result<(), Error> {
+    load::warm_up(target, accounts, 8, run.rate).await?;
     let client = async_nats::connect(&run.nats).await?;
     let mut messages = client
         .subscribe(format!("{}.>", run.subject_prefix))
