@@ -19,6 +19,9 @@ use crate::{
     stats::{self, Latencies, ProcessSample},
 };
 
+/// Writers of a relay latency run (as the events figures use).
+const WRITERS: usize = 8;
+
 /// What a relay latency run does.
 pub struct LatencyRun {
     pub nats: String,
@@ -35,7 +38,7 @@ pub struct LatencyRun {
 /// timed to its message reaching a plain NATS subscription of the stream's
 /// subjects (the server delivers it there when the stream stores it).
 pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> Result<(), Error> {
-    load::warm_up(target, accounts, 8, run.rate).await?;
+    load::warm_up(target, accounts, WRITERS, run.rate).await?;
     let client = async_nats::connect(&run.nats).await?;
     let mut messages = client
         .subscribe(format!("{}.>", run.subject_prefix))
@@ -57,7 +60,7 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
             }
         })
     };
-    let clients = load::clients(target, 8).await?;
+    let clients = load::clients(target, WRITERS).await?;
     let before = ProcessSample::take(&run.server_pids);
     let started = Instant::now();
     let written = load::drive(

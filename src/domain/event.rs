@@ -183,8 +183,8 @@ mod tests {
         ] {
             event.occurred_at = DateTime::parse_from_rfc3339(text)
                 .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_default();
-            let json = serde_json::to_string(&event).unwrap_or_default();
+                .unwrap_or_else(|err| panic!("{text}: {err}"));
+            let json = serde_json::to_string(&event).unwrap_or_else(|err| panic!("{err}"));
             let back: ConnectionRemoved = serde_json::from_str(&json).unwrap_or_else(|err| {
                 panic!("{json}: {err}");
             });

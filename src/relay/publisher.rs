@@ -442,12 +442,8 @@ impl Publisher<'_> {
                         self.store(&mut progress).await;
                         return Ended::Failed(reason);
                     }
+                    self.store_when_due(&mut progress).await;
                     let store_due = progress.stored_at + STORE_EVERY;
-                    if Instant::now() >= store_due {
-                        self.store(&mut progress).await;
-                    } else {
-                        self.metrics.set_relayed_position(progress.acked);
-                    }
                     tokio::select! {
                         () = self.shutdown.raised() => {}
                         changed = self.head.changed(), if head_open => {
@@ -509,9 +505,7 @@ impl Publisher<'_> {
                 // message must not be retried in a tight loop.)
                 backoff.reset();
             }
-            if progress.stored_at.elapsed() >= STORE_EVERY {
-                self.store(&mut progress).await;
-            }
+            self.store_when_due(&mut progress).await;
         }
     }
 
@@ -554,6 +548,16 @@ impl Publisher<'_> {
             self.ack_front(inflight, progress).await?;
         }
         Ok(())
+    }
+
+    /// Writes `relayed_through` once STORE_EVERY has passed since the last
+    /// write; until then only the metric moves.
+    async fn store_when_due(&self, progress: &mut Progress) {
+        if progress.stored_at.elapsed() >= STORE_EVERY {
+            self.store(progress).await;
+        } else {
+            self.metrics.set_relayed_position(progress.acked);
+        }
     }
 
     /// Writes `relayed_through` when it moved (failures are retried later:

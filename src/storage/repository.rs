@@ -156,11 +156,8 @@ impl Repository {
         }
     }
 
-    /// Runs one write statement as a write of its own and returns its rows.
-    /// On SQLite it takes the write turn (in the open batch, as one atomic
-    /// step): a statement in autocommit beside the turn's open transaction
-    /// would find the database locked and sleep in SQLite's busy handler, up
-    /// to 100 ms at a time. On PostgreSQL it is its own implicit transaction.
+    /// One write statement as a write of its own, returning its rows (see
+    /// [`group_commit::write_one`]).
     pub(crate) async fn write_one(
         &self,
         statement: sea_orm::Statement,
