@@ -78,6 +78,9 @@ async fn lead(
     // Where writers stamp their own rows, a write wakes the fan-out directly;
     // the poll still stamps anything left unstamped (e.g. by an older version).
     let stamped_on_write = repo.sequences_on_write();
+    // Marked before the first stamp: a commit after it is either stamped
+    // there or wakes this loop.
+    let _leading = Leading::mark(repo);
     let mut stamp = true;
     loop {
         if stamp
@@ -116,6 +119,23 @@ async fn lead(
     }
     if let Some(held) = lease {
         held.release().await;
+    }
+}
+
+/// Marks this replica's sequencer as leading until dropped, however `lead`
+/// ends.
+struct Leading<'a>(&'a Repository);
+
+impl<'a> Leading<'a> {
+    fn mark(repo: &'a Repository) -> Self {
+        repo.set_sequencer_leading(true);
+        Self(repo)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.set_sequencer_leading(false);
     }
 }
 

@@ -320,7 +320,7 @@ async fn apply(
             .bind(account_id);
         steps.close("touched", None);
     }
-    outbox::push_append(&mut steps, events, "'notified' AS kind")?;
+    outbox::push_append(&mut steps, events)?;
     let written = txn.query_all_raw(steps.into_statement()).await;
     let checked = written
         .map_err(StorageError::from)

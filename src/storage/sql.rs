@@ -131,13 +131,6 @@ impl WriteSteps {
         }
     }
 
-    /// PostgreSQL: a `SELECT` run for its side effect (e.g. `pg_notify`),
-    /// answering `answer` once.
-    pub(crate) fn also_select(&mut self, answer: &str, select: &str) {
-        self.answers
-            .push(format!("SELECT {answer} FROM (SELECT {select}) effect"));
-    }
-
     pub(crate) fn into_statement(mut self) -> Statement {
         if self.postgres() {
             if self.answers.is_empty() {

@@ -33,6 +33,7 @@ on_both_backends!(
     idle_streams_get_caught_up_then_heartbeats,
     a_slow_subscriber_does_not_stop_writers_and_catches_up,
     two_replicas_share_one_database,
+    a_write_on_a_replica_that_does_not_lead_wakes_the_leader,
     pruned_positions_are_refused_with_the_earliest_position,
     shutdown_ends_open_streams,
     shutdown_does_not_wait_for_a_client_that_never_reads,
@@ -495,6 +496,33 @@ async fn two_replicas_share_one_database(backend: Backend) {
         (after_failover.position, after_failover.event_id),
         (4, written[0].event_id.clone())
     );
+    b.stop().await;
+}
+
+async fn a_write_on_a_replica_that_does_not_lead_wakes_the_leader(backend: Backend) {
+    if matches!(backend, Backend::Sqlite) {
+        return;
+    }
+    // No poll within the test's patience: only a write's wake-up can get
+    // its rows stamped, in-process on the leader, by NOTIFY from the other.
+    let asleep = |settings: &mut connections::config::Settings| {
+        settings.events.poll_interval = Duration::from_secs(3600);
+    };
+    let a = TestApp::spawn_with(&backend, asleep).await;
+    let b = TestApp::spawn_on(&a.database_url, asleep).await;
+    let mut on_a = subscribe(&a, from(pb::StartFrom::Now)).await;
+    assert_eq!(caught_up(&mut on_a).await, 0);
+    // One of the two leads; the other's writes reach it by NOTIFY. Writes
+    // waits until its rows are stamped.
+    for round in 0..3_u64 {
+        let on_b = write_n(&b, 1).await;
+        let on_a_written = write_n(&a, 1).await;
+        let received = events(&mut on_a, 2).await;
+        assert_eq!(positions(&received), [2 * round + 1, 2 * round + 2]);
+        assert_eq!(received[0].event_id, on_b[0].event_id);
+        assert_eq!(received[1].event_id, on_a_written[0].event_id);
+    }
+    a.stop().await;
     b.stop().await;
 }
 
