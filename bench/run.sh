@@ -116,6 +116,15 @@ print(rate)
 EOF
 }
 
+# settle NAME URL: PostgreSQL only, VACUUM ANALYZE before each measured run,
+# service and ceiling alike. Every removal and re-link leaves dead rows and
+# index entries (the sequencer's stamp is an UPDATE); autovacuum would clean
+# them in production, but it may be off (it is on this project's machine),
+# and then each workload would run on the bloat of all the ones before it.
+settle() {
+  if [ "$1" = postgres ]; then psql "$2" -qc "VACUUM ANALYZE" >/dev/null; fi
+}
+
 # bench_database NAME URL
 bench_database() {
   local db=$1 url=$2
@@ -130,6 +139,7 @@ bench_database() {
 
   for c in $LEVELS; do
     say "$db: RemoveConnection (one provider), concurrency $c"
+    settle "$db" "$url"
     # shellcheck disable=SC2046
     "$BENCH" load $(target_args "$a_port") --workload remove-one --concurrency "$c" \
       --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid" --label "$db:headline" >>"$results"
@@ -137,6 +147,7 @@ bench_database() {
   for workload in remove-all unlink mixed; do
     for c in $LEVELS; do
       say "$db: $workload, concurrency $c"
+      settle "$db" "$url"
       # shellcheck disable=SC2046
       "$BENCH" load $(target_args "$a_port") --workload "$workload" --concurrency "$c" \
         --seconds "$SECONDS_OTHER" --server-pid "$a_pid" --label "$db:$workload" >>"$results"
@@ -146,6 +157,7 @@ bench_database() {
   local half
   half=$(python3 -c "print(max(1.0, $(max_rate "$db") / 2))")
   say "$db: events, 10 subscribers, writers at $half removals/s"
+  settle "$db" "$url"
   # shellcheck disable=SC2046
   "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$a_port" --subscribers 10 \
     --rate "$half" --concurrency 8 --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid" \
@@ -154,6 +166,7 @@ bench_database() {
     start_server "$url" "$db-b"
     local b_port=$port b_pid=$pid
     say "$db: events written on replica A, read on replica B"
+    settle "$db" "$url"
     # shellcheck disable=SC2046
     "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$b_port" --subscribers 10 \
       --rate "$half" --concurrency 8 --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid,$b_pid" \
@@ -161,11 +174,13 @@ bench_database() {
     stop_server "$b_pid"
   fi
   say "$db: writers with 100 subscribers that never read"
+  settle "$db" "$url"
   # shellcheck disable=SC2046
   "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$a_port" --subscribers 0 \
     --idle-subscribers 100 --rate 0 --concurrency 8 --seconds "$SECONDS_HEADLINE" \
     --server-pid "$a_pid" --label "$db:idle-subscribers" >>"$results"
   say "$db: 200 live subscribers (100 reading, 100 not) under half load"
+  settle "$db" "$url"
   # shellcheck disable=SC2046
   "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$a_port" --subscribers 100 \
     --idle-subscribers 100 --rate "$half" --concurrency 8 --seconds "$SECONDS_OTHER" \
@@ -179,6 +194,7 @@ bench_database() {
       "$BENCH" sqlite-reference --db "${file%%\?*}" --api-key "$API_KEY" --accounts "$ACCOUNTS" \
         --concurrency "$c" --seconds "$SECONDS_HEADLINE" --label "$db:reference" >>"$results"
     else
+      settle "$db" "$url"
       pgbench_reference "$url" "$c"
     fi
   done
@@ -202,6 +218,7 @@ bench_database() {
 
   say "$db: replay of $BACKLOG events from BEGINNING"
   "$BENCH" backlog --database-url "$url" --events "$BACKLOG"
+  settle "$db" "$url"
   start_server "$url" "$db-replay"
   "$BENCH" replay --grpc "http://127.0.0.1:$port" --events "$BACKLOG" --server-pid "$pid" \
     --label "$db:replay" >>"$results"
