@@ -45,6 +45,9 @@ pub async fn run(
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut read_table = true;
+    // The highest head announced while this replica's sequencer had a
+    // hand-over due: read from the table if the hand-over falls short.
+    let mut announced = 0;
     loop {
         if read_table {
             publish_new(&repo, &live, &head, metrics, &mut published).await;
@@ -54,14 +57,21 @@ pub async fn run(
             () = shutdown.raised() => return,
             handed = sequenced.next() => {
                 if let Handed::Events(events) = handed {
-                    read_table = !publish_stamped(events, &live, &head, metrics, &mut published);
+                    read_table = !publish_stamped(events, &live, &head, metrics, &mut published)
+                        || announced > published;
                 }
             }
             notified = listener.wait() => {
-                // This replica's own stamps are announced too: nothing to
-                // read when they are already published.
-                if notified.is_some_and(|stamped_head| stamped_head <= published) {
-                    read_table = false;
+                // This replica's own stamps are announced too, sometimes
+                // before the sequencer hands their rows over: nothing to
+                // read when they are published, or about to be.
+                match notified {
+                    Some(stamped_head) if stamped_head <= published => read_table = false,
+                    Some(stamped_head) if sequenced.handover_due() => {
+                        announced = announced.max(stamped_head);
+                        read_table = false;
+                    }
+                    _ => {}
                 }
             }
             _ = poll.tick() => {}

@@ -154,14 +154,24 @@ async fn stamp_all(
 ) -> bool {
     loop {
         let stamped = match lease.as_deref_mut() {
-            Some(held) => held.stamp_events(STAMP_BATCH).await.map(|events| {
-                let full = events.len() as u64 == STAMP_BATCH;
-                let head = events.last().map(|e| e.position);
-                if head.is_some() {
-                    sequenced.events(events);
+            Some(held) => {
+                sequenced.stamping();
+                let stamped = held.stamp_events(STAMP_BATCH).await;
+                match &stamped {
+                    Ok(events) if events.is_empty() => sequenced.nothing(),
+                    Ok(_) => {}
+                    // It may have committed: the fan-out reads the table.
+                    Err(_) => sequenced.in_table(),
                 }
-                head.map(|head| (head, full))
-            }),
+                stamped.map(|events| {
+                    let full = events.len() as u64 == STAMP_BATCH;
+                    let head = events.last().map(|e| e.position);
+                    if head.is_some() {
+                        sequenced.events(events);
+                    }
+                    head.map(|head| (head, full))
+                })
+            }
             // SQLite, only for rows an older version left unstamped (rare):
             // its stamp returns just the head, so a round ends with a stamp
             // that finds nothing.
