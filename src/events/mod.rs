@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! writers --(outbox rows, position NULL)--> events table
-//!    | in-process Notify / NOTIFY connections_outbox
+//!    | in-process Notify / NOTIFY connections_outbox after the commit
+//!    | (from a replica whose sequencer does not lead)
 //!    v
 //! sequencer (one per database) --stamps positions 1, 2, 3 ...--> events table
 //!    | the stamped rows in process (PostgreSQL) / NOTIFY connections_events

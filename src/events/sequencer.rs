@@ -156,21 +156,23 @@ async fn stamp_all(
         let stamped = match lease.as_deref_mut() {
             Some(held) => {
                 sequenced.stamping();
-                let stamped = held.stamp_events(STAMP_BATCH).await;
-                match &stamped {
-                    Ok(events) if events.is_empty() => sequenced.nothing(),
-                    Ok(_) => {}
-                    // It may have committed: the fan-out reads the table.
-                    Err(_) => sequenced.in_table(),
-                }
-                stamped.map(|events| {
-                    let full = events.len() as u64 == STAMP_BATCH;
-                    let head = events.last().map(|e| e.position);
-                    if head.is_some() {
-                        sequenced.events(events);
+                match held.stamp_events(STAMP_BATCH).await {
+                    Ok(events) => {
+                        let full = events.len() as u64 == STAMP_BATCH;
+                        let head = events.last().map(|e| e.position);
+                        if head.is_some() {
+                            sequenced.events(events);
+                        } else {
+                            sequenced.nothing();
+                        }
+                        Ok(head.map(|head| (head, full)))
                     }
-                    head.map(|head| (head, full))
-                })
+                    Err(err) => {
+                        // It may have committed: the fan-out reads the table.
+                        sequenced.in_table();
+                        Err(err)
+                    }
+                }
             }
             // SQLite, only for rows an older version left unstamped (rare):
             // its stamp returns just the head, so a round ends with a stamp

@@ -39,7 +39,7 @@ pub struct Repository {
     /// Shared by every clone: whether the database answers.
     health: Arc<DbHealth>,
     /// Woken after a transaction that wrote outbox rows commits.
-    outbox_written: Arc<super::outbox::OutboxWake>,
+    outbox_wake: Arc<super::outbox::OutboxWake>,
     /// SQLite: the write turn (one writer at a time in this process, taken
     /// in arrival order) and group commit. SQLite allows one writer; without
     /// this, writers that find the lock taken sleep in its busy handler (1
@@ -66,7 +66,7 @@ impl Repository {
             (!super::db::is_postgres(&db)).then(|| Arc::new(GroupCommit::new(db.clone(), max_age)));
         Self {
             health: DbHealth::new(db.clone()),
-            outbox_written: Arc::new(super::outbox::OutboxWake::new(&db)),
+            outbox_wake: Arc::new(super::outbox::OutboxWake::new(&db)),
             db,
             sealer,
             group,
@@ -85,19 +85,19 @@ impl Repository {
 
     /// Call after committing a transaction that appended outbox rows.
     pub fn outbox_committed(&self) {
-        self.outbox_written.committed();
+        self.outbox_wake.committed();
     }
 
     /// What the sequencer waits on for in-process wake-ups.
     pub fn outbox_notifier(&self) -> Arc<Notify> {
-        self.outbox_written.local()
+        self.outbox_wake.local()
     }
 
     /// Whether this replica's sequencer leads. While it does, commits here
     /// wake it in-process only; while it does not, they also `NOTIFY` the
     /// leader (see `outbox::OutboxWake`).
     pub fn set_sequencer_leading(&self, leading: bool) {
-        self.outbox_written.set_leading(leading);
+        self.outbox_wake.set_leading(leading);
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

@@ -512,7 +512,7 @@ async fn a_write_on_a_replica_that_does_not_lead_wakes_the_leader(backend: Backe
     let b = TestApp::spawn_on(&a.database_url, asleep).await;
     let mut on_a = subscribe(&a, from(pb::StartFrom::Now)).await;
     assert_eq!(caught_up(&mut on_a).await, 0);
-    // One of the two leads; the other's writes reach it by NOTIFY. Writes
+    // One of the two leads; the other's writes reach it by NOTIFY. `write_n`
     // waits until its rows are stamped.
     for round in 0..3_u64 {
         let on_b = write_n(&b, 1).await;
