@@ -40,7 +40,7 @@ pub async fn append<C: ConnectionTrait>(
         return Ok(());
     }
     let mut steps = WriteSteps::new(conn.get_database_backend());
-    push_append(&mut steps, events)?;
+    push_append(&mut steps, events, "")?;
     conn.execute_raw(steps.into_statement()).await?;
     Ok(())
 }
@@ -49,6 +49,7 @@ pub async fn append<C: ConnectionTrait>(
 pub(crate) fn push_append(
     steps: &mut WriteSteps,
     events: &[ConnectionRemoved],
+    only_if: &str,
 ) -> StorageResult<()> {
     if events.is_empty() {
         return Ok(());
@@ -57,7 +58,7 @@ pub(crate) fn push_append(
         push_claim(steps.open("claimed"), events.len());
         steps.close("claimed", None);
     }
-    push_insert(steps.open("appended"), events)?;
+    push_insert(steps.open("appended"), events, only_if)?;
     steps.close("appended", None);
     Ok(())
 }
@@ -168,13 +169,27 @@ pub(crate) fn push_claim(sql: &mut Sql, count: usize) {
 
 /// `INSERT INTO events ...` for `events`: on SQLite at the positions
 /// [`push_claim`] claimed just before, on PostgreSQL unsequenced (the
-/// sequencer stamps them after commit, in commit order).
-pub(crate) fn push_insert(sql: &mut Sql, events: &[ConnectionRemoved]) -> StorageResult<()> {
+/// sequencer stamps them after commit, in commit order). `only_if`
+/// (PostgreSQL): a condition (`" AND ..."`, or nothing) the rows are
+/// inserted under.
+pub(crate) fn push_insert(
+    sql: &mut Sql,
+    events: &[ConnectionRemoved],
+    only_if: &str,
+) -> StorageResult<()> {
     let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
     sql.push(
         "INSERT INTO events (position, event_id, occurred_at, api_key, provider, source, \
-         payload) VALUES ",
+         payload) ",
     );
+    // VALUES as a sub-select, to filter: the position's type is then its own.
+    let null_position = if !only_if.is_empty() {
+        sql.push("SELECT * FROM (VALUES ");
+        "NULL::bigint"
+    } else {
+        sql.push("VALUES ");
+        "NULL"
+    };
     for (i, e) in (0_i64..).zip(events) {
         let payload =
             serde_json::to_string(e).map_err(|err| StorageError::Corrupt(err.to_string()))?;
@@ -183,7 +198,7 @@ pub(crate) fn push_insert(sql: &mut Sql, events: &[ConnectionRemoved]) -> Storag
             DbBackend::Sqlite => sql
                 .push("(SELECT last_position FROM event_sequence WHERE id = 1) - ")
                 .bind(count - 1 - i),
-            _ => sql.push("NULL"),
+            _ => sql.push(null_position),
         };
         sql.push(", ")
             .bind(e.event_id.clone())
@@ -198,6 +213,9 @@ pub(crate) fn push_insert(sql: &mut Sql, events: &[ConnectionRemoved]) -> Storag
             .push(", ")
             .bind(payload)
             .push(")");
+    }
+    if !only_if.is_empty() {
+        sql.push(") AS new_rows WHERE TRUE").push(only_if);
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use crate::domain::{
     CallOrigin, DomainError, IdentityState, ProviderRegistry, RemovalMode,
     removal::{RemovalOutcome, RemovalPlan, RemovalRequest},
 };
+use crate::telemetry::metrics;
 
 /// A site may use at most this many distinct cids.
 pub const MAX_CONTEXT_IDS: usize = 100;
@@ -52,6 +53,13 @@ impl Repository {
         } else {
             Writes::Several
         };
+        if writes == Writes::Atomic && self.is_postgres() {
+            // Two round trips instead of four (BEGIN, lock and read, write,
+            // COMMIT); after a conflict, the locked transaction below.
+            if let Some(outcome) = self.remove_unlocked(registry, ctx, &request).await? {
+                return Ok(outcome);
+            }
+        }
         let txn = self.begin_write_of(writes).await?;
         let step = self.remove_in(&txn, registry, ctx, &request).await;
         match step {
@@ -92,10 +100,6 @@ impl Repository {
         // Microseconds: what both databases store, so the answer built from
         // the plan equals what a later read returns.
         let time = Utc::now().trunc_subsecs(6);
-        let site_key = match request {
-            RemovalRequest::RemoveConnection(c) => SiteKey::ApiKey(&c.api_key),
-            RemovalRequest::UnlinkAccount(c) => SiteKey::Vhost(c.vhost),
-        };
         // The account lock serialises every removal of this account, so the
         // plan below sees the state the change is applied to, and concurrent
         // retries of one request id wait here for the first to commit.
@@ -103,7 +107,7 @@ impl Repository {
             site: site_row,
             account,
         } = self
-            .lock_and_load(txn, site_key, request.uid(), None, None)
+            .lock_and_load(txn, site_key(request), request.uid(), None, None)
             .await?;
         let site = site_from_model(site_row.clone())?;
         let redirect = request.check_site(&site)?;
@@ -114,34 +118,15 @@ impl Repository {
         let plan = request.plan(&account, registry)?;
         self.count_context_id(txn, &site_row, request).await?;
 
-        let dry_run = request.dry_run();
-        if dry_run {
-            let removed = plan.removed(None);
-            return Ok(Step::RollBack(RemovalOutcome {
-                call_id: ctx.call_id.clone(),
-                time,
-                removed,
-                account: request.account_snapshot(&plan.after),
-                context: request.context(),
-                redirect_url: redirect.map(|r| r.into_string()),
-                dry_run,
-            }));
+        if request.dry_run() {
+            return Ok(Step::RollBack(answer(
+                request, ctx, time, &plan, redirect, None,
+            )));
         }
 
         let events = plan.events(request, &site, ctx, time);
-        apply(txn, &plan, account.id, time, &events).await?;
-        // The answer comes from what this transaction decided, not a re-read.
-        let after = plan.after_at(time);
-        let event_ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
-        let outcome = RemovalOutcome {
-            call_id: ctx.call_id.clone(),
-            time,
-            removed: plan.removed(Some(&event_ids)),
-            account: request.account_snapshot(&after),
-            context: request.context(),
-            redirect_url: redirect.map(|r| r.into_string()),
-            dry_run,
-        };
+        apply(txn, &plan, account.id, time, &events, None).await?;
+        let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
         if let Some(request_id) = request.request_id() {
             let response = serde_json::to_string(&outcome)
                 .map_err(|e| StorageError::Corrupt(format!("outcome: {e}")))?;
@@ -161,6 +146,56 @@ impl Repository {
             }
         }
         Ok(Step::Done(outcome, !events.is_empty()))
+    }
+
+    /// PostgreSQL, a removal with no cid and no request id: reads the
+    /// account without a lock, plans, and writes in one autocommit
+    /// statement only if the account row's version is still the one read
+    /// (`apply`'s guard). `None`: the account changed in between, and
+    /// nothing was written.
+    async fn remove_unlocked(
+        &self,
+        registry: &ProviderRegistry,
+        ctx: &CallOrigin,
+        request: &RemovalRequest,
+    ) -> StorageResult<Option<RemovalOutcome>> {
+        let time = Utc::now().trunc_subsecs(6);
+        let (Locked { site, account }, version) = self
+            .load_unlocked(site_key(request), request.uid(), None, None)
+            .await?;
+        let site = site_from_model(site)?;
+        let redirect = request.check_site(&site)?;
+        let (account, _) = account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
+        let version = version
+            .ok_or_else(|| StorageError::Corrupt("account read without its version".into()))?;
+        let plan = request.plan(&account, registry)?;
+        if request.dry_run() {
+            return Ok(Some(answer(request, ctx, time, &plan, redirect, None)));
+        }
+        let events = plan.events(request, &site, ctx, time);
+        let applied = apply(
+            self.connection(),
+            &plan,
+            account.id,
+            time,
+            &events,
+            Some(&version),
+        )
+        .await?;
+        if !applied {
+            return Ok(None);
+        }
+        if !events.is_empty() {
+            self.outbox_committed();
+        }
+        Ok(Some(answer(
+            request,
+            ctx,
+            time,
+            &plan,
+            redirect,
+            Some(&events),
+        )))
     }
 
     /// The stored first answer to this request id: the outcome when the
@@ -246,19 +281,62 @@ impl Repository {
     }
 }
 
+/// How the request names its site.
+fn site_key(request: &RemovalRequest) -> SiteKey<'_> {
+    match request {
+        RemovalRequest::RemoveConnection(c) => SiteKey::ApiKey(&c.api_key),
+        RemovalRequest::UnlinkAccount(c) => SiteKey::Vhost(c.vhost),
+    }
+}
+
+/// The answer, from what the removal decided, not a re-read: `events` are
+/// those it wrote, `None` for a dry run (which writes nothing).
+fn answer(
+    request: &RemovalRequest,
+    ctx: &CallOrigin,
+    time: chrono::DateTime<Utc>,
+    plan: &RemovalPlan,
+    redirect: Option<crate::domain::RedirectTarget>,
+    events: Option<&[crate::domain::ConnectionRemoved]>,
+) -> RemovalOutcome {
+    let (removed, account) = match events {
+        Some(events) => {
+            let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+            let after = plan.after_at(time);
+            (plan.removed(Some(&ids)), request.account_snapshot(&after))
+        }
+        None => (plan.removed(None), request.account_snapshot(&plan.after)),
+    };
+    RemovalOutcome {
+        call_id: ctx.call_id.clone(),
+        time,
+        removed,
+        account,
+        context: request.context(),
+        redirect_url: redirect.map(|r| r.into_string()),
+        dry_run: request.dry_run(),
+    }
+}
+
 /// Writes the plan, touches the account and appends its events, in one
 /// round trip: on SQLite one string of statements, on PostgreSQL one
 /// statement of data-modifying CTEs (they touch different rows, so one
 /// snapshot serves them all). Every write is a row of the answer, counted
 /// by kind: under the account lock every row the plan names exists, so a
 /// count that does not match means the data changed under the lock.
-async fn apply(
-    txn: &DatabaseTransaction,
+///
+/// `version` (PostgreSQL, outside a transaction): the account row's version
+/// the plan was made from; the touch of the account becomes the statement's
+/// guard (`WriteSteps::guard_account`). `false`: the account changed or is
+/// being changed, and nothing was written.
+async fn apply<C: ConnectionTrait>(
+    conn: &C,
     plan: &RemovalPlan,
     account_id: i64,
     now: chrono::DateTime<Utc>,
     events: &[crate::domain::ConnectionRemoved],
-) -> StorageResult<()> {
+    version: Option<&str>,
+) -> StorageResult<bool> {
     let ids = |mode: RemovalMode| -> Vec<i64> {
         plan.removals
             .iter()
@@ -269,9 +347,9 @@ async fn apply(
     let (hard, soft) = (ids(RemovalMode::Hard), ids(RemovalMode::Soft));
     let logins = &plan.login_ids_to_delete;
     if plan.is_empty() && events.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
-    let mut steps = WriteSteps::new(txn.get_database_backend());
+    let mut steps = WriteSteps::new(conn.get_database_backend());
     let postgres = steps.postgres();
     if !postgres {
         // Several statements: atomic only inside a savepoint, rolled back
@@ -279,6 +357,10 @@ async fn apply(
         steps.open("savepoint").push(APPLY_SAVEPOINT_SQL);
         steps.close("savepoint", None);
     }
+    if let Some(version) = version.filter(|_| postgres) {
+        steps.guard_account(account_id, version, now, Some("'guard' AS kind"));
+    }
+    let guarded = steps.only_if_guarded();
     // Every identity or login ID a write changes answers one row of its kind.
     if !hard.is_empty() {
         steps
@@ -286,7 +368,8 @@ async fn apply(
             .push("DELETE FROM identities WHERE account_id = ")
             .bind(account_id)
             .push(" AND id IN ")
-            .bind_list(hard.iter().copied());
+            .bind_list(hard.iter().copied())
+            .push(guarded);
         steps.close("hard", Some("'hard' AS kind"));
     }
     if !soft.is_empty() {
@@ -299,7 +382,8 @@ async fn apply(
             .push(" WHERE account_id = ")
             .bind(account_id)
             .push(" AND id IN ")
-            .bind_list(soft.iter().copied());
+            .bind_list(soft.iter().copied())
+            .push(guarded);
         steps.close("soft", Some("'soft' AS kind"));
     }
     if !logins.is_empty() {
@@ -308,10 +392,11 @@ async fn apply(
             .push("DELETE FROM login_ids WHERE account_id = ")
             .bind(account_id)
             .push(" AND login_id IN ")
-            .bind_list(logins.iter().cloned());
+            .bind_list(logins.iter().cloned())
+            .push(guarded);
         steps.close("logins", Some("'logins' AS kind"));
     }
-    if !plan.is_empty() {
+    if !plan.is_empty() && guarded.is_empty() {
         steps
             .open("touched")
             .push("UPDATE accounts SET updated_at = ")
@@ -320,18 +405,32 @@ async fn apply(
             .bind(account_id);
         steps.close("touched", None);
     }
-    outbox::push_append(&mut steps, events)?;
-    let written = txn.query_all_raw(steps.into_statement()).await;
-    let checked = written
-        .map_err(StorageError::from)
-        .and_then(|rows| check_counts(&rows, &hard, &soft, logins));
+    outbox::push_append(&mut steps, events, guarded)?;
+    let written = conn.query_all_raw(steps.into_statement()).await;
+    let checked = written.map_err(StorageError::from).and_then(|rows| {
+        if !guarded.is_empty() && !has_kind(&rows, "guard")? {
+            metrics::storage().write_conflict();
+            return Ok(false);
+        }
+        check_counts(&rows, &hard, &soft, logins).map(|()| true)
+    });
     if checked.is_err() && !postgres {
         // Undo whatever part of the step ran. ROLLBACK TO fails only with
         // the connection itself (or after SQLite rolled the whole
         // transaction back), and then the shared commit fails too.
-        let _ = txn.execute_unprepared(UNDO_APPLY_SQL).await;
+        let _ = conn.execute_unprepared(UNDO_APPLY_SQL).await;
     }
     checked
+}
+
+fn has_kind(rows: &[sea_orm::QueryResult], kind: &str) -> StorageResult<bool> {
+    for row in rows {
+        let found: String = row.try_get("", "kind")?;
+        if found == kind {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Opens the savepoint that makes `apply`'s statements one step on SQLite.

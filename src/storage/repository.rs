@@ -338,11 +338,48 @@ impl Repository {
             .map(|s| self.sealer.seal(s))
             .transpose()
             .map_err(StorageError::Corrupt)?;
-        let txn = self.begin_write().await?;
         let login = new.login_id.as_ref().map(|l| l.as_str());
-        let Locked { site, account } = self
-            .lock_and_load(&txn, SiteKey::ApiKey(api_key), uid, Some(&new), login)
+        let site_key = SiteKey::ApiKey(api_key);
+        if self.is_postgres() {
+            // Two round trips instead of four (BEGIN, lock and read, write,
+            // COMMIT), as removals; after a conflict, the locked transaction.
+            let (loaded, version) = self.load_unlocked(site_key, uid, Some(&new), login).await?;
+            let version = version.unwrap_or_default();
+            if let Some(outcome) = self
+                .link_in(&self.db, loaded, Some(&version), &new, sealed.as_ref())
+                .await?
+            {
+                return Ok(outcome);
+            }
+        }
+        let txn = self.begin_write().await?;
+        let loaded = self
+            .lock_and_load(&txn, site_key, uid, Some(&new), login)
             .await?;
+        let outcome = self
+            .link_in(&*txn, loaded, None, &new, sealed.as_ref())
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("a link under the lock did not write".into()))?;
+        txn.commit().await.map_err(StorageError::from_commit)?;
+        Ok(outcome)
+    }
+
+    /// LinkConnection's plan and write, on what `loaded` read: under the
+    /// account lock (`version` None, in the caller's transaction), or
+    /// outside a transaction, guarded by the account row's `version` (see
+    /// `WriteSteps::guard_account`). `None`: not written, for the caller to
+    /// run again under the lock: the account changed or was held, or the
+    /// link adds a login ID (a write of its own, which needs the lock).
+    async fn link_in<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        loaded: Locked,
+        version: Option<&str>,
+        new: &NewIdentity,
+        sealed: Option<&Vec<u8>>,
+    ) -> StorageResult<Option<LinkOutcome>> {
+        let login = new.login_id.as_ref().map(|l| l.as_str());
+        let Locked { site, account } = loaded;
         let (mut account, found) =
             account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         // Microseconds: what both databases store, so the answer built here
@@ -352,7 +389,10 @@ impl Repository {
         if let Some(login) = login
             && link::login_id_needs_adding(account.id, login, found.login_owner)?
         {
-            insert_login_id(&*txn, site.id, account.id, login, false).await?;
+            if version.is_some() {
+                return Ok(None);
+            }
+            insert_login_id(conn, site.id, account.id, login, false).await?;
             account.login_ids.push(LoginId {
                 value: login.to_owned(),
                 has_password: false,
@@ -361,14 +401,24 @@ impl Repository {
 
         // The identity's write and the account's touch, in one round trip.
         let action = link::plan_link(account.id, found.mapping)?;
-        let mut steps = WriteSteps::new(txn.get_database_backend());
+        let mut steps = WriteSteps::new(conn.get_database_backend());
+        if let Some(version) = version {
+            steps.guard_account(account.id, version, now, None);
+        }
+        let guarded = steps.only_if_guarded();
         let sql = steps.open("linked");
         match &action {
             LinkAction::Create => {
                 sql.push(
                     "INSERT INTO identities (site_id, account_id, provider, sub_provider, \
-                     provider_uid, login_id, state, session, linked_at, updated_at) VALUES (",
+                     provider_uid, login_id, state, session, linked_at, updated_at) ",
                 )
+                // A SELECT, not VALUES, to take the guard's condition.
+                .push(if guarded.is_empty() {
+                    "VALUES ("
+                } else {
+                    "SELECT "
+                })
                 .bind(site.id)
                 .push(", ")
                 .bind(account.id)
@@ -383,12 +433,17 @@ impl Repository {
                 .push(", ")
                 .bind(IdentityState::Active.as_str())
                 .push(", ")
-                .bind(sealed.clone())
+                .bind(sealed.cloned())
                 .push(", ")
                 .bind(now)
                 .push(", ")
                 .bind(now)
-                .push(")");
+                .push(if guarded.is_empty() {
+                    ")"
+                } else {
+                    " WHERE TRUE"
+                })
+                .push(guarded);
             }
             LinkAction::Refresh { identity_id, .. } => {
                 sql.push("UPDATE identities SET state = ")
@@ -396,7 +451,7 @@ impl Repository {
                 if let Some(login) = login {
                     sql.push(", login_id = ").bind(login);
                 }
-                if let Some(sealed) = &sealed {
+                if let Some(sealed) = sealed {
                     sql.push(", session = ").bind(sealed.clone());
                 }
                 sql.push(", updated_at = ")
@@ -404,18 +459,21 @@ impl Repository {
                     .push(" WHERE id = ")
                     .bind(*identity_id)
                     .push(" AND account_id = ")
-                    .bind(account.id);
+                    .bind(account.id)
+                    .push(guarded);
             }
         }
         steps.close("linked", Some("id"));
-        steps
-            .open("touched")
-            .push("UPDATE accounts SET updated_at = ")
-            .bind(now)
-            .push(" WHERE id = ")
-            .bind(account.id);
-        steps.close("touched", None);
-        let written = txn
+        if guarded.is_empty() {
+            steps
+                .open("touched")
+                .push("UPDATE accounts SET updated_at = ")
+                .bind(now)
+                .push(" WHERE id = ")
+                .bind(account.id);
+            steps.close("touched", None);
+        }
+        let written = conn
             .query_all_raw(steps.into_statement())
             .await
             .map_err(|err| {
@@ -428,6 +486,11 @@ impl Repository {
             })?;
         let identity_id: i64 = match written.as_slice() {
             [row] => row.try_get("", "id")?,
+            // The guard did not match: nothing was written.
+            [] if !guarded.is_empty() => {
+                crate::telemetry::metrics::storage().write_conflict();
+                return Ok(None);
+            }
             _ => {
                 return Err(StorageError::Corrupt(format!(
                     "identity write under the account lock changed {} rows",
@@ -473,12 +536,11 @@ impl Repository {
                 (stored.clone(), reactivated)
             }
         };
-        txn.commit().await.map_err(StorageError::from_commit)?;
-        Ok(LinkOutcome {
+        Ok(Some(LinkOutcome {
             identity: IdentityView::of(&identity),
             reactivated,
             account: AccountView::of(&account),
-        })
+        }))
     }
 
     /// Finds the account and, on PostgreSQL, locks its row until the
@@ -558,42 +620,98 @@ impl Repository {
                 .bind(login)
                 .push(")");
         } else {
-            sql.push("WITH acc AS (SELECT ")
-                .push(&LOCKED_COLUMNS)
-                .push(" FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ")
-                .bind(uid.as_str());
-            match site_key {
-                SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
-                SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
-            };
-            sql.push(") SELECT acc.*, x.* FROM acc LEFT JOIN (");
-            push_account_rows(&mut sql, Anchor::Found, identity, login);
-            sql.push(") x ON 1 ORDER BY x.kind, x.id");
+            push_load(&mut sql, site_key, uid, identity, login, false);
         }
         let rows = txn.query_all_raw(sql.into_statement()).await?;
-        let Some(first) = rows.first() else {
-            // No such account (SQLite) or site (PostgreSQL): tell a missing
-            // site apart (its rules come before the account's absence).
-            return Ok(Locked {
-                site: find_site(txn, site_key).await?,
-                account: None,
-            });
-        };
-        let site = site::Model::from_query_result(first, "s_")?;
-        let account_id: Option<i64> = first.try_get("", "a_id")?;
-        if account_id.is_none() {
-            return Ok(Locked {
+        Ok(collect_locked(txn, site_key, &rows).await?.0)
+    }
+
+    /// PostgreSQL: what [`Self::lock_and_load`] reads, without a lock, in one
+    /// statement (one snapshot), with the account row's version (`xmin`,
+    /// which every write that changes the account's identities or login IDs
+    /// moves, by touching the row under its lock). A write made only if the
+    /// version is still the same (see `removal::apply`) acts on exactly
+    /// what was read here.
+    pub(crate) async fn load_unlocked(
+        &self,
+        site_key: SiteKey<'_>,
+        uid: &Uid,
+        identity: Option<&NewIdentity>,
+        login: Option<&str>,
+    ) -> StorageResult<(Locked, Option<String>)> {
+        let mut sql = Sql::new(self.db.get_database_backend());
+        push_load(&mut sql, site_key, uid, identity, login, true);
+        let rows = self.db.query_all_raw(sql.into_statement()).await?;
+        collect_locked(&self.db, site_key, &rows).await
+    }
+}
+
+/// One statement reading the site, the account and its rows (see
+/// [`push_account_rows`]); `version` adds the account row's `xmin` as
+/// `row_version` (PostgreSQL only).
+fn push_load(
+    sql: &mut Sql,
+    site_key: SiteKey<'_>,
+    uid: &Uid,
+    identity: Option<&NewIdentity>,
+    login: Option<&str>,
+    version: bool,
+) {
+    sql.push("WITH acc AS (SELECT ").push(&LOCKED_COLUMNS);
+    if version {
+        sql.push(", a.xmin::text AS row_version");
+    }
+    sql.push(" FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ")
+        .bind(uid.as_str());
+    match site_key {
+        SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
+        SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
+    };
+    sql.push(") SELECT acc.*, x.* FROM acc LEFT JOIN (");
+    push_account_rows(sql, Anchor::Found, identity, login);
+    sql.push(") x ON TRUE ORDER BY x.kind, x.id");
+}
+
+/// The site and account from the rows of [`push_load`] or
+/// `connections_lock_and_load`, with the `row_version` column if read.
+async fn collect_locked<C: ConnectionTrait>(
+    conn: &C,
+    site_key: SiteKey<'_>,
+    rows: &[sea_orm::QueryResult],
+) -> StorageResult<(Locked, Option<String>)> {
+    let Some(first) = rows.first() else {
+        // No such account (one statement) or site (the function): tell a
+        // missing site apart (its rules come before the account's absence).
+        let site = find_site(conn, site_key).await?;
+        return Ok((
+            Locked {
                 site,
                 account: None,
-            });
-        }
-        let row = account::Model::from_query_result(first, "a_")?;
-        let account = collect_account(&rows, &site, row)?;
-        Ok(Locked {
+            },
+            None,
+        ));
+    };
+    let site = site::Model::from_query_result(first, "s_")?;
+    let account_id: Option<i64> = first.try_get("", "a_id")?;
+    if account_id.is_none() {
+        return Ok((
+            Locked {
+                site,
+                account: None,
+            },
+            None,
+        ));
+    }
+    let version: Option<String> = first.try_get("", "row_version").ok();
+    let row = account::Model::from_query_result(first, "a_")?;
+    let account = collect_account(rows, &site, row)?;
+    Ok((
+        Locked {
             site,
             account: Some(account),
-        })
-    }
+        },
+        version,
+    ))
 }
 
 /// How a request names its site.

@@ -82,6 +82,8 @@ pub(crate) struct WriteSteps {
     sql: Sql,
     /// PostgreSQL: the final SELECT's branches.
     answers: Vec<String>,
+    /// The first step is [`Self::guard_account`]'s.
+    guarded: bool,
 }
 
 impl WriteSteps {
@@ -89,11 +91,54 @@ impl WriteSteps {
         Self {
             sql: Sql::new(backend),
             answers: Vec::new(),
+            guarded: false,
         }
     }
 
     pub(crate) fn postgres(&self) -> bool {
         self.sql.backend == DbBackend::Postgres
+    }
+
+    /// PostgreSQL, a write outside a transaction whose plan was made from
+    /// the account row at `version` (its `xmin`, see
+    /// `Repository::load_unlocked`): the first step touches the account
+    /// only if the row is still at that version and no other transaction
+    /// holds it, locking it, and every later step that appends
+    /// [`Self::only_if_guarded`] acts only if it did, after it (a sub-select
+    /// that does not depend on the row runs once, before the step scans),
+    /// so the lock order is the locked writes' (the account, then its
+    /// rows). It never waits for the row: this statement commits on its
+    /// own, and must not be let through by a lock released after its call's
+    /// deadline dropped it. A guard that did not match leaves every step
+    /// without effect, and the write runs again under the lock.
+    pub(crate) fn guard_account(
+        &mut self,
+        account_id: i64,
+        version: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        answer: Option<&str>,
+    ) {
+        debug_assert!(self.sql.is_empty(), "the guard is the first step");
+        self.open("guard")
+            .push("UPDATE accounts SET updated_at = ")
+            .bind(now)
+            .push(" WHERE id = (SELECT id FROM accounts WHERE id = ")
+            .bind(account_id)
+            .push(" AND xmin::text = ")
+            .bind(version)
+            .push(" FOR UPDATE SKIP LOCKED)");
+        self.close("guard", answer);
+        self.guarded = true;
+    }
+
+    /// The condition a step appends to its `WHERE` to act only if the
+    /// guard matched; nothing without a guard.
+    pub(crate) fn only_if_guarded(&self) -> &'static str {
+        if self.guarded {
+            " AND EXISTS (SELECT 1 FROM guard)"
+        } else {
+            ""
+        }
     }
 
     /// Starts the next write (its CTE's `name` on PostgreSQL); write its SQL

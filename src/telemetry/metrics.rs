@@ -305,12 +305,14 @@ impl EventMetrics {
     }
 }
 
-/// SQLite group commit: shared transactions and the writes they carried.
+/// SQLite group commit: shared transactions and the writes they carried;
+/// PostgreSQL: writes read without a lock that found their account changed.
 #[derive(Debug, Default)]
 pub struct StorageMetrics {
     group_commits: AtomicU64,
     group_commit_writes: AtomicU64,
     group_commit_rollbacks: AtomicU64,
+    write_conflicts: AtomicU64,
 }
 
 impl StorageMetrics {
@@ -336,6 +338,16 @@ impl StorageMetrics {
 
     pub fn group_commit_rollbacks(&self) -> u64 {
         self.group_commit_rollbacks.load(Ordering::Relaxed)
+    }
+
+    /// One write read without a lock found its account changed (or held)
+    /// at its write, and runs again under the lock.
+    pub fn write_conflict(&self) {
+        self.write_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn write_conflicts(&self) -> u64 {
+        self.write_conflicts.load(Ordering::Relaxed)
     }
 }
 
@@ -679,6 +691,11 @@ pub fn render_prometheus() -> String {
             "connections_sqlite_group_commit_rollbacks_total",
             "Writes rolled back to their savepoint inside a shared transaction.",
             storage.group_commit_rollbacks(),
+        ),
+        (
+            "connections_postgres_write_conflicts_total",
+            "Removals and links read without a lock whose account changed or was held at their write (run again under the lock).",
+            storage.write_conflicts(),
         ),
     ];
     for (name, help, value) in group_commit {

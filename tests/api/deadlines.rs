@@ -27,7 +27,7 @@ on_both_backends!(a_deadline_shorter_than_the_database_rolls_the_removal_back);
 
 /// Blocks writers of account `uid`: its row lock on PostgreSQL, the
 /// database's write lock on SQLite. Held until the transaction ends.
-async fn hold_writers(
+pub(crate) async fn hold_writers(
     app: &TestApp,
     uid: &str,
 ) -> (sea_orm::DatabaseConnection, DatabaseTransaction) {
@@ -50,6 +50,63 @@ async fn hold_writers(
         .expect("lock the account row");
     }
     (holder, txn)
+}
+
+/// Changes account `uid` in `txn` (from [`hold_writers`]) as every writer
+/// of its identities does: `change`, then a touch of the account row.
+pub(crate) async fn change_held_account(txn: &DatabaseTransaction, uid: &str, change: &str) {
+    txn.execute_unprepared(change)
+        .await
+        .expect("change under the lock");
+    txn.execute_unprepared(&format!(
+        "UPDATE accounts SET updated_at = updated_at WHERE uid = '{uid}'"
+    ))
+    .await
+    .expect("touch the account");
+}
+
+/// PostgreSQL: waits until a writer queues behind [`hold_writers`], and
+/// checks that it got there as a conflict of an unlocked write (one more
+/// than `conflicts_before`). SQLite's writer waits in the pool, unseen.
+pub(crate) async fn queued_as_a_conflict(
+    backend: &Backend,
+    holder: &sea_orm::DatabaseConnection,
+    conflicts_before: u64,
+) {
+    if matches!(backend, Backend::Postgres(_)) {
+        until_a_writer_waits(holder).await;
+        assert!(
+            connections::telemetry::metrics::storage().write_conflicts() > conflicts_before,
+            "the unlocked write did not see the held account as a conflict"
+        );
+    }
+}
+
+/// PostgreSQL: waits until a statement of the database waits for a lock
+/// (a writer queued behind [`hold_writers`]).
+async fn until_a_writer_waits(holder: &sea_orm::DatabaseConnection) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = holder
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row")
+            .try_get("", "n")
+            .expect("n");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writer ever waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn remove(uid: &str) -> pb::RemoveConnectionRequest {

@@ -15,6 +15,7 @@ on_both_backends!(
     link_connection_refuses_a_login_id_of_another_account,
     get_account_never_returns_session_data,
     get_account_of_an_unknown_account_is_account_not_found,
+    link_connection_acts_on_what_a_concurrent_writer_left,
 );
 
 fn link_request(provider: &str, sub: &str, provider_uid: &str) -> pb::LinkConnectionRequest {
@@ -200,4 +201,44 @@ async fn get_account_of_an_unknown_account_is_account_not_found(backend: Backend
         Code::NotFound,
         "SITE_NOT_FOUND",
     );
+}
+
+/// A link that runs while another transaction links the same identity to
+/// the same account acts on what that transaction leaves: the identity is
+/// the account's own, so the link refreshes it. On PostgreSQL a link first
+/// reads without a lock and writes only if the account is unchanged and
+/// free (see `WriteSteps::guard_account`); here it is held, so the link
+/// runs again under the lock. A write that trusted its first read would
+/// insert the identity a second time and be refused as linked elsewhere.
+async fn link_connection_acts_on_what_a_concurrent_writer_left(backend: Backend) {
+    let app = setup(&backend).await;
+    let conflicts = connections::telemetry::metrics::storage().write_conflicts();
+    let (holder, txn) = crate::deadlines::hold_writers(&app, "u1").await;
+    crate::deadlines::change_held_account(
+        &txn,
+        "u1",
+        "INSERT INTO identities (site_id, account_id, provider, sub_provider, provider_uid, \
+         state, linked_at, updated_at) \
+         SELECT site_id, id, 'facebook', '', 'fb-1', 'ACTIVE', updated_at, updated_at \
+         FROM accounts WHERE uid = 'u1'",
+    )
+    .await;
+    let mut client = app.connections();
+    let link = tokio::spawn(async move {
+        client
+            .link_connection(link_request("facebook", "", "fb-1"))
+            .await
+    });
+    crate::deadlines::queued_as_a_conflict(&backend, &holder, conflicts).await;
+    txn.commit().await.expect("commit the concurrent link");
+    holder.close().await.expect("close");
+
+    let linked = link
+        .await
+        .expect("task")
+        .expect("the identity is the account's own")
+        .into_inner();
+    assert!(!linked.reactivated);
+    let account = app.account("3_a", "u1").await;
+    assert_eq!(account.identities.len(), 1, "{account:?}");
 }

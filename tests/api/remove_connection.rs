@@ -39,6 +39,7 @@ on_both_backends!(
     remove_connection_never_removes_both_of_the_last_two_ways_concurrently,
     remove_connection_concurrent_retries_of_one_request_id_act_once,
     remove_connection_concurrent_new_cids_never_exceed_the_limit,
+    remove_connection_acts_on_what_a_concurrent_writer_left,
 );
 
 pub const KEY: &str = "3_a";
@@ -865,4 +866,48 @@ async fn remove_connection_concurrent_new_cids_never_exceed_the_limit(backend: B
         }
     }
     assert_eq!(admitted, 2);
+}
+
+/// A removal that runs while another transaction is changing its account
+/// acts on what that transaction leaves, never on what it read before. On
+/// PostgreSQL a plain removal first reads without a lock and writes only if
+/// the account is unchanged and free (see `removal::apply`): here it is
+/// held, so the removal runs again under the lock, waits, and finds the
+/// identity gone. A write that trusted its first read would delete nothing
+/// and fail its own row count (INTERNAL), or delete what it no longer may.
+async fn remove_connection_acts_on_what_a_concurrent_writer_left(backend: Backend) {
+    let app = setup(&backend).await;
+    app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
+    app.link(KEY, "u1", "facebook", "", "fb1", None).await;
+    app.link(KEY, "u1", "twitter", "", "tw1", None).await;
+    let conflicts = connections::telemetry::metrics::storage().write_conflicts();
+
+    let (holder, txn) = crate::deadlines::hold_writers(&app, "u1").await;
+    // What every writer of an account's identities does under its lock:
+    // change them, and touch the account.
+    crate::deadlines::change_held_account(
+        &txn,
+        "u1",
+        "DELETE FROM identities WHERE provider = 'facebook' \
+         AND account_id = (SELECT id FROM accounts WHERE uid = 'u1')",
+    )
+    .await;
+    let mut client = app.connections();
+    let removal = tokio::spawn(async move {
+        client
+            .remove_connection(remove("u1", Some("facebook")))
+            .await
+    });
+    crate::deadlines::queued_as_a_conflict(&backend, &holder, conflicts).await;
+    txn.commit().await.expect("commit the concurrent change");
+    holder.close().await.expect("close");
+
+    assert_refused(
+        removal.await.expect("task"),
+        Code::FailedPrecondition,
+        "NOT_CONNECTED",
+    );
+    assert!(outbox_events(&app).await.is_empty());
+    let account = app.account(KEY, "u1").await;
+    assert_eq!(account.login_methods, 2, "{account:?}");
 }
