@@ -12,6 +12,7 @@ mod m20261128_000030_browser_sdk;
 mod m20261128_000031_action_secrets;
 mod m20261128_000040_stamp_function;
 mod m20261128_000050_lock_and_load_function;
+mod m20261128_000060_drop_events_occurred_at_index;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000031_action_secrets::Migration),
             Box::new(m20261128_000040_stamp_function::Migration),
             Box::new(m20261128_000050_lock_and_load_function::Migration),
+            Box::new(m20261128_000060_drop_events_occurred_at_index::Migration),
         ]
     }
 }
