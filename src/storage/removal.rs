@@ -1,7 +1,10 @@
 //! The one removal transaction behind both RemoveConnection and UnlinkAccount:
 //! site checks, account lock, idempotency, plan (pure domain rules), cid
 //! accounting, apply, outbox rows, idempotency record, then commit, or roll
-//! back for a dry run or a refusal. Nothing here knows which RPC is calling
+//! back for a dry run or a refusal. On PostgreSQL a removal with no cid and
+//! no request id first tries the same steps without a transaction: an
+//! unlocked read, then one autocommit write guarded by the account row's
+//! version (`remove_unlocked`). Nothing here knows which RPC is calling
 //! beyond what `RemovalRequest` answers.
 
 use chrono::{SubsecRound, Utc};
@@ -15,7 +18,7 @@ use super::{
     error::{StorageError, StorageResult},
     group_commit::Writes,
     outbox,
-    repository::{Locked, Repository, SiteKey, site_from_model},
+    repository::{Loaded, Repository, SiteKey, site_from_model},
     sql::WriteSteps,
 };
 use crate::domain::{
@@ -103,7 +106,7 @@ impl Repository {
         // The account lock serialises every removal of this account, so the
         // plan below sees the state the change is applied to, and concurrent
         // retries of one request id wait here for the first to commit.
-        let Locked {
+        let Loaded {
             site: site_row,
             account,
         } = self
@@ -160,7 +163,7 @@ impl Repository {
         request: &RemovalRequest,
     ) -> StorageResult<Option<RemovalOutcome>> {
         let time = Utc::now().trunc_subsecs(6);
-        let (Locked { site, account }, version) = self
+        let (Loaded { site, account }, version) = self
             .load_unlocked(site_key(request), request.uid(), None, None)
             .await?;
         let site = site_from_model(site)?;

@@ -373,13 +373,13 @@ impl Repository {
     async fn link_in<C: ConnectionTrait>(
         &self,
         conn: &C,
-        loaded: Locked,
+        loaded: Loaded,
         version: Option<&str>,
         new: &NewIdentity,
         sealed: Option<&Vec<u8>>,
     ) -> StorageResult<Option<LinkOutcome>> {
         let login = new.login_id.as_ref().map(|l| l.as_str());
-        let Locked { site, account } = loaded;
+        let Loaded { site, account } = loaded;
         let (mut account, found) =
             account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         // Microseconds: what both databases store, so the answer built here
@@ -565,8 +565,8 @@ impl Repository {
     }
 }
 
-/// What [`Repository::lock_and_load`] found.
-pub(crate) struct Locked {
+/// What [`Repository::lock_and_load`] or [`Repository::load_unlocked`] found.
+pub(crate) struct Loaded {
     pub site: site::Model,
     pub account: Option<(Account, LinkLookups)>,
 }
@@ -597,7 +597,7 @@ impl Repository {
         uid: &Uid,
         identity: Option<&NewIdentity>,
         login: Option<&str>,
-    ) -> StorageResult<Locked> {
+    ) -> StorageResult<Loaded> {
         let mut sql = Sql::new(txn.get_database_backend());
         if self.is_postgres() {
             let (api_key, vhost) = match site_key {
@@ -623,7 +623,7 @@ impl Repository {
             push_load(&mut sql, site_key, uid, identity, login, false);
         }
         let rows = txn.query_all_raw(sql.into_statement()).await?;
-        Ok(collect_locked(txn, site_key, &rows).await?.0)
+        Ok(collect_loaded(txn, site_key, &rows).await?.0)
     }
 
     /// PostgreSQL: what [`Self::lock_and_load`] reads, without a lock, in one
@@ -638,11 +638,11 @@ impl Repository {
         uid: &Uid,
         identity: Option<&NewIdentity>,
         login: Option<&str>,
-    ) -> StorageResult<(Locked, Option<String>)> {
+    ) -> StorageResult<(Loaded, Option<String>)> {
         let mut sql = Sql::new(self.db.get_database_backend());
         push_load(&mut sql, site_key, uid, identity, login, true);
         let rows = self.db.query_all_raw(sql.into_statement()).await?;
-        collect_locked(&self.db, site_key, &rows).await
+        collect_loaded(&self.db, site_key, &rows).await
     }
 }
 
@@ -674,17 +674,17 @@ fn push_load(
 
 /// The site and account from the rows of [`push_load`] or
 /// `connections_lock_and_load`, with the `row_version` column if read.
-async fn collect_locked<C: ConnectionTrait>(
+async fn collect_loaded<C: ConnectionTrait>(
     conn: &C,
     site_key: SiteKey<'_>,
     rows: &[sea_orm::QueryResult],
-) -> StorageResult<(Locked, Option<String>)> {
+) -> StorageResult<(Loaded, Option<String>)> {
     let Some(first) = rows.first() else {
         // No such account (one statement) or site (the function): tell a
         // missing site apart (its rules come before the account's absence).
         let site = find_site(conn, site_key).await?;
         return Ok((
-            Locked {
+            Loaded {
                 site,
                 account: None,
             },
@@ -695,7 +695,7 @@ async fn collect_locked<C: ConnectionTrait>(
     let account_id: Option<i64> = first.try_get("", "a_id")?;
     if account_id.is_none() {
         return Ok((
-            Locked {
+            Loaded {
                 site,
                 account: None,
             },
@@ -706,7 +706,7 @@ async fn collect_locked<C: ConnectionTrait>(
     let row = account::Model::from_query_result(first, "a_")?;
     let account = collect_account(rows, &site, row)?;
     Ok((
-        Locked {
+        Loaded {
             site,
             account: Some(account),
         },
