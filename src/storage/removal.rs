@@ -410,7 +410,14 @@ async fn apply<C: ConnectionTrait>(
     }
     outbox::push_append(&mut steps, events, guarded)?;
     let written = conn.query_all_raw(steps.into_statement()).await;
-    let checked = written.map_err(StorageError::from).and_then(|rows| {
+    // A guarded statement commits itself: a connection lost during it
+    // leaves the outcome unknown, as during a COMMIT (never retried).
+    let failed = if guarded.is_empty() {
+        StorageError::from
+    } else {
+        StorageError::from_commit
+    };
+    let checked = written.map_err(failed).and_then(|rows| {
         if !guarded.is_empty() && !has_kind(&rows, "guard")? {
             metrics::storage().write_conflict();
             return Ok(false);

@@ -153,13 +153,24 @@ impl Repository {
             // away would wait out the pool's timeout (sqlx retries refused
             // connections until then); once the breaker opens it is refused
             // like the calls after it. Nothing was written yet.
-            None => tokio::select! {
-                biased;
-                txn = self.db.begin() => Ok(WriteTxn::own(txn?)),
-                () = self.health.opened() => Err(DbErr::Conn(RuntimeErr::Internal(
-                    "the database stopped answering".into(),
-                ))),
-            },
+            None => Ok(WriteTxn::own(
+                self.unless_unavailable(self.db.begin()).await?,
+            )),
+        }
+    }
+
+    /// `work` (which has written nothing yet when dropped: a BEGIN, a read),
+    /// refused as soon as the breaker opens.
+    async fn unless_unavailable<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, DbErr> {
+        tokio::select! {
+            biased;
+            done = work => done,
+            () = self.health.opened() => Err(DbErr::Conn(RuntimeErr::Internal(
+                "the database stopped answering".into(),
+            ))),
         }
     }
 
@@ -480,8 +491,12 @@ impl Repository {
                 // Another account linked it concurrently.
                 if StorageError::is_unique_violation(&err) {
                     StorageError::Rule(DomainError::IdentityLinkedElsewhere)
-                } else {
+                } else if guarded.is_empty() {
                     err.into()
+                } else {
+                    // It commits itself: a lost connection leaves the
+                    // outcome unknown, as during a COMMIT (never retried).
+                    StorageError::from_commit(err)
                 }
             })?;
         let identity_id: i64 = match written.as_slice() {
@@ -641,7 +656,10 @@ impl Repository {
     ) -> StorageResult<(Loaded, Option<String>)> {
         let mut sql = Sql::new(self.db.get_database_backend());
         push_load(&mut sql, site_key, uid, identity, login, true);
-        let rows = self.db.query_all_raw(sql.into_statement()).await?;
+        // The first touch of the database, as BEGIN is for a locked write.
+        let rows = self
+            .unless_unavailable(self.db.query_all_raw(sql.into_statement()))
+            .await?;
         collect_loaded(&self.db, site_key, &rows).await
     }
 }

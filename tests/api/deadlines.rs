@@ -84,7 +84,7 @@ pub(crate) async fn queued_as_a_conflict(
 
 /// PostgreSQL: waits until a statement of the database waits for a lock
 /// (a writer queued behind [`hold_writers`]).
-async fn until_a_writer_waits(holder: &sea_orm::DatabaseConnection) {
+pub(crate) async fn until_a_writer_waits(holder: &sea_orm::DatabaseConnection) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let waiting: i64 = holder

@@ -16,6 +16,7 @@ on_both_backends!(
     get_account_never_returns_session_data,
     get_account_of_an_unknown_account_is_account_not_found,
     link_connection_acts_on_what_a_concurrent_writer_left,
+    an_unlocked_link_whose_connection_dies_is_not_retried,
 );
 
 fn link_request(provider: &str, sub: &str, provider_uid: &str) -> pb::LinkConnectionRequest {
@@ -213,22 +214,7 @@ async fn get_account_of_an_unknown_account_is_account_not_found(backend: Backend
 async fn link_connection_acts_on_what_a_concurrent_writer_left(backend: Backend) {
     let app = setup(&backend).await;
     let conflicts = connections::telemetry::metrics::storage().write_conflicts();
-    let (holder, txn) = crate::deadlines::hold_writers(&app, "u1").await;
-    crate::deadlines::change_held_account(
-        &txn,
-        "u1",
-        "INSERT INTO identities (site_id, account_id, provider, sub_provider, provider_uid, \
-         state, linked_at, updated_at) \
-         SELECT site_id, id, 'facebook', '', 'fb-1', 'ACTIVE', updated_at, updated_at \
-         FROM accounts WHERE uid = 'u1'",
-    )
-    .await;
-    let mut client = app.connections();
-    let link = tokio::spawn(async move {
-        client
-            .link_connection(link_request("facebook", "", "fb-1"))
-            .await
-    });
+    let (holder, txn, link) = link_behind_a_held_link(&app, "u1").await;
     crate::deadlines::queued_as_a_conflict(&backend, &holder, conflicts).await;
     txn.commit().await.expect("commit the concurrent link");
     holder.close().await.expect("close");
@@ -241,4 +227,70 @@ async fn link_connection_acts_on_what_a_concurrent_writer_left(backend: Backend)
     assert!(!linked.reactivated);
     let account = app.account("3_a", "u1").await;
     assert_eq!(account.identities.len(), 1, "{account:?}");
+}
+
+/// PostgreSQL: an unlocked link's write is one statement that commits
+/// itself, so a connection lost during it leaves the outcome unknown, as a
+/// COMMIT does: the call answers UNAVAILABLE and is not retried (a retry
+/// after a write that did commit would answer from the changed account).
+/// Here the write waits on the identity's unique index for another
+/// account's uncommitted link of the same identity, and its backend is
+/// terminated there. A retry would wait on that index again.
+async fn an_unlocked_link_whose_connection_dies_is_not_retried(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+    if matches!(backend, Backend::Sqlite) {
+        return;
+    }
+    let app = setup(&backend).await;
+    app.create_account("3_a", "u2", &[]).await;
+    let (holder, txn, link) = link_behind_a_held_link(&app, "u2").await;
+    crate::deadlines::until_a_writer_waits(&holder).await;
+    holder
+        .execute_unprepared(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+        .expect("terminate the waiting backend");
+    // Answered while the other link is still in flight: not retried.
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(30), link)
+        .await
+        .expect("the call was retried and waits on the index again")
+        .expect("task");
+    let status = answered.expect_err("the connection died during the write");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    txn.rollback().await.expect("release");
+    holder.close().await.expect("close");
+    assert!(app.account("3_a", "u1").await.identities.is_empty());
+}
+
+/// Holds account `uid` in another transaction that links facebook `fb-1` to
+/// it (not yet committed), then starts u1's link of the same identity.
+async fn link_behind_a_held_link(
+    app: &TestApp,
+    uid: &str,
+) -> (
+    sea_orm::DatabaseConnection,
+    sea_orm::DatabaseTransaction,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::LinkConnectionResponse>, tonic::Status>>,
+) {
+    let (holder, txn) = crate::deadlines::hold_writers(app, uid).await;
+    crate::deadlines::change_held_account(
+        &txn,
+        uid,
+        &format!(
+            "INSERT INTO identities (site_id, account_id, provider, sub_provider, \
+             provider_uid, state, linked_at, updated_at) \
+             SELECT site_id, id, 'facebook', '', 'fb-1', 'ACTIVE', updated_at, updated_at \
+             FROM accounts WHERE uid = '{uid}'"
+        ),
+    )
+    .await;
+    let mut client = app.connections();
+    let link = tokio::spawn(async move {
+        client
+            .link_connection(link_request("facebook", "", "fb-1"))
+            .await
+    });
+    (holder, txn, link)
 }
