@@ -446,8 +446,10 @@ async fn idle_streams_get_caught_up_then_heartbeats(backend: Backend) {
 async fn a_slow_subscriber_does_not_stop_writers_and_catches_up(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
     // Subscribed and never reading while more events than the live channel
-    // holds are written.
+    // holds are written. Caught up first: an event written before the
+    // stream's first read of the table would come before `CaughtUp`.
     let mut stream = subscribe(&app, from(pb::StartFrom::Now)).await;
+    assert_eq!(caught_up(&mut stream).await, 0);
     const BATCHES: usize = 60;
     const PER_BATCH: usize = 100;
     for _ in 0..BATCHES {
@@ -455,7 +457,6 @@ async fn a_slow_subscriber_does_not_stop_writers_and_catches_up(backend: Backend
             .await
             .expect("a writer was held up by a slow subscriber");
     }
-    assert_eq!(caught_up(&mut stream).await, 0);
     let received = events(&mut stream, BATCHES * PER_BATCH).await;
     assert_eq!(
         positions(&received),
