@@ -109,6 +109,7 @@ impl Repository {
         let Loaded {
             site: site_row,
             account,
+            ..
         } = self
             .lock_and_load(txn, site_key(request), request.uid(), None, None)
             .await?;
@@ -163,7 +164,11 @@ impl Repository {
         request: &RemovalRequest,
     ) -> StorageResult<Option<RemovalOutcome>> {
         let time = Utc::now().trunc_subsecs(6);
-        let (Loaded { site, account }, version) = self
+        let Loaded {
+            site,
+            account,
+            version,
+        } = self
             .load_unlocked(site_key(request), request.uid(), None, None)
             .await?;
         let site = site_from_model(site)?;
@@ -409,16 +414,10 @@ async fn apply<C: ConnectionTrait>(
         steps.close("touched", None);
     }
     outbox::push_append(&mut steps, events, guarded)?;
+    let failed = steps.failure();
     let written = conn.query_all_raw(steps.into_statement()).await;
-    // A guarded statement commits itself: a connection lost during it
-    // leaves the outcome unknown, as during a COMMIT (never retried).
-    let failed = if guarded.is_empty() {
-        StorageError::from
-    } else {
-        StorageError::from_commit
-    };
     let checked = written.map_err(failed).and_then(|rows| {
-        if !guarded.is_empty() && !has_kind(&rows, "guard")? {
+        if !guarded.is_empty() && count_kind(&rows, "guard")? == 0 {
             metrics::storage().write_conflict();
             return Ok(false);
         }
@@ -433,14 +432,14 @@ async fn apply<C: ConnectionTrait>(
     checked
 }
 
-fn has_kind(rows: &[sea_orm::QueryResult], kind: &str) -> StorageResult<bool> {
+/// How many of `apply`'s answer rows are of `kind`.
+fn count_kind(rows: &[sea_orm::QueryResult], kind: &str) -> StorageResult<u64> {
+    let mut n = 0;
     for row in rows {
         let found: String = row.try_get("", "kind")?;
-        if found == kind {
-            return Ok(true);
-        }
+        n += u64::from(found == kind);
     }
-    Ok(false)
+    Ok(n)
 }
 
 /// Opens the savepoint that makes `apply`'s statements one step on SQLite.
@@ -456,17 +455,17 @@ fn check_counts(
     soft: &[i64],
     logins: &[String],
 ) -> StorageResult<()> {
-    let changed = |kind: &str| -> StorageResult<u64> {
-        let mut n = 0;
-        for row in rows {
-            let found: String = row.try_get("", "kind")?;
-            n += u64::from(found == kind);
-        }
-        Ok(n)
-    };
-    expect_rows("identities deleted", hard.len(), changed("hard")?)?;
-    expect_rows("identities soft-removed", soft.len(), changed("soft")?)?;
-    expect_rows("login IDs deleted", logins.len(), changed("logins")?)?;
+    expect_rows("identities deleted", hard.len(), count_kind(rows, "hard")?)?;
+    expect_rows(
+        "identities soft-removed",
+        soft.len(),
+        count_kind(rows, "soft")?,
+    )?;
+    expect_rows(
+        "login IDs deleted",
+        logins.len(),
+        count_kind(rows, "logins")?,
+    )?;
     Ok(())
 }
 

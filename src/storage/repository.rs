@@ -354,10 +354,9 @@ impl Repository {
         if self.is_postgres() {
             // Two round trips instead of four (BEGIN, lock and read, write,
             // COMMIT), as removals; after a conflict, the locked transaction.
-            let (loaded, version) = self.load_unlocked(site_key, uid, Some(&new), login).await?;
-            let version = version.unwrap_or_default();
+            let loaded = self.load_unlocked(site_key, uid, Some(&new), login).await?;
             if let Some(outcome) = self
-                .link_in(&self.db, loaded, Some(&version), &new, sealed.as_ref())
+                .link_in(&self.db, loaded, &new, sealed.as_ref())
                 .await?
             {
                 return Ok(outcome);
@@ -368,7 +367,7 @@ impl Repository {
             .lock_and_load(&txn, site_key, uid, Some(&new), login)
             .await?;
         let outcome = self
-            .link_in(&*txn, loaded, None, &new, sealed.as_ref())
+            .link_in(&*txn, loaded, &new, sealed.as_ref())
             .await?
             .ok_or_else(|| StorageError::Corrupt("a link under the lock did not write".into()))?;
         txn.commit().await.map_err(StorageError::from_commit)?;
@@ -376,21 +375,24 @@ impl Repository {
     }
 
     /// LinkConnection's plan and write, on what `loaded` read: under the
-    /// account lock (`version` None, in the caller's transaction), or
-    /// outside a transaction, guarded by the account row's `version` (see
-    /// `WriteSteps::guard_account`). `None`: not written, for the caller to
+    /// account lock (`lock_and_load`, in the caller's transaction), or
+    /// outside a transaction, guarded by the account row's version that
+    /// `load_unlocked` read (see `WriteSteps::guard_account`). `None`: not written, for the caller to
     /// run again under the lock: the account changed or was held, or the
     /// link adds a login ID (a write of its own, which needs the lock).
     async fn link_in<C: ConnectionTrait>(
         &self,
         conn: &C,
         loaded: Loaded,
-        version: Option<&str>,
         new: &NewIdentity,
         sealed: Option<&Vec<u8>>,
     ) -> StorageResult<Option<LinkOutcome>> {
         let login = new.login_id.as_ref().map(|l| l.as_str());
-        let Loaded { site, account } = loaded;
+        let Loaded {
+            site,
+            account,
+            version,
+        } = loaded;
         let (mut account, found) =
             account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         // Microseconds: what both databases store, so the answer built here
@@ -413,7 +415,7 @@ impl Repository {
         // The identity's write and the account's touch, in one round trip.
         let action = link::plan_link(account.id, found.mapping)?;
         let mut steps = WriteSteps::new(conn.get_database_backend());
-        if let Some(version) = version {
+        if let Some(version) = &version {
             steps.guard_account(account.id, version, now, None);
         }
         let guarded = steps.only_if_guarded();
@@ -484,6 +486,7 @@ impl Repository {
                 .bind(account.id);
             steps.close("touched", None);
         }
+        let failed = steps.failure();
         let written = conn
             .query_all_raw(steps.into_statement())
             .await
@@ -491,12 +494,8 @@ impl Repository {
                 // Another account linked it concurrently.
                 if StorageError::is_unique_violation(&err) {
                     StorageError::Rule(DomainError::IdentityLinkedElsewhere)
-                } else if guarded.is_empty() {
-                    err.into()
                 } else {
-                    // It commits itself: a lost connection leaves the
-                    // outcome unknown, as during a COMMIT (never retried).
-                    StorageError::from_commit(err)
+                    failed(err)
                 }
             })?;
         let identity_id: i64 = match written.as_slice() {
@@ -584,6 +583,9 @@ impl Repository {
 pub(crate) struct Loaded {
     pub site: site::Model,
     pub account: Option<(Account, LinkLookups)>,
+    /// The account row's version (`xmin`), read only by
+    /// [`Repository::load_unlocked`] (and only when the account exists).
+    pub version: Option<String>,
 }
 
 /// The site's and the account's columns for the `acc` CTE of
@@ -638,7 +640,7 @@ impl Repository {
             push_load(&mut sql, site_key, uid, identity, login, false);
         }
         let rows = txn.query_all_raw(sql.into_statement()).await?;
-        Ok(collect_loaded(txn, site_key, &rows).await?.0)
+        collect_loaded(txn, site_key, &rows, false).await
     }
 
     /// PostgreSQL: what [`Self::lock_and_load`] reads, without a lock, in one
@@ -653,14 +655,14 @@ impl Repository {
         uid: &Uid,
         identity: Option<&NewIdentity>,
         login: Option<&str>,
-    ) -> StorageResult<(Loaded, Option<String>)> {
+    ) -> StorageResult<Loaded> {
         let mut sql = Sql::new(self.db.get_database_backend());
         push_load(&mut sql, site_key, uid, identity, login, true);
         // The first touch of the database, as BEGIN is for a locked write.
         let rows = self
             .unless_unavailable(self.db.query_all_raw(sql.into_statement()))
             .await?;
-        collect_loaded(&self.db, site_key, &rows).await
+        collect_loaded(&self.db, site_key, &rows, true).await
     }
 }
 
@@ -691,45 +693,45 @@ fn push_load(
 }
 
 /// The site and account from the rows of [`push_load`] or
-/// `connections_lock_and_load`, with the `row_version` column if read.
+/// `connections_lock_and_load`, with the `row_version` column if
+/// `versioned` (read by [`push_load`] with `version`).
 async fn collect_loaded<C: ConnectionTrait>(
     conn: &C,
     site_key: SiteKey<'_>,
     rows: &[sea_orm::QueryResult],
-) -> StorageResult<(Loaded, Option<String>)> {
+    versioned: bool,
+) -> StorageResult<Loaded> {
     let Some(first) = rows.first() else {
         // No such account (one statement) or site (the function): tell a
         // missing site apart (its rules come before the account's absence).
         let site = find_site(conn, site_key).await?;
-        return Ok((
-            Loaded {
-                site,
-                account: None,
-            },
-            None,
-        ));
+        return Ok(Loaded {
+            site,
+            account: None,
+            version: None,
+        });
     };
     let site = site::Model::from_query_result(first, "s_")?;
     let account_id: Option<i64> = first.try_get("", "a_id")?;
     if account_id.is_none() {
-        return Ok((
-            Loaded {
-                site,
-                account: None,
-            },
-            None,
-        ));
+        return Ok(Loaded {
+            site,
+            account: None,
+            version: None,
+        });
     }
-    let version: Option<String> = first.try_get("", "row_version").ok();
+    let version = if versioned {
+        Some(first.try_get("", "row_version")?)
+    } else {
+        None
+    };
     let row = account::Model::from_query_result(first, "a_")?;
     let account = collect_account(rows, &site, row)?;
-    Ok((
-        Loaded {
-            site,
-            account: Some(account),
-        },
+    Ok(Loaded {
+        site,
+        account: Some(account),
         version,
-    ))
+    })
 }
 
 /// How a request names its site.

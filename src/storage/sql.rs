@@ -3,7 +3,9 @@
 //! statements in one string on SQLite, data-modifying CTEs on PostgreSQL).
 //! Every value is bound, never spliced into the text.
 
-use sea_orm::{DbBackend, Statement, Value};
+use sea_orm::{DbBackend, DbErr, Statement, Value};
+
+use super::error::StorageError;
 
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -129,6 +131,18 @@ impl WriteSteps {
             .push(" FOR UPDATE SKIP LOCKED)");
         self.close("guard", answer);
         self.guarded = true;
+    }
+
+    /// How this statement's failure is read: a guarded statement commits
+    /// itself, so a connection lost during it leaves the outcome unknown,
+    /// as during a COMMIT (never retried); otherwise its transaction has
+    /// committed nothing yet.
+    pub(crate) fn failure(&self) -> fn(DbErr) -> StorageError {
+        if self.guarded {
+            StorageError::from_commit
+        } else {
+            StorageError::from
+        }
     }
 
     /// The condition a step appends to its `WHERE` to act only if the
