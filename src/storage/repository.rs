@@ -329,11 +329,19 @@ impl Repository {
         Ok((account, created))
     }
 
+    /// The site, the account and its rows in one statement, so one round
+    /// trip and one snapshot (a second one only to tell a missing site from
+    /// a missing account).
     #[tracing::instrument(skip_all, name = "db.account")]
     pub async fn account(&self, api_key: &ApiKey, uid: &Uid) -> StorageResult<Account> {
-        let site = find_site(&self.db, SiteKey::ApiKey(api_key)).await?;
-        let row = find_account(&self.db, &site, uid).await?;
-        load_account(&self.db, &site, row).await
+        let site_key = SiteKey::ApiKey(api_key);
+        let mut sql = Sql::new(self.db.get_database_backend());
+        push_load(&mut sql, site_key, uid, None, None, false);
+        let rows = self.db.query_all_raw(sql.into_statement()).await?;
+        let Loaded { account, .. } = collect_loaded(&self.db, site_key, &rows, false).await?;
+        account
+            .map(|(account, _)| account)
+            .ok_or(StorageError::Rule(DomainError::AccountNotFound))
     }
 
     #[tracing::instrument(skip_all, name = "db.link_connection")]
@@ -760,19 +768,6 @@ pub(crate) async fn find_site<C: ConnectionTrait>(
         .one(conn)
         .await?
         .ok_or(StorageError::Rule(DomainError::SiteNotFound))
-}
-
-pub(crate) async fn find_account<C: ConnectionTrait>(
-    conn: &C,
-    site: &site::Model,
-    uid: &Uid,
-) -> StorageResult<account::Model> {
-    account::Entity::find()
-        .filter(account::Column::SiteId.eq(site.id))
-        .filter(account::Column::Uid.eq(uid.as_str()))
-        .one(conn)
-        .await?
-        .ok_or(StorageError::Rule(DomainError::AccountNotFound))
 }
 
 /// Reads an account's login IDs and identities in one round trip.
