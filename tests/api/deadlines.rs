@@ -109,6 +109,32 @@ pub(crate) async fn until_a_writer_waits(holder: &sea_orm::DatabaseConnection) {
     }
 }
 
+/// PostgreSQL: terminates the backend of the writer waiting behind a lock of
+/// `holder`, and checks that `call` answers UNAVAILABLE while the lock is
+/// still held: its write committed itself or not, unknown, so it was not
+/// retried (a retry would wait on the lock again).
+pub(crate) async fn writer_killed_while_waiting_is_unavailable<T: Send + 'static>(
+    holder: &sea_orm::DatabaseConnection,
+    call: tokio::task::JoinHandle<Result<tonic::Response<T>, tonic::Status>>,
+) {
+    until_a_writer_waits(holder).await;
+    holder
+        .execute_unprepared(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+        .expect("terminate the waiting backend");
+    let answered = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call was retried and waits on the lock again")
+        .expect("task");
+    let Err(status) = answered else {
+        panic!("the connection died during the write, yet the call succeeded");
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
 fn remove(uid: &str) -> pb::RemoveConnectionRequest {
     pb::RemoveConnectionRequest {
         api_key: "3_a".into(),

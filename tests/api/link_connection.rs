@@ -237,28 +237,13 @@ async fn link_connection_acts_on_what_a_concurrent_writer_left(backend: Backend)
 /// account's uncommitted link of the same identity, and its backend is
 /// terminated there. A retry would wait on that index again.
 async fn an_unlocked_link_whose_connection_dies_is_not_retried(backend: Backend) {
-    use sea_orm::ConnectionTrait;
     if matches!(backend, Backend::Sqlite) {
         return;
     }
     let app = setup(&backend).await;
     app.create_account("3_a", "u2", &[]).await;
     let (holder, txn, link) = link_behind_a_held_link(&app, "u2").await;
-    crate::deadlines::until_a_writer_waits(&holder).await;
-    holder
-        .execute_unprepared(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .await
-        .expect("terminate the waiting backend");
-    // Answered while the other link is still in flight: not retried.
-    let answered = tokio::time::timeout(std::time::Duration::from_secs(30), link)
-        .await
-        .expect("the call was retried and waits on the index again")
-        .expect("task");
-    let status = answered.expect_err("the connection died during the write");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    crate::deadlines::writer_killed_while_waiting_is_unavailable(&holder, link).await;
     txn.rollback().await.expect("release");
     holder.close().await.expect("close");
     assert!(app.account("3_a", "u1").await.identities.is_empty());

@@ -40,6 +40,7 @@ on_both_backends!(
     remove_connection_concurrent_retries_of_one_request_id_act_once,
     remove_connection_concurrent_new_cids_never_exceed_the_limit,
     remove_connection_acts_on_what_a_concurrent_writer_left,
+    an_unlocked_removal_whose_connection_dies_is_not_retried,
 );
 
 pub const KEY: &str = "3_a";
@@ -910,4 +911,42 @@ async fn remove_connection_acts_on_what_a_concurrent_writer_left(backend: Backen
     assert!(outbox_events(&app).await.is_empty());
     let account = app.account(KEY, "u1").await;
     assert_eq!(account.login_methods, 2, "{account:?}");
+}
+
+/// PostgreSQL: an unlocked removal's write is one statement that commits
+/// itself, so a connection lost during it leaves the outcome unknown, as a
+/// COMMIT does: the call answers UNAVAILABLE and is not retried (a retry
+/// after a write that did commit would plan from the changed account and
+/// answer NOT_CONNECTED). No writer of the service holds an identity
+/// without its account; a foreign transaction (an operator's script) does
+/// here, so that the write, past its guard, waits on the identity's row
+/// where its backend can be terminated. A retry would wait there again.
+async fn an_unlocked_removal_whose_connection_dies_is_not_retried(backend: Backend) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    if matches!(backend, Backend::Sqlite) {
+        return;
+    }
+    let app = setup(&backend).await;
+    app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
+    app.link(KEY, "u1", "facebook", "", "fb1", None).await;
+    let holder = sea_orm::Database::connect(app.database_url.as_str())
+        .await
+        .expect("second connection");
+    let txn = holder.begin().await.expect("begin");
+    txn.execute_unprepared("SELECT id FROM identities WHERE provider_uid = 'fb1' FOR UPDATE")
+        .await
+        .expect("hold the identity's row");
+    let mut client = app.connections();
+    let removal = tokio::spawn(async move {
+        client
+            .remove_connection(remove("u1", Some("facebook")))
+            .await
+    });
+    crate::deadlines::writer_killed_while_waiting_is_unavailable(&holder, removal).await;
+    txn.rollback().await.expect("release");
+    holder.close().await.expect("close");
+    // The statement died before its commit: nothing of it is left.
+    assert!(outbox_events(&app).await.is_empty());
+    let account = app.account(KEY, "u1").await;
+    assert_eq!(account.identities.len(), 1, "{account:?}");
 }
