@@ -1,16 +1,16 @@
 //! The one removal transaction behind both RemoveConnection and UnlinkAccount:
 //! site checks, account lock, idempotency, plan (pure domain rules), cid
 //! accounting, apply, outbox rows, idempotency record, then commit, or roll
-//! back for a dry run or a refusal. On PostgreSQL a removal with no cid and
-//! no request id first tries the same steps without a transaction: an
-//! unlocked read, then one autocommit write guarded by the account row's
-//! version (`remove_unlocked`). Nothing here knows which RPC is calling
+//! back for a dry run or a refusal. On PostgreSQL a removal with no cid
+//! first tries the same steps without a transaction: an unlocked read (and
+//! the request id's record, if any), then one autocommit write, with the
+//! record, guarded by the account row's version (`remove_unlocked`). Nothing here knows which RPC is calling
 //! beyond what `RemovalRequest` answers.
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect,
 };
 
 use super::{
@@ -56,9 +56,10 @@ impl Repository {
         } else {
             Writes::Several
         };
-        if writes == Writes::Atomic && self.is_postgres() {
+        if request.cid().is_none() && self.is_postgres() {
             // Two round trips instead of four (BEGIN, lock and read, write,
-            // COMMIT); after a conflict, the locked transaction below.
+            // COMMIT), three instead of six with a request id; after a
+            // conflict, the locked transaction below.
             if let Some(outcome) = self.remove_unlocked(registry, ctx, &request).await? {
                 return Ok(outcome);
             }
@@ -131,18 +132,8 @@ impl Repository {
         let events = plan.events(request, &site, ctx, time);
         apply(txn, &plan, account.id, time, &events, None).await?;
         let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
-        if let Some(request_id) = request.request_id() {
-            let response = serde_json::to_string(&outcome)
-                .map_err(|e| StorageError::Corrupt(format!("outcome: {e}")))?;
-            let inserted = idempotency_key::ActiveModel {
-                scope: Set(request.idempotency_scope()),
-                request_id: Set(request_id.as_str().to_owned()),
-                fingerprint: Set(request.fingerprint()),
-                response: Set(response),
-                created_at: Set(time),
-            }
-            .insert(txn)
-            .await;
+        if let Some(record) = key_record(request, &outcome, time)? {
+            let inserted = record.into_active_model().reset_all().insert(txn).await;
             match inserted {
                 Ok(_) => {}
                 Err(err) if StorageError::is_unique_violation(&err) => return Ok(Step::KeyTaken),
@@ -152,11 +143,12 @@ impl Repository {
         Ok(Step::Done(outcome, !events.is_empty()))
     }
 
-    /// PostgreSQL, a removal with no cid and no request id: reads the
-    /// account without a lock, plans, and writes in one autocommit
-    /// statement only if the account row's version is still the one read
-    /// (`apply`'s guard). `None`: the account changed in between, and
-    /// nothing was written.
+    /// PostgreSQL, a removal with no cid: reads the account without a lock,
+    /// plans, and writes in one autocommit statement (with the request id's
+    /// record, if any) only if the account row's version is still the one
+    /// read (`apply`'s guard). `None`: the account changed in between, or
+    /// another request stored the same request id first, and nothing was
+    /// written.
     async fn remove_unlocked(
         &self,
         registry: &ProviderRegistry,
@@ -176,18 +168,30 @@ impl Repository {
         let (account, _) = account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         let version = version
             .ok_or_else(|| StorageError::Corrupt("account read without its version".into()))?;
+        // Read after the account: a first call that committed before that
+        // read is found here; one that committed after it moved the
+        // version, and the guard sends this call under the lock.
+        if let Some(stored) = self.stored_outcome(self.connection(), request).await? {
+            return Ok(Some(stored));
+        }
         let plan = request.plan(&account, registry)?;
         if request.dry_run() {
             return Ok(Some(answer(request, ctx, time, &plan, redirect, None)));
         }
         let events = plan.events(request, &site, ctx, time);
+        let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
+        let key = key_record(request, &outcome, time)?;
+        let guard = Guard {
+            version: &version,
+            key: key.as_ref(),
+        };
         let applied = apply(
             self.connection(),
             &plan,
             account.id,
             time,
             &events,
-            Some(&version),
+            Some(guard),
         )
         .await?;
         if !applied {
@@ -196,14 +200,7 @@ impl Repository {
         if !events.is_empty() {
             self.outbox_committed();
         }
-        Ok(Some(answer(
-            request,
-            ctx,
-            time,
-            &plan,
-            redirect,
-            Some(&events),
-        )))
+        Ok(Some(outcome))
     }
 
     /// The stored first answer to this request id: the outcome when the
@@ -299,6 +296,34 @@ fn site_key(request: &RemovalRequest) -> SiteKey<'_> {
 
 /// The answer, from what the removal decided, not a re-read: `events` are
 /// those it wrote, `None` for a dry run (which writes nothing).
+/// The record that answers later calls with the same request id, if the
+/// request has one: written with the removal, never without it.
+fn key_record(
+    request: &RemovalRequest,
+    outcome: &RemovalOutcome,
+    time: chrono::DateTime<Utc>,
+) -> StorageResult<Option<idempotency_key::Model>> {
+    let Some(request_id) = request.request_id() else {
+        return Ok(None);
+    };
+    let response = serde_json::to_string(outcome)
+        .map_err(|e| StorageError::Corrupt(format!("outcome: {e}")))?;
+    Ok(Some(idempotency_key::Model {
+        scope: request.idempotency_scope(),
+        request_id: request_id.as_str().to_owned(),
+        fingerprint: request.fingerprint(),
+        response,
+        created_at: time,
+    }))
+}
+
+/// What an unlocked write (PostgreSQL) is made only if: the account row
+/// still at `version`, the request id's record (if any) stored with it.
+struct Guard<'a> {
+    version: &'a str,
+    key: Option<&'a idempotency_key::Model>,
+}
+
 fn answer(
     request: &RemovalRequest,
     ctx: &CallOrigin,
@@ -343,7 +368,7 @@ async fn apply<C: ConnectionTrait>(
     account_id: i64,
     now: chrono::DateTime<Utc>,
     events: &[crate::domain::ConnectionRemoved],
-    version: Option<&str>,
+    guard: Option<Guard<'_>>,
 ) -> StorageResult<bool> {
     let ids = |mode: RemovalMode| -> Vec<i64> {
         plan.removals
@@ -354,7 +379,8 @@ async fn apply<C: ConnectionTrait>(
     };
     let (hard, soft) = (ids(RemovalMode::Hard), ids(RemovalMode::Soft));
     let logins = &plan.login_ids_to_delete;
-    if plan.is_empty() && events.is_empty() {
+    let key = guard.as_ref().and_then(|guard| guard.key);
+    if plan.is_empty() && events.is_empty() && key.is_none() {
         return Ok(true);
     }
     let mut steps = WriteSteps::new(conn.get_database_backend());
@@ -365,8 +391,8 @@ async fn apply<C: ConnectionTrait>(
         steps.open("savepoint").push(APPLY_SAVEPOINT_SQL);
         steps.close("savepoint", None);
     }
-    if let Some(version) = version.filter(|_| postgres) {
-        steps.guard_account(account_id, version, now, Some("'guard' AS kind"));
+    if let Some(guard) = guard.as_ref().filter(|_| postgres) {
+        steps.guard_account(account_id, guard.version, now, Some("'guard' AS kind"));
     }
     let guarded = steps.only_if_guarded();
     // Every identity or login ID a write changes answers one row of its kind.
@@ -414,8 +440,37 @@ async fn apply<C: ConnectionTrait>(
         steps.close("touched", None);
     }
     outbox::push_append(&mut steps, events, guarded)?;
+    if let Some(key) = key {
+        steps
+            .open("key")
+            .push(
+                "INSERT INTO idempotency_keys \
+                 (scope, request_id, fingerprint, response, created_at) SELECT ",
+            )
+            .bind(key.scope.as_str())
+            .push(", ")
+            .bind(key.request_id.as_str())
+            .push(", ")
+            .bind(key.fingerprint.as_str())
+            .push(", ")
+            .bind(key.response.as_str())
+            .push(", ")
+            .bind(key.created_at)
+            .push(" WHERE TRUE")
+            .push(guarded);
+        steps.close("key", None);
+    }
     let failed = steps.failure();
-    let written = conn.query_all_raw(steps.into_statement()).await;
+    let written = match conn.query_all_raw(steps.into_statement()).await {
+        // Another call stored the same request id first (this statement
+        // waited for it on the key's index): nothing was written, and
+        // under the lock this call answers from that record.
+        Err(err) if key.is_some() && StorageError::is_unique_violation(&err) => {
+            metrics::storage().write_conflict();
+            return Ok(false);
+        }
+        written => written,
+    };
     let checked = written.map_err(failed).and_then(|rows| {
         if !guarded.is_empty() && count_kind(&rows, "guard")? == 0 {
             metrics::storage().write_conflict();

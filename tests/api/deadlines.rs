@@ -25,11 +25,10 @@ use connections::proto::v1 as pb;
 
 on_both_backends!(a_deadline_shorter_than_the_database_rolls_the_removal_back);
 
-/// Blocks writers of account `uid`: its row lock on PostgreSQL, the
-/// database's write lock on SQLite. Held until the transaction ends.
-pub(crate) async fn hold_writers(
+/// A write transaction on a connection of its own, beside the server's: on
+/// SQLite it holds the database's write lock from the start (IMMEDIATE).
+pub(crate) async fn begin_beside(
     app: &TestApp,
-    uid: &str,
 ) -> (sea_orm::DatabaseConnection, DatabaseTransaction) {
     let holder = sea_orm::Database::connect(app.database_url.as_str())
         .await
@@ -42,6 +41,16 @@ pub(crate) async fn hold_writers(
         })
         .await
         .expect("begin");
+    (holder, txn)
+}
+
+/// Blocks writers of account `uid`: its row lock on PostgreSQL, the
+/// database's write lock on SQLite. Held until the transaction ends.
+pub(crate) async fn hold_writers(
+    app: &TestApp,
+    uid: &str,
+) -> (sea_orm::DatabaseConnection, DatabaseTransaction) {
+    let (holder, txn) = begin_beside(app).await;
     if holder.get_database_backend() == sea_orm::DbBackend::Postgres {
         txn.execute_unprepared(&format!(
             "SELECT id FROM accounts WHERE uid = '{uid}' FOR UPDATE"

@@ -41,6 +41,7 @@ on_both_backends!(
     remove_connection_concurrent_new_cids_never_exceed_the_limit,
     remove_connection_acts_on_what_a_concurrent_writer_left,
     an_unlocked_removal_whose_connection_dies_is_not_retried,
+    remove_connection_whose_request_id_another_call_stores_first_changes_nothing,
 );
 
 pub const KEY: &str = "3_a";
@@ -922,17 +923,14 @@ async fn remove_connection_acts_on_what_a_concurrent_writer_left(backend: Backen
 /// here, so that the write, past its guard, waits on the identity's row
 /// where its backend can be terminated. A retry would wait there again.
 async fn an_unlocked_removal_whose_connection_dies_is_not_retried(backend: Backend) {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use sea_orm::ConnectionTrait;
     if matches!(backend, Backend::Sqlite) {
         return;
     }
     let app = setup(&backend).await;
     app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
     app.link(KEY, "u1", "facebook", "", "fb1", None).await;
-    let holder = sea_orm::Database::connect(app.database_url.as_str())
-        .await
-        .expect("second connection");
-    let txn = holder.begin().await.expect("begin");
+    let (holder, txn) = crate::deadlines::begin_beside(&app).await;
     txn.execute_unprepared("SELECT id FROM identities WHERE provider_uid = 'fb1' FOR UPDATE")
         .await
         .expect("hold the identity's row");
@@ -949,4 +947,60 @@ async fn an_unlocked_removal_whose_connection_dies_is_not_retried(backend: Backe
     assert!(outbox_events(&app).await.is_empty());
     let account = app.account(KEY, "u1").await;
     assert_eq!(account.identities.len(), 1, "{account:?}");
+}
+
+/// A removal whose request id another call (of another account) is storing
+/// at the same time: it waits for that call, then answers from its record
+/// (a reuse: IDEMPOTENCY_KEY_REUSED) and changes nothing. On PostgreSQL the
+/// removal's unlocked write, past its guard (the account is free), waits on
+/// the record's unique index and fails there when the other call commits;
+/// nothing of it is kept, and it runs again under the lock. SQLite's
+/// removal waits for the write lock, then finds the record.
+async fn remove_connection_whose_request_id_another_call_stores_first_changes_nothing(
+    backend: Backend,
+) {
+    use connections::storage::entities::idempotency_key;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let app = setup(&backend).await;
+    app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
+    app.link(KEY, "u1", "facebook", "", "fb1", None).await;
+    let conflicts = connections::telemetry::metrics::storage().write_conflicts();
+
+    // The other call's transaction, not touching u1: its record only.
+    let (holder, txn) = crate::deadlines::begin_beside(&app).await;
+    idempotency_key::ActiveModel {
+        scope: Set(format!("RemoveConnection/{KEY}")),
+        request_id: Set("req-1".into()),
+        fingerprint: Set("another request".into()),
+        response: Set("{}".into()),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(&txn)
+    .await
+    .expect("the other call's record");
+
+    let mut request = remove("u1", Some("facebook"));
+    request.request_id = "req-1".into();
+    let mut client = app.connections();
+    let removal = tokio::spawn(async move { client.remove_connection(request).await });
+    if matches!(backend, Backend::Postgres(_)) {
+        crate::deadlines::until_a_writer_waits(&holder).await;
+    }
+    txn.commit().await.expect("the other call commits");
+    holder.close().await.expect("close");
+
+    let status = assert_refused(
+        removal.await.expect("task"),
+        Code::InvalidArgument,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+    assert_eq!(bad_fields(&status), ["request_id"]);
+    assert!(outbox_events(&app).await.is_empty());
+    assert_eq!(app.account(KEY, "u1").await.identities.len(), 1);
+    if matches!(backend, Backend::Postgres(_)) {
+        assert!(
+            connections::telemetry::metrics::storage().write_conflicts() > conflicts,
+            "the unlocked write did not meet the record"
+        );
+    }
 }
