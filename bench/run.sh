@@ -144,7 +144,7 @@ bench_database() {
     "$BENCH" load $(target_args "$a_port") --workload remove-one --concurrency "$c" \
       --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid" --label "$db:headline" >>"$results"
   done
-  for workload in remove-all unlink mixed; do
+  for workload in remove-one-request-id remove-all unlink mixed; do
     for c in $LEVELS; do
       say "$db: $workload, concurrency $c"
       settle "$db" "$url"

@@ -25,7 +25,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for db in databases:
         references = {r["concurrency"]: r for r in by("reference", f"{db}:reference")}
-        for label in ("headline", "remove-all", "unlink", "mixed"):
+        for label in ("headline", "remove-one-request-id", "remove-all", "unlink", "mixed"):
             for r in by("load", f"{db}:{label}"):
                 c = r["concurrency"]
                 ref = references.get(c) if label == "headline" else None
@@ -38,7 +38,13 @@ def main() -> None:
                     ref_latency = ref.get("remove_p50_ms", ref.get("remove_avg_ms"))
                     ref_p50 = f"{ref_latency:.2f}"
                     p50_ratio = f"{r['remove_p50_ms'] / ref_latency:.1f}x" if ref_latency else ""
-                name = {"headline": "remove one", "remove-all": "remove all", "unlink": "unlink", "mixed": "mixed"}[label]
+                name = {
+                    "headline": "remove one",
+                    "remove-one-request-id": "remove one, request id",
+                    "remove-all": "remove all",
+                    "unlink": "unlink",
+                    "mixed": "mixed",
+                }[label]
                 print(
                     f"| {db} | {name} | {c} | {r['removes_per_s']:.0f} | {ceiling} | {ratio} | "
                     f"{r['remove_p50_ms']:.2f} | {r['remove_p99_ms']:.2f} | {r['remove_p999_ms']:.2f} | "

@@ -23,6 +23,9 @@ pub type Client = ConnectionServiceClient<InterceptedService<Channel, Bearer>>;
 pub enum Workload {
     /// RemoveConnection of one provider (the headline).
     RemoveOne,
+    /// The headline with a fresh `request_id` per call, as a client that
+    /// retries safely sends it (the service stores each first answer).
+    RemoveOneRequestId,
     /// RemoveConnection of every provider of the account.
     RemoveAll,
     /// UnlinkAccount of one external-id provider.
@@ -143,6 +146,10 @@ async fn remove(
         }
         other => other,
     };
+    let request_id = match kind {
+        Workload::RemoveOneRequestId => uuid::Uuid::new_v4().simple().to_string(),
+        _ => String::new(),
+    };
     let remove_request = |provider: Option<&str>| pb::RemoveConnectionRequest {
         api_key: accounts.api_key.clone(),
         uid: uid.to_string(),
@@ -151,12 +158,12 @@ async fn remove(
         remove_login_id: false,
         last_identity_handling: pb::LastIdentityHandling::Fail.into(),
         context: None,
-        request_id: String::new(),
+        request_id: request_id.clone(),
         dry_run: false,
         force_providers_logout: None,
     };
     match kind {
-        Workload::RemoveOne | Workload::Mixed => {
+        Workload::RemoveOne | Workload::RemoveOneRequestId | Workload::Mixed => {
             let answer = client
                 .remove_connection(remove_request(Some(PROVIDERS[0])))
                 .await?;
