@@ -18,7 +18,7 @@ use super::{
     error::{StorageError, StorageResult},
     group_commit::Writes,
     outbox,
-    repository::{Loaded, Repository, SiteKey, site_from_model},
+    repository::{Loaded, RecordKey, Repository, SiteKey, StoredRecord, site_from_model},
     sql::WriteSteps,
 };
 use crate::domain::{
@@ -156,23 +156,29 @@ impl Repository {
         request: &RemovalRequest,
     ) -> StorageResult<Option<RemovalOutcome>> {
         let time = Utc::now().trunc_subsecs(6);
+        let scope = request.idempotency_scope();
+        let record_key = request.request_id().map(|request_id| RecordKey {
+            scope: &scope,
+            request_id: request_id.as_str(),
+        });
         let Loaded {
             site,
             account,
             version,
+            record,
         } = self
-            .load_unlocked(site_key(request), request.uid(), None, None)
+            .load_unlocked(site_key(request), request.uid(), None, None, record_key)
             .await?;
         let site = site_from_model(site)?;
         let redirect = request.check_site(&site)?;
         let (account, _) = account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
         let version = version
             .ok_or_else(|| StorageError::Corrupt("account read without its version".into()))?;
-        // Read after the account: a first call that committed before that
+        // Read with the account: a first call that committed before that
         // read is found here; one that committed after it moved the
         // version, and the guard sends this call under the lock.
-        if let Some(stored) = self.stored_outcome(self.connection(), request).await? {
-            return Ok(Some(stored));
+        if let Some(record) = record {
+            return stored_answer(request, &record).map(Some);
         }
         let plan = request.plan(&account, registry)?;
         if request.dry_run() {
@@ -222,12 +228,11 @@ impl Repository {
         else {
             return Ok(None);
         };
-        if record.fingerprint != request.fingerprint() {
-            return Err(DomainError::IdempotencyKeyReused.into());
-        }
-        serde_json::from_str(&record.response)
-            .map(Some)
-            .map_err(|e| StorageError::Corrupt(format!("idempotency record: {e}")))
+        let record = StoredRecord {
+            fingerprint: record.fingerprint,
+            response: record.response,
+        };
+        stored_answer(request, &record).map(Some)
     }
 
     /// Counts the request's cid against the site's limit of distinct cids.
@@ -296,6 +301,16 @@ fn site_key(request: &RemovalRequest) -> SiteKey<'_> {
 
 /// The answer, from what the removal decided, not a re-read: `events` are
 /// those it wrote, `None` for a dry run (which writes nothing).
+/// The first answer a request id's record holds, for `request`: its own
+/// if the request is the same, `IDEMPOTENCY_KEY_REUSED` when it differs.
+fn stored_answer(request: &RemovalRequest, record: &StoredRecord) -> StorageResult<RemovalOutcome> {
+    if record.fingerprint != request.fingerprint() {
+        return Err(DomainError::IdempotencyKeyReused.into());
+    }
+    serde_json::from_str(&record.response)
+        .map_err(|e| StorageError::Corrupt(format!("idempotency record: {e}")))
+}
+
 /// The record that answers later calls with the same request id, if the
 /// request has one: written with the removal, never without it.
 fn key_record(

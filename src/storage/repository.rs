@@ -336,9 +336,10 @@ impl Repository {
     pub async fn account(&self, api_key: &ApiKey, uid: &Uid) -> StorageResult<Account> {
         let site_key = SiteKey::ApiKey(api_key);
         let mut sql = Sql::new(self.db.get_database_backend());
-        push_load(&mut sql, site_key, uid, None, None, false);
+        push_load(&mut sql, site_key, uid, None, None, ReadAs::Plain);
         let rows = self.db.query_all_raw(sql.into_statement()).await?;
-        let Loaded { account, .. } = collect_loaded(&self.db, site_key, &rows, false).await?;
+        let Loaded { account, .. } =
+            collect_loaded(&self.db, site_key, &rows, ReadAs::Plain).await?;
         account
             .map(|(account, _)| account)
             .ok_or(StorageError::Rule(DomainError::AccountNotFound))
@@ -362,7 +363,9 @@ impl Repository {
         if self.is_postgres() {
             // Two round trips instead of four (BEGIN, lock and read, write,
             // COMMIT), as removals; after a conflict, the locked transaction.
-            let loaded = self.load_unlocked(site_key, uid, Some(&new), login).await?;
+            let loaded = self
+                .load_unlocked(site_key, uid, Some(&new), login, None)
+                .await?;
             if let Some(outcome) = self
                 .link_in(&self.db, loaded, &new, sealed.as_ref())
                 .await?
@@ -400,6 +403,7 @@ impl Repository {
             site,
             account,
             version,
+            ..
         } = loaded;
         let (mut account, found) =
             account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
@@ -594,6 +598,31 @@ pub(crate) struct Loaded {
     /// The account row's version (`xmin`), read only by
     /// [`Repository::load_unlocked`] (and only when the account exists).
     pub version: Option<String>,
+    /// The request id's record, if [`Repository::load_unlocked`] was asked
+    /// for it and it exists (read only when the account exists).
+    pub record: Option<StoredRecord>,
+}
+
+/// A request id's record, named by its scope and id.
+#[derive(Clone, Copy)]
+pub(crate) struct RecordKey<'a> {
+    pub scope: &'a str,
+    pub request_id: &'a str,
+}
+
+/// What a request id's record holds for a later call with the same id.
+pub(crate) struct StoredRecord {
+    pub fingerprint: String,
+    pub response: String,
+}
+
+/// What a load reads besides the site, the account and its rows: nothing,
+/// or (unlocked) the account row's version and, if asked, a request id's
+/// record in the same snapshot.
+#[derive(Clone, Copy)]
+enum ReadAs<'a> {
+    Plain,
+    Unlocked { record: Option<RecordKey<'a>> },
 }
 
 /// The site's and the account's columns for the `acc` CTE of
@@ -645,10 +674,10 @@ impl Repository {
                 .bind(login)
                 .push(")");
         } else {
-            push_load(&mut sql, site_key, uid, identity, login, false);
+            push_load(&mut sql, site_key, uid, identity, login, ReadAs::Plain);
         }
         let rows = txn.query_all_raw(sql.into_statement()).await?;
-        collect_loaded(txn, site_key, &rows, false).await
+        collect_loaded(txn, site_key, &rows, ReadAs::Plain).await
     }
 
     /// PostgreSQL: what [`Self::lock_and_load`] reads, without a lock, in one
@@ -656,41 +685,60 @@ impl Repository {
     /// which every write that changes the account's identities or login IDs
     /// moves, by touching the row under its lock). A write made only if the
     /// version is still the same (see `removal::apply`) acts on exactly
-    /// what was read here.
+    /// what was read here; `record` reads that request id's record in the
+    /// same snapshot, so a first call that committed before it is seen
+    /// with its record, and one that commits after it moves the version.
     pub(crate) async fn load_unlocked(
         &self,
         site_key: SiteKey<'_>,
         uid: &Uid,
         identity: Option<&NewIdentity>,
         login: Option<&str>,
+        record: Option<RecordKey<'_>>,
     ) -> StorageResult<Loaded> {
+        let read = ReadAs::Unlocked { record };
         let mut sql = Sql::new(self.db.get_database_backend());
-        push_load(&mut sql, site_key, uid, identity, login, true);
+        push_load(&mut sql, site_key, uid, identity, login, read);
         // The first touch of the database, as BEGIN is for a locked write.
         let rows = self
             .unless_unavailable(self.db.query_all_raw(sql.into_statement()))
             .await?;
-        collect_loaded(&self.db, site_key, &rows, true).await
+        collect_loaded(&self.db, site_key, &rows, read).await
     }
 }
 
 /// One statement reading the site, the account and its rows (see
-/// [`push_account_rows`]); `version` adds the account row's `xmin` as
-/// `row_version` (PostgreSQL only).
+/// [`push_account_rows`]); unlocked, also the account row's `xmin` as
+/// `row_version` (PostgreSQL only) and the record's `k_fingerprint` and
+/// `k_response` (null without one).
 fn push_load(
     sql: &mut Sql,
     site_key: SiteKey<'_>,
     uid: &Uid,
     identity: Option<&NewIdentity>,
     login: Option<&str>,
-    version: bool,
+    read: ReadAs<'_>,
 ) {
     sql.push("WITH acc AS (SELECT ").push(&LOCKED_COLUMNS);
-    if version {
-        sql.push(", a.xmin::text AS row_version");
+    let record = match read {
+        ReadAs::Plain => None,
+        ReadAs::Unlocked { record } => {
+            sql.push(", a.xmin::text AS row_version");
+            record
+        }
+    };
+    if record.is_some() {
+        sql.push(", k.fingerprint AS k_fingerprint, k.response AS k_response");
     }
-    sql.push(" FROM accounts a JOIN sites s ON s.id = a.site_id WHERE a.uid = ")
-        .bind(uid.as_str());
+    sql.push(" FROM accounts a JOIN sites s ON s.id = a.site_id");
+    if let Some(key) = record {
+        // The primary key: one row at most.
+        sql.push(" LEFT JOIN idempotency_keys k ON k.scope = ")
+            .bind(key.scope)
+            .push(" AND k.request_id = ")
+            .bind(key.request_id);
+    }
+    sql.push(" WHERE a.uid = ").bind(uid.as_str());
     match site_key {
         SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
         SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
@@ -701,13 +749,12 @@ fn push_load(
 }
 
 /// The site and account from the rows of [`push_load`] or
-/// `connections_lock_and_load`, with the `row_version` column if
-/// `versioned` (read by [`push_load`] with `version`).
+/// `connections_lock_and_load`, with what [`push_load`] read as `read`.
 async fn collect_loaded<C: ConnectionTrait>(
     conn: &C,
     site_key: SiteKey<'_>,
     rows: &[sea_orm::QueryResult],
-    versioned: bool,
+    read: ReadAs<'_>,
 ) -> StorageResult<Loaded> {
     let Some(first) = rows.first() else {
         // No such account (one statement) or site (the function): tell a
@@ -717,6 +764,7 @@ async fn collect_loaded<C: ConnectionTrait>(
             site,
             account: None,
             version: None,
+            record: None,
         });
     };
     let site = site::Model::from_query_result(first, "s_")?;
@@ -726,12 +774,26 @@ async fn collect_loaded<C: ConnectionTrait>(
             site,
             account: None,
             version: None,
+            record: None,
         });
     }
-    let version = if versioned {
-        Some(first.try_get("", "row_version")?)
-    } else {
-        None
+    let (version, record) = match read {
+        ReadAs::Plain => (None, None),
+        ReadAs::Unlocked { record } => {
+            let version = Some(first.try_get("", "row_version")?);
+            let fingerprint: Option<String> = match record {
+                Some(_) => first.try_get("", "k_fingerprint")?,
+                None => None,
+            };
+            let record = match fingerprint {
+                Some(fingerprint) => Some(StoredRecord {
+                    fingerprint,
+                    response: first.try_get("", "k_response")?,
+                }),
+                None => None,
+            };
+            (version, record)
+        }
     };
     let row = account::Model::from_query_result(first, "a_")?;
     let account = collect_account(rows, &site, row)?;
@@ -739,6 +801,7 @@ async fn collect_loaded<C: ConnectionTrait>(
         site,
         account: Some(account),
         version,
+        record,
     })
 }
 
