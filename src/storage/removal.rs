@@ -2,10 +2,11 @@
 //! site checks, account lock, idempotency, plan (pure domain rules), cid
 //! accounting, apply, outbox rows, idempotency record, then commit, or roll
 //! back for a dry run or a refusal. On PostgreSQL a removal with no cid
-//! first tries the same steps without a transaction: an unlocked read (and
-//! the request id's record, if any), then one autocommit write, with the
-//! record, guarded by the account row's version (`remove_unlocked`). Nothing here knows which RPC is calling
-//! beyond what `RemovalRequest` answers.
+//! first tries the same steps without a transaction: an unlocked read (with
+//! the request id's record, if any), then one autocommit write (with the
+//! record) guarded by the account row's version (`remove_unlocked`).
+//! Nothing here knows which RPC is calling beyond what `RemovalRequest`
+//! answers.
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
@@ -58,7 +59,7 @@ impl Repository {
         };
         if request.cid().is_none() && self.is_postgres() {
             // Two round trips instead of four (BEGIN, lock and read, write,
-            // COMMIT), three instead of six with a request id; after a
+            // COMMIT), two instead of six with a request id; after a
             // conflict, the locked transaction below.
             if let Some(outcome) = self.remove_unlocked(registry, ctx, &request).await? {
                 return Ok(outcome);
@@ -299,8 +300,6 @@ fn site_key(request: &RemovalRequest) -> SiteKey<'_> {
     }
 }
 
-/// The answer, from what the removal decided, not a re-read: `events` are
-/// those it wrote, `None` for a dry run (which writes nothing).
 /// The first answer a request id's record holds, for `request`: its own
 /// if the request is the same, `IDEMPOTENCY_KEY_REUSED` when it differs.
 fn stored_answer(request: &RemovalRequest, record: &StoredRecord) -> StorageResult<RemovalOutcome> {
@@ -339,6 +338,8 @@ struct Guard<'a> {
     key: Option<&'a idempotency_key::Model>,
 }
 
+/// The answer, from what the removal decided, not a re-read: `events` are
+/// those it wrote, `None` for a dry run (which writes nothing).
 fn answer(
     request: &RemovalRequest,
     ctx: &CallOrigin,

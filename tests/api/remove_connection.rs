@@ -264,6 +264,28 @@ async fn remove_connection_of_all_with_nothing_connected_succeeds_without_events
         .into_inner();
     assert!(response.removed.is_empty());
     assert!(outbox_events(&app).await.is_empty());
+
+    // With a request id its answer is stored all the same: a retry after
+    // a link answers it again instead of removing the new identity.
+    let mut request = remove("u1", None);
+    request.request_id = "req-empty".into();
+    let first = app
+        .connections()
+        .remove_connection(request.clone())
+        .await
+        .expect("remove all, with a request id")
+        .into_inner();
+    app.link(KEY, "u1", "facebook", "", "fb1", None).await;
+    let retry = app
+        .connections()
+        .remove_connection(request)
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(retry, first);
+    assert!(retry.removed.is_empty());
+    assert_eq!(app.account(KEY, "u1").await.identities.len(), 1);
+    assert!(outbox_events(&app).await.is_empty());
 }
 
 async fn remove_connection_refuses_unknown_and_empty_providers(backend: Backend) {
