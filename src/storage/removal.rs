@@ -11,7 +11,7 @@
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect,
+    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
 };
 
 use super::{
@@ -131,17 +131,15 @@ impl Repository {
         }
 
         let events = plan.events(request, &site, ctx, time);
-        apply(txn, &plan, account.id, time, &events, None).await?;
         let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
-        if let Some(record) = key_record(request, &outcome, time)? {
-            let inserted = record.into_active_model().reset_all().insert(txn).await;
-            match inserted {
-                Ok(_) => {}
-                Err(err) if StorageError::is_unique_violation(&err) => return Ok(Step::KeyTaken),
-                Err(err) => return Err(err.into()),
-            }
+        let key = key_record(request, &outcome, time)?;
+        match apply(txn, &plan, account.id, time, &events, key.as_ref(), None).await? {
+            Applied::Written => Ok(Step::Done(outcome, !events.is_empty())),
+            Applied::KeyTaken => Ok(Step::KeyTaken),
+            Applied::Conflict => Err(StorageError::Corrupt(
+                "a removal under the lock was guarded".into(),
+            )),
         }
-        Ok(Step::Done(outcome, !events.is_empty()))
     }
 
     /// PostgreSQL, a removal with no cid: reads the account without a lock,
@@ -188,20 +186,18 @@ impl Repository {
         let events = plan.events(request, &site, ctx, time);
         let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
         let key = key_record(request, &outcome, time)?;
-        let guard = Guard {
-            version: &version,
-            key: key.as_ref(),
-        };
         let applied = apply(
             self.connection(),
             &plan,
             account.id,
             time,
             &events,
-            Some(guard),
+            key.as_ref(),
+            Some(&version),
         )
         .await?;
-        if !applied {
+        if applied != Applied::Written {
+            metrics::storage().write_conflict();
             return Ok(None);
         }
         if !events.is_empty() {
@@ -331,11 +327,16 @@ fn key_record(
     }))
 }
 
-/// What an unlocked write (PostgreSQL) is made only if: the account row
-/// still at `version`, the request id's record (if any) stored with it.
-struct Guard<'a> {
-    version: &'a str,
-    key: Option<&'a idempotency_key::Model>,
+/// What [`apply`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    Written,
+    /// The guard did not match (the account changed or was held): nothing
+    /// written.
+    Conflict,
+    /// Another call stored the same request id first (the statement
+    /// waited for it on the key's index): nothing written.
+    KeyTaken,
 }
 
 /// The answer, from what the removal decided, not a re-read: `events` are
@@ -367,25 +368,28 @@ fn answer(
     }
 }
 
-/// Writes the plan, touches the account and appends its events, in one
-/// round trip: on SQLite one string of statements, on PostgreSQL one
-/// statement of data-modifying CTEs (they touch different rows, so one
-/// snapshot serves them all). Every write is a row of the answer, counted
-/// by kind: under the account lock every row the plan names exists, so a
-/// count that does not match means the data changed under the lock.
+/// Writes the plan, touches the account, appends its events and stores the
+/// request id's record (`key`), in one round trip: on SQLite one string of
+/// statements, on PostgreSQL one statement of data-modifying CTEs (they
+/// touch different rows, so one snapshot serves them all). Every write is a
+/// row of the answer, counted by kind: under the account lock every row the
+/// plan names exists, so a count that does not match means the data changed
+/// under the lock.
 ///
 /// `version` (PostgreSQL, outside a transaction): the account row's version
 /// the plan was made from; the touch of the account becomes the statement's
-/// guard (`WriteSteps::guard_account`). `false`: the account changed or is
-/// being changed, and nothing was written.
+/// guard (`WriteSteps::guard_account`), and [`Applied::Conflict`] means the
+/// account changed or is being changed. Nothing is written unless
+/// [`Applied::Written`].
 async fn apply<C: ConnectionTrait>(
     conn: &C,
     plan: &RemovalPlan,
     account_id: i64,
     now: chrono::DateTime<Utc>,
     events: &[crate::domain::ConnectionRemoved],
-    guard: Option<Guard<'_>>,
-) -> StorageResult<bool> {
+    key: Option<&idempotency_key::Model>,
+    version: Option<&str>,
+) -> StorageResult<Applied> {
     let ids = |mode: RemovalMode| -> Vec<i64> {
         plan.removals
             .iter()
@@ -395,9 +399,8 @@ async fn apply<C: ConnectionTrait>(
     };
     let (hard, soft) = (ids(RemovalMode::Hard), ids(RemovalMode::Soft));
     let logins = &plan.login_ids_to_delete;
-    let key = guard.as_ref().and_then(|guard| guard.key);
     if plan.is_empty() && events.is_empty() && key.is_none() {
-        return Ok(true);
+        return Ok(Applied::Written);
     }
     let mut steps = WriteSteps::new(conn.get_database_backend());
     let postgres = steps.postgres();
@@ -407,8 +410,8 @@ async fn apply<C: ConnectionTrait>(
         steps.open("savepoint").push(APPLY_SAVEPOINT_SQL);
         steps.close("savepoint", None);
     }
-    if let Some(guard) = guard.as_ref().filter(|_| postgres) {
-        steps.guard_account(account_id, guard.version, now, Some("'guard' AS kind"));
+    if let Some(version) = version.filter(|_| postgres) {
+        steps.guard_account(account_id, version, now, Some("'guard' AS kind"));
     }
     let guarded = steps.only_if_guarded();
     // Every identity or login ID a write changes answers one row of its kind.
@@ -477,24 +480,18 @@ async fn apply<C: ConnectionTrait>(
         steps.close("key", None);
     }
     let failed = steps.failure();
-    let written = match conn.query_all_raw(steps.into_statement()).await {
-        // Another call stored the same request id first (this statement
-        // waited for it on the key's index): nothing was written, and
-        // under the lock this call answers from that record.
+    let checked = match conn.query_all_raw(steps.into_statement()).await {
         Err(err) if key.is_some() && StorageError::is_unique_violation(&err) => {
-            metrics::storage().write_conflict();
-            return Ok(false);
+            Ok(Applied::KeyTaken)
         }
-        written => written,
+        written => written.map_err(failed).and_then(|rows| {
+            if !guarded.is_empty() && count_kind(&rows, "guard")? == 0 {
+                return Ok(Applied::Conflict);
+            }
+            check_counts(&rows, &hard, &soft, logins).map(|()| Applied::Written)
+        }),
     };
-    let checked = written.map_err(failed).and_then(|rows| {
-        if !guarded.is_empty() && count_kind(&rows, "guard")? == 0 {
-            metrics::storage().write_conflict();
-            return Ok(false);
-        }
-        check_counts(&rows, &hard, &soft, logins).map(|()| true)
-    });
-    if checked.is_err() && !postgres {
+    if !postgres && !matches!(checked, Ok(Applied::Written)) {
         // Undo whatever part of the step ran. ROLLBACK TO fails only with
         // the connection itself (or after SQLite rolled the whole
         // transaction back), and then the shared commit fails too.

@@ -388,9 +388,10 @@ impl Repository {
     /// LinkConnection's plan and write, on what `loaded` read: under the
     /// account lock (`lock_and_load`, in the caller's transaction), or
     /// outside a transaction, guarded by the account row's version that
-    /// `load_unlocked` read (see `WriteSteps::guard_account`). `None`: not written, for the caller to
-    /// run again under the lock: the account changed or was held, or the
-    /// link adds a login ID (a write of its own, which needs the lock).
+    /// `load_unlocked` read (see `WriteSteps::guard_account`). `None`: not
+    /// written, for the caller to run again under the lock: the account
+    /// changed or was held, or the link adds a login ID (a write of its
+    /// own, which needs the lock).
     async fn link_in<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -603,6 +604,17 @@ pub(crate) struct Loaded {
     pub record: Option<StoredRecord>,
 }
 
+impl Loaded {
+    fn without_account(site: site::Model) -> Self {
+        Self {
+            site,
+            account: None,
+            version: None,
+            record: None,
+        }
+    }
+}
+
 /// A request id's record, named by its scope and id.
 #[derive(Clone, Copy)]
 pub(crate) struct RecordKey<'a> {
@@ -760,39 +772,31 @@ async fn collect_loaded<C: ConnectionTrait>(
         // No such account (one statement) or site (the function): tell a
         // missing site apart (its rules come before the account's absence).
         let site = find_site(conn, site_key).await?;
-        return Ok(Loaded {
-            site,
-            account: None,
-            version: None,
-            record: None,
-        });
+        return Ok(Loaded::without_account(site));
     };
     let site = site::Model::from_query_result(first, "s_")?;
     let account_id: Option<i64> = first.try_get("", "a_id")?;
     if account_id.is_none() {
-        return Ok(Loaded {
-            site,
-            account: None,
-            version: None,
-            record: None,
-        });
+        return Ok(Loaded::without_account(site));
     }
     let (version, record) = match read {
         ReadAs::Plain => (None, None),
         ReadAs::Unlocked { record } => {
-            let version = Some(first.try_get("", "row_version")?);
             let fingerprint: Option<String> = match record {
                 Some(_) => first.try_get("", "k_fingerprint")?,
                 None => None,
             };
-            let record = match fingerprint {
-                Some(fingerprint) => Some(StoredRecord {
-                    fingerprint,
-                    response: first.try_get("", "k_response")?,
-                }),
-                None => None,
-            };
-            (version, record)
+            let record = fingerprint
+                .map(|fingerprint| {
+                    first
+                        .try_get("", "k_response")
+                        .map(|response| StoredRecord {
+                            fingerprint,
+                            response,
+                        })
+                })
+                .transpose()?;
+            (Some(first.try_get("", "row_version")?), record)
         }
     };
     let row = account::Model::from_query_result(first, "a_")?;

@@ -46,6 +46,18 @@ on_both_backends!(
 
 pub const KEY: &str = "3_a";
 
+/// The answer to a removal that must succeed.
+async fn removed(
+    app: &TestApp,
+    request: pb::RemoveConnectionRequest,
+) -> pb::RemoveConnectionResponse {
+    app.connections()
+        .remove_connection(request)
+        .await
+        .expect("the removal succeeds")
+        .into_inner()
+}
+
 pub fn remove(uid: &str, provider: Option<&str>) -> pb::RemoveConnectionRequest {
     pb::RemoveConnectionRequest {
         api_key: KEY.into(),
@@ -269,19 +281,9 @@ async fn remove_connection_of_all_with_nothing_connected_succeeds_without_events
     // a link answers it again instead of removing the new identity.
     let mut request = remove("u1", None);
     request.request_id = "req-empty".into();
-    let first = app
-        .connections()
-        .remove_connection(request.clone())
-        .await
-        .expect("remove all, with a request id")
-        .into_inner();
+    let first = removed(&app, request.clone()).await;
     app.link(KEY, "u1", "facebook", "", "fb1", None).await;
-    let retry = app
-        .connections()
-        .remove_connection(request)
-        .await
-        .expect("retry")
-        .into_inner();
+    let retry = removed(&app, request).await;
     assert_eq!(retry, first);
     assert!(retry.removed.is_empty());
     assert_eq!(app.account(KEY, "u1").await.identities.len(), 1);
@@ -742,19 +744,9 @@ async fn remove_connection_retry_with_the_same_request_id_acts_once(backend: Bac
     app.link(KEY, "u1", "facebook", "", "fb1", None).await;
     let mut request = remove("u1", Some("facebook"));
     request.request_id = "req-1".into();
-    let first = app
-        .connections()
-        .remove_connection(request.clone())
-        .await
-        .expect("first")
-        .into_inner();
+    let first = removed(&app, request.clone()).await;
     // The identity is gone now: acting again would be NOT_CONNECTED.
-    let retry = app
-        .connections()
-        .remove_connection(request)
-        .await
-        .expect("retry")
-        .into_inner();
+    let retry = removed(&app, request).await;
     assert_eq!(retry, first);
     assert_eq!(outbox_events(&app).await.len(), 1);
 }
