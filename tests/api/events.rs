@@ -691,3 +691,80 @@ async fn bad_subscribe_requests_are_refused(backend: Backend) {
         assert_eq!(bad_fields(&status), [field]);
     }
 }
+
+/// PostgreSQL: the server-side functions (the sequencer's stamp, the
+/// locked write's read) never scan whole tables. A session caches each of
+/// their statements' plans; one made while the tables were known to be
+/// empty reads every row ever written on each call, long after the tables
+/// grew. Here one session plans both on empty tables, then calls them
+/// again after 2,000 events and 50 accounts: no sequential scan may happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
+async fn stored_functions_use_indexes_however_the_tables_grew() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+    const TABLES: [&str; 5] = ["events", "sites", "accounts", "identities", "login_ids"];
+    let app = TestApp::spawn(&Backend::postgres()).await;
+    // One connection, so one session and one plan cache.
+    let mut options = sea_orm::ConnectOptions::new(app.database_url.as_str());
+    options.max_connections(1).min_connections(1);
+    let session = sea_orm::Database::connect(options)
+        .await
+        .expect("second connection");
+    let calls = || {
+        [
+            "SELECT count(*) AS n FROM connections_stamp_events(500, 'plan_test')",
+            "SELECT count(*) AS n FROM \
+             connections_lock_and_load('3_plans', NULL, 'uid-7', NULL, NULL, NULL, 'l@x.com')",
+        ]
+        .map(|sql| Statement::from_string(DbBackend::Postgres, sql))
+    };
+    // As autovacuum (or an operator) would: statistics of the empty tables.
+    session
+        .execute_unprepared("VACUUM ANALYZE")
+        .await
+        .expect("analyze");
+    // Six calls: plpgsql plans a statement with parameters for each call
+    // five times, then keeps one generic plan.
+    for _ in 0..6 {
+        for call in calls() {
+            session
+                .query_one_raw(call)
+                .await
+                .expect("call on empty tables");
+        }
+    }
+    app.create_site("3_plans", 4242).await;
+    for i in 0..50 {
+        app.create_account(
+            "3_plans",
+            &format!("uid-{i}"),
+            &[(&format!("l{i}@x.com"), true)],
+        )
+        .await;
+    }
+    for _ in 0..4 {
+        write_n(&app, 500).await;
+    }
+    let txn = session.begin().await.expect("begin");
+    for call in calls() {
+        txn.query_one_raw(call).await.expect("call again");
+    }
+    let mut scanned = Vec::new();
+    for table in TABLES {
+        let row = txn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!("SELECT pg_stat_get_xact_numscans('{table}'::regclass) AS n"),
+            ))
+            .await
+            .expect("scan count")
+            .expect("a row");
+        let scans: i64 = row.try_get("", "n").expect("n");
+        if scans > 0 {
+            scanned.push(format!("{table}: {scans}"));
+        }
+    }
+    txn.rollback().await.expect("rollback");
+    assert!(scanned.is_empty(), "sequential scans: {scanned:?}");
+}

@@ -13,6 +13,7 @@ mod m20261128_000031_action_secrets;
 mod m20261128_000040_stamp_function;
 mod m20261128_000050_lock_and_load_function;
 mod m20261128_000060_drop_events_occurred_at_index;
+mod m20261129_000070_functions_by_index;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000040_stamp_function::Migration),
             Box::new(m20261128_000050_lock_and_load_function::Migration),
             Box::new(m20261128_000060_drop_events_occurred_at_index::Migration),
+            Box::new(m20261129_000070_functions_by_index::Migration),
         ]
     }
 }
