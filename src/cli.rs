@@ -305,7 +305,7 @@ pub struct ServeArgs {
     /// How often the database is probed while it answers (`1s`, `250ms`).
     #[arg(long, env = "CONNECTIONS_DB_PROBE_INTERVAL", default_value = "1s", value_parser = config::parse_duration)]
     pub db_probe_interval: std::time::Duration,
-    /// Most database connections the pool opens (default 8 on SQLite, 32 on PostgreSQL).
+    /// Most database connections the pool opens (default 8 on SQLite; on PostgreSQL 8 per core, between 8 and 32).
     #[arg(long, env = "CONNECTIONS_DB_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub db_max_connections: Option<u32>,
     #[command(flatten)]

@@ -80,8 +80,12 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
         // meeting them mid-transaction. Pinging only connections idle for a
         // second let reads right after killed backends meet more dead
         // connections than the breaker's guard retries.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         options
-            .max_connections(pool.max_connections.unwrap_or(32))
+            .max_connections(
+                pool.max_connections
+                    .unwrap_or_else(|| default_postgres_pool(cores)),
+            )
             .min_connections(1);
     }
     match Database::connect(options).await {
@@ -111,6 +115,19 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 
 pub fn is_postgres(db: &DatabaseConnection) -> bool {
     db.get_database_backend() == DbBackend::Postgres
+}
+
+/// The PostgreSQL pool's default size: 8 connections per core, between 8
+/// and 32. Every connection is a backend process competing for the same
+/// cores; past a few per core they only add context switches, and calls
+/// rotating over many idle connections find each one's caches cold
+/// (measured on 2 cores at 32 writers: 16 connections gave 1,134-1,183
+/// removals/s and p99 21-24 ms, 32 gave 1,020-1,109 and 31-33 ms; at 8
+/// writers after a 32-writer run, 1,035-1,092 against 893-908). Queueing
+/// for a connection in the server costs less than queueing for a core in
+/// the database.
+pub fn default_postgres_pool(cores: usize) -> u32 {
+    u32::try_from(cores.saturating_mul(8)).map_or(32, |n| n.clamp(8, 32))
 }
 
 /// Whether every connection the pool may open is checked out: none idle and
@@ -381,6 +398,16 @@ fn sqlite_path_problem(path: &Path, may_create: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_postgres_pool_follows_the_cores_within_bounds() {
+        assert_eq!(default_postgres_pool(1), 8);
+        assert_eq!(default_postgres_pool(2), 16);
+        assert_eq!(default_postgres_pool(3), 24);
+        assert_eq!(default_postgres_pool(4), 32);
+        assert_eq!(default_postgres_pool(64), 32);
+        assert_eq!(default_postgres_pool(usize::MAX), 32);
+    }
 
     fn message(result: Result<DatabaseConnection, DbErr>) -> String {
         describe(&result.expect_err("the database should not open"))

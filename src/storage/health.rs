@@ -27,7 +27,8 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// How often the database is probed while it answers.
     pub probe_interval: Duration,
-    /// Most connections the pool opens; None: 8 on SQLite, 32 on PostgreSQL.
+    /// Most connections the pool opens; None: 8 on SQLite, on PostgreSQL 8
+    /// per core between 8 and 32 (`db::default_postgres_pool`).
     pub max_connections: Option<u32>,
     /// SQLite group commit: the longest a batch stays open for writers
     /// queued behind it (their first member waits that long at most).
