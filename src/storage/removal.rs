@@ -19,7 +19,9 @@ use super::{
     error::{StorageError, StorageResult},
     group_commit::Writes,
     outbox,
-    repository::{Loaded, RecordKey, Repository, SiteKey, StoredRecord, site_from_model},
+    repository::{
+        Loaded, RecordKey, Repository, SiteKey, StoredRecord, find_record, site_from_model,
+    },
     sql::WriteSteps,
 };
 use crate::domain::{
@@ -50,9 +52,9 @@ impl Repository {
         ctx: &CallOrigin,
         request: RemovalRequest,
     ) -> StorageResult<RemovalOutcome> {
-        // A plain removal writes in one atomic step (`apply`); with a cid or
-        // a request id it also writes their rows, around that step.
-        let writes = if request.cid().is_none() && request.request_id().is_none() {
+        // A removal writes in one atomic step (`apply`, the request id's
+        // record included); with a cid it also counts it, before that step.
+        let writes = if request.cid().is_none() {
             Writes::Atomic
         } else {
             Writes::Several
@@ -65,8 +67,9 @@ impl Repository {
                 return Ok(outcome);
             }
         }
+        let scope = request.idempotency_scope();
         let txn = self.begin_write_of(writes).await?;
-        let step = self.remove_in(&txn, registry, ctx, &request).await;
+        let step = self.remove_in(&txn, registry, ctx, &request, &scope).await;
         match step {
             Ok(Step::Done(outcome, wrote_events)) => {
                 txn.commit().await.map_err(StorageError::from_commit)?;
@@ -81,10 +84,14 @@ impl Repository {
             }
             Ok(Step::KeyTaken) => {
                 txn.rollback().await?;
-                let stored = self.stored_outcome(self.connection(), &request).await?;
-                stored.ok_or_else(|| {
+                let record = match record_key(&request, &scope) {
+                    Some(key) => find_record(self.connection(), key).await?,
+                    None => None,
+                };
+                let record = record.ok_or_else(|| {
                     StorageError::Corrupt("idempotency record vanished after a conflict".into())
-                })
+                })?;
+                stored_answer(&request, &record)
             }
             Err(err) => {
                 // A refusal or failure changes nothing; the rollback error,
@@ -101,6 +108,7 @@ impl Repository {
         registry: &ProviderRegistry,
         ctx: &CallOrigin,
         request: &RemovalRequest,
+        scope: &str,
     ) -> StorageResult<Step> {
         // Microseconds: what both databases store, so the answer built from
         // the plan equals what a later read returns.
@@ -111,15 +119,23 @@ impl Repository {
         let Loaded {
             site: site_row,
             account,
+            record,
             ..
         } = self
-            .lock_and_load(txn, site_key(request), request.uid(), None, None)
+            .lock_and_load(
+                txn,
+                site_key(request),
+                request.uid(),
+                None,
+                None,
+                record_key(request, scope),
+            )
             .await?;
         let site = site_from_model(site_row.clone())?;
         let redirect = request.check_site(&site)?;
         let (account, _) = account.ok_or(StorageError::Rule(DomainError::AccountNotFound))?;
-        if let Some(stored) = self.stored_outcome(txn, request).await? {
-            return Ok(Step::RollBack(stored));
+        if let Some(record) = record {
+            return Ok(Step::RollBack(stored_answer(request, &record)?));
         }
         let plan = request.plan(&account, registry)?;
         self.count_context_id(txn, &site_row, request).await?;
@@ -156,17 +172,19 @@ impl Repository {
     ) -> StorageResult<Option<RemovalOutcome>> {
         let time = Utc::now().trunc_subsecs(6);
         let scope = request.idempotency_scope();
-        let record_key = request.request_id().map(|request_id| RecordKey {
-            scope: &scope,
-            request_id: request_id.as_str(),
-        });
         let Loaded {
             site,
             account,
             version,
             record,
         } = self
-            .load_unlocked(site_key(request), request.uid(), None, None, record_key)
+            .load_unlocked(
+                site_key(request),
+                request.uid(),
+                None,
+                None,
+                record_key(request, &scope),
+            )
             .await?;
         let site = site_from_model(site)?;
         let redirect = request.check_site(&site)?;
@@ -204,32 +222,6 @@ impl Repository {
             self.outbox_committed();
         }
         Ok(Some(outcome))
-    }
-
-    /// The stored first answer to this request id: the outcome when the
-    /// request is the same, `IDEMPOTENCY_KEY_REUSED` when it differs.
-    async fn stored_outcome<C: sea_orm::ConnectionTrait>(
-        &self,
-        conn: &C,
-        request: &RemovalRequest,
-    ) -> StorageResult<Option<RemovalOutcome>> {
-        let Some(request_id) = request.request_id() else {
-            return Ok(None);
-        };
-        let Some(record) = idempotency_key::Entity::find_by_id((
-            request.idempotency_scope(),
-            request_id.as_str().to_owned(),
-        ))
-        .one(conn)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let record = StoredRecord {
-            fingerprint: record.fingerprint,
-            response: record.response,
-        };
-        stored_answer(request, &record).map(Some)
     }
 
     /// Counts the request's cid against the site's limit of distinct cids.
@@ -294,6 +286,15 @@ fn site_key(request: &RemovalRequest) -> SiteKey<'_> {
         RemovalRequest::RemoveConnection(c) => SiteKey::ApiKey(&c.api_key),
         RemovalRequest::UnlinkAccount(c) => SiteKey::Vhost(c.vhost),
     }
+}
+
+/// The key of the request's record, if it has a request id (`scope` is its
+/// `idempotency_scope`).
+fn record_key<'a>(request: &'a RemovalRequest, scope: &'a str) -> Option<RecordKey<'a>> {
+    request.request_id().map(|request_id| RecordKey {
+        scope,
+        request_id: request_id.as_str(),
+    })
 }
 
 /// The first answer a request id's record holds, for `request`: its own

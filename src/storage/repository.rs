@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use super::{
     action_secrets::{self, ActionSecret},
-    entities::{account, login_id, site},
+    entities::{account, idempotency_key, login_id, site},
     error::{StorageError, StorageResult},
     group_commit::{self, GroupCommit, GroupCommitStats, WriteTxn, Writes},
     health::DbHealth,
@@ -336,10 +336,10 @@ impl Repository {
     pub async fn account(&self, api_key: &ApiKey, uid: &Uid) -> StorageResult<Account> {
         let site_key = SiteKey::ApiKey(api_key);
         let mut sql = Sql::new(self.db.get_database_backend());
-        push_load(&mut sql, site_key, uid, None, None, ReadAs::Plain);
+        push_load(&mut sql, site_key, uid, None, None, ReadAs::default());
         let rows = self.db.query_all_raw(sql.into_statement()).await?;
         let Loaded { account, .. } =
-            collect_loaded(&self.db, site_key, &rows, ReadAs::Plain).await?;
+            collect_loaded(&self.db, site_key, &rows, ReadAs::default()).await?;
         account
             .map(|(account, _)| account)
             .ok_or(StorageError::Rule(DomainError::AccountNotFound))
@@ -375,7 +375,7 @@ impl Repository {
         }
         let txn = self.begin_write().await?;
         let loaded = self
-            .lock_and_load(&txn, site_key, uid, Some(&new), login)
+            .lock_and_load(&txn, site_key, uid, Some(&new), login, None)
             .await?;
         let outcome = self
             .link_in(&*txn, loaded, &new, sealed.as_ref())
@@ -599,8 +599,8 @@ pub(crate) struct Loaded {
     /// The account row's version (`xmin`), read only by
     /// [`Repository::load_unlocked`] (and only when the account exists).
     pub version: Option<String>,
-    /// The request id's record, if [`Repository::load_unlocked`] was asked
-    /// for it and it exists (read only when the account exists).
+    /// The request id's record, if the load was asked for it and it exists
+    /// (read only when the account exists).
     pub record: Option<StoredRecord>,
 }
 
@@ -628,13 +628,13 @@ pub(crate) struct StoredRecord {
     pub response: String,
 }
 
-/// What a load reads besides the site, the account and its rows: nothing,
-/// or (unlocked) the account row's version and, if asked, a request id's
-/// record in the same snapshot.
-#[derive(Clone, Copy)]
-enum ReadAs<'a> {
-    Plain,
-    Unlocked { record: Option<RecordKey<'a>> },
+/// What a load reads besides the site, the account and its rows: the
+/// account row's version (PostgreSQL, unlocked) and a request id's record,
+/// in the same statement.
+#[derive(Clone, Copy, Default)]
+struct ReadAs<'a> {
+    version: bool,
+    record: Option<RecordKey<'a>>,
 }
 
 /// The site's and the account's columns for the `acc` CTE of
@@ -663,9 +663,11 @@ impl Repository {
         uid: &Uid,
         identity: Option<&NewIdentity>,
         login: Option<&str>,
+        record: Option<RecordKey<'_>>,
     ) -> StorageResult<Loaded> {
         let mut sql = Sql::new(txn.get_database_backend());
-        if self.is_postgres() {
+        let postgres = self.is_postgres();
+        if postgres {
             let (api_key, vhost) = match site_key {
                 SiteKey::ApiKey(key) => (Some(key.as_str()), None),
                 SiteKey::Vhost(vhost) => (None, Some(vhost.get())),
@@ -686,10 +688,27 @@ impl Repository {
                 .bind(login)
                 .push(")");
         } else {
-            push_load(&mut sql, site_key, uid, identity, login, ReadAs::Plain);
+            let read = ReadAs {
+                version: false,
+                record,
+            };
+            push_load(&mut sql, site_key, uid, identity, login, read);
         }
         let rows = txn.query_all_raw(sql.into_statement()).await?;
-        collect_loaded(txn, site_key, &rows, ReadAs::Plain).await
+        if !postgres {
+            let read = ReadAs {
+                version: false,
+                record,
+            };
+            return collect_loaded(txn, site_key, &rows, read).await;
+        }
+        // The function reads no record: a second statement, after the lock,
+        // so it sees any first call that committed before the lock.
+        let mut loaded = collect_loaded(txn, site_key, &rows, ReadAs::default()).await?;
+        if let (Some(key), Some(_)) = (record, &loaded.account) {
+            loaded.record = find_record(txn, key).await?;
+        }
+        Ok(loaded)
     }
 
     /// PostgreSQL: what [`Self::lock_and_load`] reads, without a lock, in one
@@ -708,7 +727,10 @@ impl Repository {
         login: Option<&str>,
         record: Option<RecordKey<'_>>,
     ) -> StorageResult<Loaded> {
-        let read = ReadAs::Unlocked { record };
+        let read = ReadAs {
+            version: true,
+            record,
+        };
         let mut sql = Sql::new(self.db.get_database_backend());
         push_load(&mut sql, site_key, uid, identity, login, read);
         // The first touch of the database, as BEGIN is for a locked write.
@@ -720,7 +742,7 @@ impl Repository {
 }
 
 /// One statement reading the site, the account and its rows (see
-/// [`push_account_rows`]); unlocked, also the account row's `xmin` as
+/// [`push_account_rows`]); as `read` asks, also the account row's `xmin` as
 /// `row_version` (PostgreSQL only) and the record's `k_fingerprint` and
 /// `k_response` (null without one).
 fn push_load(
@@ -732,13 +754,10 @@ fn push_load(
     read: ReadAs<'_>,
 ) {
     sql.push("WITH acc AS (SELECT ").push(&LOCKED_COLUMNS);
-    let record = match read {
-        ReadAs::Plain => None,
-        ReadAs::Unlocked { record } => {
-            sql.push(", a.xmin::text AS row_version");
-            record
-        }
-    };
+    if read.version {
+        sql.push(", a.xmin::text AS row_version");
+    }
+    let record = read.record;
     if record.is_some() {
         sql.push(", k.fingerprint AS k_fingerprint, k.response AS k_response");
     }
@@ -779,26 +798,24 @@ async fn collect_loaded<C: ConnectionTrait>(
     if account_id.is_none() {
         return Ok(Loaded::without_account(site));
     }
-    let (version, record) = match read {
-        ReadAs::Plain => (None, None),
-        ReadAs::Unlocked { record } => {
-            let fingerprint: Option<String> = match record {
-                Some(_) => first.try_get("", "k_fingerprint")?,
-                None => None,
-            };
-            let record = fingerprint
-                .map(|fingerprint| {
-                    first
-                        .try_get("", "k_response")
-                        .map(|response| StoredRecord {
-                            fingerprint,
-                            response,
-                        })
-                })
-                .transpose()?;
-            (Some(first.try_get("", "row_version")?), record)
-        }
+    let version = match read.version {
+        true => Some(first.try_get("", "row_version")?),
+        false => None,
     };
+    let fingerprint: Option<String> = match read.record {
+        Some(_) => first.try_get("", "k_fingerprint")?,
+        None => None,
+    };
+    let record = fingerprint
+        .map(|fingerprint| {
+            first
+                .try_get("", "k_response")
+                .map(|response| StoredRecord {
+                    fingerprint,
+                    response,
+                })
+        })
+        .transpose()?;
     let row = account::Model::from_query_result(first, "a_")?;
     let account = collect_account(rows, &site, row)?;
     Ok(Loaded {
@@ -807,6 +824,21 @@ async fn collect_loaded<C: ConnectionTrait>(
         version,
         record,
     })
+}
+
+/// A request id's record, by its primary key.
+pub(crate) async fn find_record<C: ConnectionTrait>(
+    conn: &C,
+    key: RecordKey<'_>,
+) -> StorageResult<Option<StoredRecord>> {
+    let found =
+        idempotency_key::Entity::find_by_id((key.scope.to_owned(), key.request_id.to_owned()))
+            .one(conn)
+            .await?;
+    Ok(found.map(|record| StoredRecord {
+        fingerprint: record.fingerprint,
+        response: record.response,
+    }))
 }
 
 /// How a request names its site.

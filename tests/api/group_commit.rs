@@ -3,6 +3,8 @@
 //!
 //! - A write that fails inside a batch, after it wrote, changes nothing, and
 //!   its neighbours in the same batch commit and are answered.
+//! - Removals with a request id (a first call, its retry, a reuse) share a
+//!   batch without savepoints, and the reuse changes nothing.
 //! - A batch whose next writer goes away (a cancelled request) still
 //!   commits: nobody is left waiting for an answer that never comes.
 //! - Concurrent removals form batches, and every event is there once, at
@@ -174,6 +176,77 @@ async fn a_write_failing_inside_a_batch_changes_nothing_and_its_neighbours_commi
         let providers: Vec<_> = account.identities.iter().map(|i| &i.provider).collect();
         assert_eq!(providers, ["googleplus"], "{uid}");
     }
+    let events = outbox_events(&app).await;
+    let uids: Vec<_> = events.iter().map(|e| e.uid.as_str()).collect();
+    assert_eq!(uids, ["u1", "u3"]);
+}
+
+/// Removals with a request id join a batch as one atomic step, as plain
+/// ones do (their record is written with the removal): a first call, its
+/// retry, a reuse of its id for another request and a plain removal share a
+/// batch; the retry gets the first answer, the reuse is refused and changes
+/// nothing, no member needs a savepoint, and every call is answered.
+#[tokio::test]
+async fn removals_with_a_request_id_share_a_batch_without_savepoints() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, |settings| {
+        settings.pool.group_commit_max_age = Duration::from_secs(60);
+    })
+    .await;
+    setup(&app, &["u1", "u2", "u3"]).await;
+    let before = stats(&app);
+    let with_id = |uid: &str| pb::RemoveConnectionRequest {
+        request_id: "batch-1".into(),
+        ..remove(uid, "facebook")
+    };
+
+    let holder = app.repo.begin_write().await.expect("begin");
+    let mut calls = Vec::new();
+    for (n, request) in [
+        with_id("u1"),
+        with_id("u1"),
+        with_id("u2"),
+        remove("u3", "facebook"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut client = app.connections();
+        calls.push(tokio::spawn(async move {
+            client.remove_connection(request).await
+        }));
+        queued(&app, n + 1).await;
+    }
+    holder
+        .commit()
+        .await
+        .expect("holder committed with its batch");
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.expect("join"));
+    }
+    let [first, retry, reused, plain] = <[_; 4]>::try_from(answers).expect("four answers");
+    let first = first.expect("first call").into_inner();
+    let retry = retry.expect("retry").into_inner();
+    assert_eq!(
+        retry.removed, first.removed,
+        "the retry gets the first answer"
+    );
+    assert_eq!(retry.call_id, first.call_id);
+    let reused = reused.expect_err("the id is the first call's");
+    assert_eq!(reason(&reused), "IDEMPOTENCY_KEY_REUSED", "{reused:?}");
+    assert_eq!(plain.expect("plain removal").into_inner().removed.len(), 1);
+
+    let after = stats(&app);
+    assert!(
+        after.members - before.members >= 2 && after.batches - before.batches < 2,
+        "the writes shared a batch: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.rolled_back, before.rolled_back,
+        "no member rolled back to a savepoint of its own"
+    );
+    let u2 = app.account(KEY, "u2").await;
+    assert_eq!(u2.identities.len(), 2, "the refused reuse changed nothing");
     let events = outbox_events(&app).await;
     let uids: Vec<_> = events.iter().map(|e| e.uid.as_str()).collect();
     assert_eq!(uids, ["u1", "u3"]);
