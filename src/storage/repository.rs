@@ -655,7 +655,8 @@ impl Repository {
     /// `connections_lock_and_load` (see its migration): a statement that
     /// waited for the row lock reads the other tables in its snapshot from
     /// before the wait, so the lock and the read are two statements there,
-    /// in one function.
+    /// in one function. `record`: also that request id's record (SQLite: in
+    /// the same statement; PostgreSQL: in one more, after the lock).
     pub(crate) async fn lock_and_load(
         &self,
         txn: &DatabaseTransaction,
@@ -667,6 +668,11 @@ impl Repository {
     ) -> StorageResult<Loaded> {
         let mut sql = Sql::new(txn.get_database_backend());
         let postgres = self.is_postgres();
+        // SQLite's one statement reads the record too; the function does not.
+        let read = ReadAs {
+            version: false,
+            record: record.filter(|_| !postgres),
+        };
         if postgres {
             let (api_key, vhost) = match site_key {
                 SiteKey::ApiKey(key) => (Some(key.as_str()), None),
@@ -688,24 +694,13 @@ impl Repository {
                 .bind(login)
                 .push(")");
         } else {
-            let read = ReadAs {
-                version: false,
-                record,
-            };
             push_load(&mut sql, site_key, uid, identity, login, read);
         }
         let rows = txn.query_all_raw(sql.into_statement()).await?;
-        if !postgres {
-            let read = ReadAs {
-                version: false,
-                record,
-            };
-            return collect_loaded(txn, site_key, &rows, read).await;
-        }
-        // The function reads no record: a second statement, after the lock,
-        // so it sees any first call that committed before the lock.
-        let mut loaded = collect_loaded(txn, site_key, &rows, ReadAs::default()).await?;
-        if let (Some(key), Some(_)) = (record, &loaded.account) {
+        let mut loaded = collect_loaded(txn, site_key, &rows, read).await?;
+        if postgres && let (Some(key), Some(_)) = (record, &loaded.account) {
+            // A statement after the lock, so it sees any first call that
+            // committed before the lock was granted.
             loaded.record = find_record(txn, key).await?;
         }
         Ok(loaded)
