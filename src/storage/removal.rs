@@ -149,8 +149,10 @@ impl Repository {
         let events = plan.events(request, &site, ctx, time);
         let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
         let key = key_record(request, &outcome, time)?;
-        match apply(txn, &plan, account.id, time, &events, key.as_ref(), None).await? {
-            Applied::Written => Ok(Step::Done(outcome, !events.is_empty())),
+        let wrote_events = !events.is_empty();
+        let write = Write::new(&plan, account.id, time, events, key);
+        match apply(txn, &write, None).await? {
+            Applied::Written => Ok(Step::Done(outcome, wrote_events)),
             Applied::KeyTaken => Ok(Step::KeyTaken),
             Applied::Conflict => Err(StorageError::Corrupt(
                 "a removal under the lock was guarded".into(),
@@ -204,21 +206,17 @@ impl Repository {
         let events = plan.events(request, &site, ctx, time);
         let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
         let key = key_record(request, &outcome, time)?;
-        let applied = apply(
-            self.connection(),
-            &plan,
-            account.id,
-            time,
-            &events,
-            key.as_ref(),
-            Some(&version),
-        )
-        .await?;
+        let wrote_events = !events.is_empty();
+        let write = Write::new(&plan, account.id, time, events, key);
+        let applied = match &self.removal_writes {
+            Some(writes) => writes.apply(write, version).await?,
+            None => apply(self.connection(), &write, Some(&version)).await?,
+        };
         if applied != Applied::Written {
             metrics::storage().write_conflict();
             return Ok(None);
         }
-        if !events.is_empty() {
+        if wrote_events {
             self.outbox_committed();
         }
         Ok(Some(outcome))
@@ -330,7 +328,7 @@ fn key_record(
 
 /// What [`apply`] did.
 #[derive(Debug, PartialEq, Eq)]
-enum Applied {
+pub(crate) enum Applied {
     Written,
     /// The guard did not match (the account changed or was held): nothing
     /// written.
@@ -369,6 +367,54 @@ fn answer(
     }
 }
 
+/// One removal's writes, as its plan decided them: owned, so that a batch
+/// of several calls' writes can carry it (`write_batch`).
+#[derive(Debug)]
+pub(crate) struct Write {
+    account_id: i64,
+    now: chrono::DateTime<Utc>,
+    hard: Vec<i64>,
+    soft: Vec<i64>,
+    logins: Vec<String>,
+    events: Vec<crate::domain::ConnectionRemoved>,
+    key: Option<idempotency_key::Model>,
+    /// Whether the plan changes the account (then its row is touched).
+    changes: bool,
+}
+
+impl Write {
+    pub(crate) fn new(
+        plan: &RemovalPlan,
+        account_id: i64,
+        now: chrono::DateTime<Utc>,
+        events: Vec<crate::domain::ConnectionRemoved>,
+        key: Option<idempotency_key::Model>,
+    ) -> Self {
+        let ids = |mode: RemovalMode| -> Vec<i64> {
+            plan.removals
+                .iter()
+                .filter(|r| r.mode == mode)
+                .map(|r| r.identity.id)
+                .collect()
+        };
+        Self {
+            account_id,
+            now,
+            hard: ids(RemovalMode::Hard),
+            soft: ids(RemovalMode::Soft),
+            logins: plan.login_ids_to_delete.clone(),
+            events,
+            key,
+            changes: !plan.is_empty(),
+        }
+    }
+
+    /// Nothing to write: no change, no event, no record.
+    fn is_empty(&self) -> bool {
+        !self.changes && self.events.is_empty() && self.key.is_none()
+    }
+}
+
 /// Writes the plan, touches the account, appends its events and stores the
 /// request id's record (`key`), in one round trip: on SQLite one string of
 /// statements, on PostgreSQL one statement of data-modifying CTEs (they
@@ -382,25 +428,12 @@ fn answer(
 /// guard (`WriteSteps::guard_account`), and [`Applied::Conflict`] means the
 /// account changed or is being changed. Nothing is written unless
 /// [`Applied::Written`].
-async fn apply<C: ConnectionTrait>(
+pub(crate) async fn apply<C: ConnectionTrait>(
     conn: &C,
-    plan: &RemovalPlan,
-    account_id: i64,
-    now: chrono::DateTime<Utc>,
-    events: &[crate::domain::ConnectionRemoved],
-    key: Option<&idempotency_key::Model>,
+    write: &Write,
     version: Option<&str>,
 ) -> StorageResult<Applied> {
-    let ids = |mode: RemovalMode| -> Vec<i64> {
-        plan.removals
-            .iter()
-            .filter(|r| r.mode == mode)
-            .map(|r| r.identity.id)
-            .collect()
-    };
-    let (hard, soft) = (ids(RemovalMode::Hard), ids(RemovalMode::Soft));
-    let logins = &plan.login_ids_to_delete;
-    if plan.is_empty() && events.is_empty() && key.is_none() {
+    if write.is_empty() {
         return Ok(Applied::Written);
     }
     let mut steps = WriteSteps::new(conn.get_database_backend());
@@ -411,22 +444,51 @@ async fn apply<C: ConnectionTrait>(
         steps.open("savepoint").push(APPLY_SAVEPOINT_SQL);
         steps.close("savepoint", None);
     }
-    if let Some(version) = version.filter(|_| postgres) {
+    push_write(&mut steps, write, version.filter(|_| postgres))?;
+    let guarded = version.is_some() && postgres;
+    let failed = steps.failure();
+    let checked = match conn.query_all_raw(steps.into_statement()).await {
+        Err(err) if write.key.is_some() && StorageError::is_unique_violation(&err) => {
+            Ok(Applied::KeyTaken)
+        }
+        written => written
+            .map_err(failed)
+            .and_then(|rows| check_written(&rows, None, write, guarded)),
+    };
+    if !postgres && !matches!(checked, Ok(Applied::Written)) {
+        // Undo whatever part of the step ran. ROLLBACK TO fails only with
+        // the connection itself (or after SQLite rolled the whole
+        // transaction back), and then the shared commit fails too.
+        let _ = conn.execute_unprepared(UNDO_APPLY_SQL).await;
+    }
+    checked
+}
+
+/// `write`'s steps (after [`WriteSteps::member`], as one member of
+/// several): the guard if `version` is given (PostgreSQL), then each write,
+/// every identity or login ID it changes answering one row of its kind.
+pub(crate) fn push_write(
+    steps: &mut WriteSteps,
+    write: &Write,
+    version: Option<&str>,
+) -> StorageResult<()> {
+    let account_id = write.account_id;
+    let now = write.now;
+    if let Some(version) = version {
         steps.guard_account(account_id, version, now, Some("'guard' AS kind"));
     }
     let guarded = steps.only_if_guarded();
-    // Every identity or login ID a write changes answers one row of its kind.
-    if !hard.is_empty() {
+    if !write.hard.is_empty() {
         steps
             .open("hard")
             .push("DELETE FROM identities WHERE account_id = ")
             .bind(account_id)
             .push(" AND id IN ")
-            .bind_list(hard.iter().copied())
-            .push(guarded);
+            .bind_list(write.hard.iter().copied())
+            .push(&guarded);
         steps.close("hard", Some("'hard' AS kind"));
     }
-    if !soft.is_empty() {
+    if !write.soft.is_empty() {
         steps
             .open("soft")
             .push("UPDATE identities SET state = ")
@@ -436,21 +498,21 @@ async fn apply<C: ConnectionTrait>(
             .push(" WHERE account_id = ")
             .bind(account_id)
             .push(" AND id IN ")
-            .bind_list(soft.iter().copied())
-            .push(guarded);
+            .bind_list(write.soft.iter().copied())
+            .push(&guarded);
         steps.close("soft", Some("'soft' AS kind"));
     }
-    if !logins.is_empty() {
+    if !write.logins.is_empty() {
         steps
             .open("logins")
             .push("DELETE FROM login_ids WHERE account_id = ")
             .bind(account_id)
             .push(" AND login_id IN ")
-            .bind_list(logins.iter().cloned())
-            .push(guarded);
+            .bind_list(write.logins.iter().cloned())
+            .push(&guarded);
         steps.close("logins", Some("'logins' AS kind"));
     }
-    if !plan.is_empty() && guarded.is_empty() {
+    if write.changes && guarded.is_empty() {
         steps
             .open("touched")
             .push("UPDATE accounts SET updated_at = ")
@@ -459,8 +521,8 @@ async fn apply<C: ConnectionTrait>(
             .bind(account_id);
         steps.close("touched", None);
     }
-    outbox::push_append(&mut steps, events, guarded)?;
-    if let Some(key) = key {
+    outbox::push_append(steps, &write.events, &guarded)?;
+    if let Some(key) = &write.key {
         steps
             .open("key")
             .push(
@@ -477,38 +539,40 @@ async fn apply<C: ConnectionTrait>(
             .push(", ")
             .bind(key.created_at)
             .push(" WHERE TRUE")
-            .push(guarded);
+            .push(&guarded);
         steps.close("key", None);
     }
-    let failed = steps.failure();
-    let checked = match conn.query_all_raw(steps.into_statement()).await {
-        Err(err) if key.is_some() && StorageError::is_unique_violation(&err) => {
-            Ok(Applied::KeyTaken)
-        }
-        written => written.map_err(failed).and_then(|rows| {
-            if !guarded.is_empty() && count_kind(&rows, "guard")? == 0 {
-                return Ok(Applied::Conflict);
-            }
-            check_counts(&rows, &hard, &soft, logins).map(|()| Applied::Written)
-        }),
-    };
-    if !postgres && !matches!(checked, Ok(Applied::Written)) {
-        // Undo whatever part of the step ran. ROLLBACK TO fails only with
-        // the connection itself (or after SQLite rolled the whole
-        // transaction back), and then the shared commit fails too.
-        let _ = conn.execute_unprepared(UNDO_APPLY_SQL).await;
-    }
-    checked
+    Ok(())
 }
 
-/// How many of `apply`'s answer rows are of `kind`.
-fn count_kind(rows: &[sea_orm::QueryResult], kind: &str) -> StorageResult<u64> {
-    let mut n = 0;
+/// What `write`'s statement answered (the rows of `member`, when it was
+/// one of several): [`Applied::Conflict`] if its guard did not match,
+/// else every write the plan names happened exactly once.
+pub(crate) fn check_written(
+    rows: &[sea_orm::QueryResult],
+    member: Option<i32>,
+    write: &Write,
+    guarded: bool,
+) -> StorageResult<Applied> {
+    let mut counts = std::collections::HashMap::<String, u64>::new();
     for row in rows {
-        let found: String = row.try_get("", "kind")?;
-        n += u64::from(found == kind);
+        if let Some(member) = member {
+            let of: i32 = row.try_get("", "m")?;
+            if of != member {
+                continue;
+            }
+        }
+        let kind: String = row.try_get("", "kind")?;
+        *counts.entry(kind).or_default() += 1;
     }
-    Ok(n)
+    let count = |kind: &str| counts.get(kind).copied().unwrap_or(0);
+    if guarded && count("guard") == 0 {
+        return Ok(Applied::Conflict);
+    }
+    expect_rows("identities deleted", write.hard.len(), count("hard"))?;
+    expect_rows("identities soft-removed", write.soft.len(), count("soft"))?;
+    expect_rows("login IDs deleted", write.logins.len(), count("logins"))?;
+    Ok(Applied::Written)
 }
 
 /// Opens the savepoint that makes `apply`'s statements one step on SQLite.
@@ -516,27 +580,6 @@ fn count_kind(rows: &[sea_orm::QueryResult], kind: &str) -> StorageResult<u64> {
 /// release) takes it along.
 const APPLY_SAVEPOINT_SQL: &str = "SAVEPOINT removal_apply";
 const UNDO_APPLY_SQL: &str = "ROLLBACK TO removal_apply; RELEASE removal_apply";
-
-/// Every write the plan names happened exactly once.
-fn check_counts(
-    rows: &[sea_orm::QueryResult],
-    hard: &[i64],
-    soft: &[i64],
-    logins: &[String],
-) -> StorageResult<()> {
-    expect_rows("identities deleted", hard.len(), count_kind(rows, "hard")?)?;
-    expect_rows(
-        "identities soft-removed",
-        soft.len(),
-        count_kind(rows, "soft")?,
-    )?;
-    expect_rows(
-        "login IDs deleted",
-        logins.len(),
-        count_kind(rows, "logins")?,
-    )?;
-    Ok(())
-}
 
 fn expect_rows(what: &str, expected: usize, actual: u64) -> StorageResult<()> {
     if u64::try_from(expected).ok() == Some(actual) {

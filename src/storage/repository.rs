@@ -21,6 +21,7 @@ use super::{
     error::{StorageError, StorageResult},
     group_commit::{self, GroupCommit, GroupCommitStats, WriteTxn, Writes},
     health::DbHealth,
+    removal_batch::RemovalBatches,
     secrets::SessionSealer,
     sql::{Sql, WriteSteps},
 };
@@ -46,6 +47,9 @@ pub struct Repository {
     /// ms, 2 ms, ... up to 100 ms at a time) and wake late, long after the
     /// lock was free. None on PostgreSQL.
     group: Option<Arc<GroupCommit>>,
+    /// PostgreSQL: the queue that lets concurrent unlocked removals share
+    /// their guarded write statement (see `removal_batch`). None on SQLite.
+    pub(super) removal_writes: Option<Arc<RemovalBatches>>,
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
@@ -62,14 +66,16 @@ impl Repository {
         sealer: SessionSealer,
         max_age: Duration,
     ) -> Self {
-        let group =
-            (!super::db::is_postgres(&db)).then(|| Arc::new(GroupCommit::new(db.clone(), max_age)));
+        let postgres = super::db::is_postgres(&db);
+        let group = (!postgres).then(|| Arc::new(GroupCommit::new(db.clone(), max_age)));
+        let removal_writes = postgres.then(|| Arc::new(RemovalBatches::new(db.clone())));
         Self {
             health: DbHealth::new(db.clone()),
             outbox_wake: Arc::new(super::outbox::OutboxWake::new(&db)),
             db,
             sealer,
             group,
+            removal_writes,
         }
     }
 
@@ -187,6 +193,12 @@ impl Repository {
     /// (None on PostgreSQL).
     pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         self.group.as_ref().map(|g| g.stats())
+    }
+
+    /// PostgreSQL: guarded removal statements run and the removals they
+    /// carried (None on SQLite).
+    pub fn removal_batch_stats(&self) -> Option<super::RemovalBatchStats> {
+        self.removal_writes.as_ref().map(|b| b.stats())
     }
 
     /// SQLite: writers waiting for the write turn (0 on PostgreSQL).
@@ -469,7 +481,7 @@ impl Repository {
                 } else {
                     " WHERE TRUE"
                 })
-                .push(guarded);
+                .push(&guarded);
             }
             LinkAction::Refresh { identity_id, .. } => {
                 sql.push("UPDATE identities SET state = ")
@@ -486,7 +498,7 @@ impl Repository {
                     .bind(*identity_id)
                     .push(" AND account_id = ")
                     .bind(account.id)
-                    .push(guarded);
+                    .push(&guarded);
             }
         }
         steps.close("linked", Some("id"));

@@ -84,8 +84,13 @@ pub(crate) struct WriteSteps {
     sql: Sql,
     /// PostgreSQL: the final SELECT's branches.
     answers: Vec<String>,
-    /// The first step is [`Self::guard_account`]'s.
+    /// Some step is [`Self::guard_account`]'s.
     guarded: bool,
+    /// PostgreSQL, several calls' writes in one statement: the member whose
+    /// steps are being written (see [`Self::member`]).
+    member: Option<usize>,
+    /// The current member's first step is its guard.
+    member_guarded: bool,
 }
 
 impl WriteSteps {
@@ -94,6 +99,25 @@ impl WriteSteps {
             sql: Sql::new(backend),
             answers: Vec::new(),
             guarded: false,
+            member: None,
+            member_guarded: false,
+        }
+    }
+
+    /// PostgreSQL: the steps written next are member `n`'s, one of several
+    /// calls' writes in this statement. Their CTEs are named `m<n>_<name>`,
+    /// their guard is their own, and every row they answer carries `n` as
+    /// its first column, `m`.
+    pub(crate) fn member(&mut self, n: usize) {
+        debug_assert!(self.postgres(), "members are PostgreSQL CTEs");
+        self.member = Some(n);
+        self.member_guarded = false;
+    }
+
+    fn name(&self, name: &str) -> String {
+        match self.member {
+            Some(n) => format!("m{n}_{name}"),
+            None => name.to_owned(),
         }
     }
 
@@ -120,7 +144,10 @@ impl WriteSteps {
         now: chrono::DateTime<chrono::Utc>,
         answer: Option<&str>,
     ) {
-        debug_assert!(self.sql.is_empty(), "the guard is the first step");
+        debug_assert!(
+            self.sql.is_empty() || self.member.is_some(),
+            "the guard is the first step"
+        );
         self.open("guard")
             .push("UPDATE accounts SET updated_at = ")
             .bind(now)
@@ -131,6 +158,7 @@ impl WriteSteps {
             .push(" FOR UPDATE SKIP LOCKED)");
         self.close("guard", answer);
         self.guarded = true;
+        self.member_guarded = true;
     }
 
     /// How this statement's failure is read: a guarded statement commits
@@ -147,11 +175,11 @@ impl WriteSteps {
 
     /// The condition a step appends to its `WHERE` to act only if the
     /// guard matched; nothing without a guard.
-    pub(crate) fn only_if_guarded(&self) -> &'static str {
-        if self.guarded {
-            " AND EXISTS (SELECT 1 FROM guard)"
+    pub(crate) fn only_if_guarded(&self) -> String {
+        if self.member_guarded {
+            format!(" AND EXISTS (SELECT 1 FROM {})", self.name("guard"))
         } else {
-            ""
+            String::new()
         }
     }
 
@@ -160,9 +188,10 @@ impl WriteSteps {
     pub(crate) fn open(&mut self, name: &str) -> &mut Sql {
         let first = self.sql.is_empty();
         if self.postgres() {
+            let name = self.name(name);
             self.sql
                 .push(if first { "WITH " } else { ", " })
-                .push(name)
+                .push(&name)
                 .push(" AS (");
         } else if !first {
             self.sql.push("; ");
@@ -180,7 +209,12 @@ impl WriteSteps {
                     .push(answer.unwrap_or("1"))
                     .push(")");
                 if answer.is_some() {
-                    self.answers.push(format!("SELECT * FROM {name}"));
+                    let member = self.member.map(|n| format!("{n} AS m, "));
+                    self.answers.push(format!(
+                        "SELECT {}* FROM {}",
+                        member.unwrap_or_default(),
+                        self.name(name)
+                    ));
                 }
             }
             (false, Some(answer)) => {
@@ -237,6 +271,36 @@ mod tests {
         steps.open("touched").push("UPDATE u SET b = ").bind(2_i64);
         steps.close("touched", None);
         steps.into_statement().sql
+    }
+
+    #[test]
+    fn members_have_their_own_ctes_guard_and_answer_column() {
+        let mut steps = WriteSteps::new(DbBackend::Postgres);
+        for n in 0..2 {
+            steps.member(n);
+            steps.guard_account(7, "42", chrono::Utc::now(), Some("'guard' AS kind"));
+            let guarded = steps.only_if_guarded();
+            steps
+                .open("gone")
+                .push("DELETE FROM t WHERE a = 1")
+                .push(&guarded);
+            steps.close("gone", Some("'gone' AS kind"));
+        }
+        let sql = steps.into_statement().sql;
+        for n in 0..2 {
+            assert!(
+                sql.contains(&format!("m{n}_guard AS (UPDATE accounts")),
+                "{sql}"
+            );
+            assert!(
+                sql.contains(&format!("a = 1 AND EXISTS (SELECT 1 FROM m{n}_guard)")),
+                "{sql}"
+            );
+            assert!(
+                sql.contains(&format!("SELECT {n} AS m, * FROM m{n}_gone")),
+                "{sql}"
+            );
+        }
     }
 
     #[test]

@@ -91,23 +91,28 @@ pub(crate) async fn queued_as_a_conflict(
     }
 }
 
+/// PostgreSQL: statements of this database waiting for a lock now.
+pub(crate) async fn writers_waiting(holder: &sea_orm::DatabaseConnection) -> usize {
+    let waiting: i64 = holder
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ))
+        .await
+        .expect("pg_stat_activity")
+        .expect("a row")
+        .try_get("", "n")
+        .expect("n");
+    usize::try_from(waiting).unwrap_or(0)
+}
+
 /// PostgreSQL: waits until a statement of the database waits for a lock
 /// (a writer queued behind [`hold_writers`]).
 pub(crate) async fn until_a_writer_waits(holder: &sea_orm::DatabaseConnection) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let waiting: i64 = holder
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            ))
-            .await
-            .expect("pg_stat_activity")
-            .expect("a row")
-            .try_get("", "n")
-            .expect("n");
-        if waiting > 0 {
+        if writers_waiting(holder).await > 0 {
             return;
         }
         assert!(

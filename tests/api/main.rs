@@ -20,6 +20,7 @@ mod outage;
 mod pg_cluster;
 mod process;
 mod relay;
+mod removal_batch;
 mod remove_connection;
 mod resource_bounds;
 mod rest;

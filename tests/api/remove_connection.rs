@@ -81,6 +81,23 @@ fn handling(
     request
 }
 
+/// Another call's record of `request_id` for a RemoveConnection on `KEY`,
+/// written in `txn` (a request that differs from any this file sends).
+pub async fn another_calls_record(txn: &sea_orm::DatabaseTransaction, request_id: &str) {
+    use connections::storage::entities::idempotency_key;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    idempotency_key::ActiveModel {
+        scope: Set(format!("RemoveConnection/{KEY}")),
+        request_id: Set(request_id.into()),
+        fingerprint: Set("another request".into()),
+        response: Set("{}".into()),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(txn)
+    .await
+    .expect("the other call's record");
+}
+
 /// Every event in the outbox, in insertion order.
 pub async fn outbox_events(app: &TestApp) -> Vec<ConnectionRemoved> {
     event::Entity::find()
@@ -973,8 +990,6 @@ async fn an_unlocked_removal_whose_connection_dies_is_not_retried(backend: Backe
 async fn remove_connection_whose_request_id_another_call_stores_first_changes_nothing(
     backend: Backend,
 ) {
-    use connections::storage::entities::idempotency_key;
-    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
     let app = setup(&backend).await;
     app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
     app.link(KEY, "u1", "facebook", "", "fb1", None).await;
@@ -982,16 +997,7 @@ async fn remove_connection_whose_request_id_another_call_stores_first_changes_no
 
     // The other call's transaction, not touching u1: its record only.
     let (holder, txn) = crate::deadlines::begin_beside(&app).await;
-    idempotency_key::ActiveModel {
-        scope: Set(format!("RemoveConnection/{KEY}")),
-        request_id: Set("req-1".into()),
-        fingerprint: Set("another request".into()),
-        response: Set("{}".into()),
-        created_at: Set(chrono::Utc::now()),
-    }
-    .insert(&txn)
-    .await
-    .expect("the other call's record");
+    another_calls_record(&txn, "req-1").await;
 
     let mut request = remove("u1", Some("facebook"));
     request.request_id = "req-1".into();
