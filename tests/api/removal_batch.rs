@@ -3,11 +3,12 @@
 //!
 //! Two removals whose request ids another transaction is inserting hold
 //! both statement slots (each statement waits on the key's unique index);
-//! five more removals queue meanwhile and go as one statement when a slot
-//! frees. Each member gets its own outcome:
+//! six more removals queue meanwhile (two of them on one account) and go
+//! as one statement when a slot frees. Each member gets its own outcome:
 //!
-//! - when the other transaction rolls back, all seven write, and the five
-//!   shared one statement;
+//! - when the other transaction rolls back, all eight write, and the six
+//!   shared one statement (of the two on one account, one guard wins and
+//!   the other removal runs again under the lock);
 //! - when it commits, the two held ones and the queued one whose request id
 //!   it stored are refused (`IDEMPOTENCY_KEY_REUSED`) and change nothing;
 //!   the shared statement fails on that key, and its other members write
@@ -60,6 +61,7 @@ async fn held_then_queued(
         app.link(KEY, uid, "googleplus", "", &format!("gp-{uid}"), None)
             .await;
     }
+    app.link(KEY, "q0", "twitter", "", "tw-q0", None).await;
     let before = stats(app);
 
     let holder = sea_orm::Database::connect(app.database_url.as_str())
@@ -79,6 +81,9 @@ async fn held_then_queued(
         with_id("q2", "dup"),
         remove("q3", Some("facebook")),
         with_id("q4", "own"),
+        // The same account as q0's, in the same statement: one of the two
+        // guards wins, the other runs again under the lock.
+        remove("q0", Some("twitter")),
     ];
     for (n, request) in requests.into_iter().enumerate() {
         let uid = request.uid.clone();
@@ -135,13 +140,13 @@ async fn removals_queued_behind_busy_statements_share_the_next_one() {
     }
     assert_eq!(
         (statements, writes),
-        (3, 7),
-        "two held statements, then one for the five queued"
+        (3, 8),
+        "two held statements, then one for the six queued"
     );
     let events = outbox_events(&app).await;
     let mut uids: Vec<_> = events.iter().map(|e| e.uid.as_str()).collect();
     uids.sort_unstable();
-    assert_eq!(uids, ["h0", "h1", "q0", "q1", "q2", "q3", "q4"]);
+    assert_eq!(uids, ["h0", "h1", "q0", "q0", "q1", "q2", "q3", "q4"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,11 +170,11 @@ async fn a_shared_statement_failing_on_one_request_id_refuses_only_that_member()
     }
     assert_eq!(
         (statements, writes),
-        (8, 7),
-        "two held statements, the shared one that failed, then five alone"
+        (9, 8),
+        "two held statements, the shared one that failed, then six alone"
     );
     let events = outbox_events(&app).await;
     let mut uids: Vec<_> = events.iter().map(|e| e.uid.as_str()).collect();
     uids.sort_unstable();
-    assert_eq!(uids, ["q0", "q1", "q3", "q4"]);
+    assert_eq!(uids, ["q0", "q0", "q1", "q3", "q4"]);
 }
