@@ -4,7 +4,8 @@
 //! back for a dry run or a refusal. On PostgreSQL a removal with no cid
 //! first tries the same steps without a transaction: an unlocked read (with
 //! the request id's record, if any), then one autocommit write (with the
-//! record) guarded by the account row's version (`remove_unlocked`).
+//! record) guarded by the account row's version (`remove_unlocked`), which
+//! concurrent removals share (`removal_batch`).
 //! Nothing here knows which RPC is calling beyond what `RemovalRequest`
 //! answers.
 
