@@ -410,6 +410,11 @@ impl Write {
         }
     }
 
+    /// Whether it stores a request id's record.
+    pub(crate) fn stores_record(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// Nothing to write: no change, no event, no record.
     fn is_empty(&self) -> bool {
         !self.changes && self.events.is_empty() && self.key.is_none()

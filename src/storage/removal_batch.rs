@@ -16,19 +16,18 @@
 //! Statements run in tasks of their own: a caller that goes away (a
 //! cancelled request) never cuts its neighbours' statement short. A member
 //! whose caller went away before its statement was built is left out, as
-//! a cancelled call that never reached the database. A statement that
-//! fails on a request id's unique index (another call stored it first)
-//! runs each member again alone, so only that member hears of it; any
-//! other failure of a shared statement reaches every member (a lost
-//! connection leaves all of them with an unknown outcome, as it would
-//! leave one).
+//! a cancelled call that never reached the database. A failure of a shared
+//! statement reaches every member (a lost connection leaves all of them
+//! with an unknown outcome, as it would leave one).
 //!
-//! What members share besides the commit: the statement's time. A guard
-//! never waits (`FOR UPDATE SKIP LOCKED`), nor does anything after it on a
-//! guarded account's rows; the one wait left is a request id's unique
-//! index while another transaction inserts the same id, and then its
-//! neighbours wait with it (before, only that call did). Two slots keep the
-//! other writes moving meanwhile.
+//! What members share besides the commit is the statement's time, so only
+//! writes that never wait share: a guard never waits (`FOR UPDATE SKIP
+//! LOCKED`), nor does anything after it on a guarded account's rows. A
+//! write with a request id runs alone, as before: its record's insert
+//! waits on the key's unique index while another transaction inserts the
+//! same id, and a neighbour held there could commit after its own call's
+//! deadline had answered (the server promises a call past its deadline is
+//! rolled back before it is answered).
 
 use std::sync::{
     Arc, Mutex, MutexGuard,
@@ -76,8 +75,9 @@ struct Queued {
     reply: oneshot::Sender<StorageResult<Applied>>,
 }
 
-/// Guarded removal statements sent and the writes they carried (a write
-/// sent again alone counts once); writes waiting now.
+/// Guarded removal statements sent for writes without a request id, and
+/// the writes they carried (a write sent again alone counts once); writes
+/// waiting now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemovalBatchStats {
     pub statements: u64,
@@ -102,8 +102,12 @@ impl RemovalBatches {
     }
 
     /// `write`, guarded by the account row's `version`, in the next
-    /// statement: the outcome of `removal::apply` for it.
+    /// statement (alone if it stores a request id's record): the outcome
+    /// of `removal::apply` for it.
     pub(crate) async fn apply(&self, write: Write, version: String) -> StorageResult<Applied> {
+        if write.stores_record() {
+            return apply(&self.db, &write, Some(&version)).await;
+        }
         let (reply, answer) = oneshot::channel();
         {
             let mut pending = lock(&self.shared);
@@ -218,11 +222,6 @@ async fn write_members(
                 check_written(&rows, Some(n), &member.write, true)
             })
             .collect(),
-        // A request id another call stored first: the statement wrote
-        // nothing; alone, only its member hears of it.
-        Err(err) if StorageError::is_unique_violation(&err) => {
-            each_alone(db, statements, members, None).await
-        }
         Err(err) => {
             let err = failed(err);
             members.iter().map(|_| Err(share(&err))).collect()
