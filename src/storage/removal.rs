@@ -60,15 +60,18 @@ impl Repository {
         } else {
             Writes::Several
         };
+        let scope = request.idempotency_scope();
         if request.cid().is_none() && self.is_postgres() {
             // Two round trips instead of four (BEGIN, lock and read, write,
             // COMMIT), two instead of six with a request id; after a
             // conflict, the locked transaction below.
-            if let Some(outcome) = self.remove_unlocked(registry, ctx, &request).await? {
+            if let Some(outcome) = self
+                .remove_unlocked(registry, ctx, &request, &scope)
+                .await?
+            {
                 return Ok(outcome);
             }
         }
-        let scope = request.idempotency_scope();
         let txn = self.begin_write_of(writes).await?;
         let step = self.remove_in(&txn, registry, ctx, &request, &scope).await;
         match step {
@@ -147,11 +150,9 @@ impl Repository {
             )));
         }
 
-        let events = plan.events(request, &site, ctx, time);
-        let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
-        let key = key_record(request, &outcome, time)?;
-        let wrote_events = !events.is_empty();
-        let write = Write::new(&plan, account.id, time, events, key);
+        let (outcome, write) =
+            answer_and_write(request, ctx, time, &plan, &site, redirect, account.id)?;
+        let wrote_events = write.appends_events();
         match apply(txn, &write, None).await? {
             Applied::Written => Ok(Step::Done(outcome, wrote_events)),
             Applied::KeyTaken => Ok(Step::KeyTaken),
@@ -172,9 +173,9 @@ impl Repository {
         registry: &ProviderRegistry,
         ctx: &CallOrigin,
         request: &RemovalRequest,
+        scope: &str,
     ) -> StorageResult<Option<RemovalOutcome>> {
         let time = Utc::now().trunc_subsecs(6);
-        let scope = request.idempotency_scope();
         let Loaded {
             site,
             account,
@@ -186,7 +187,7 @@ impl Repository {
                 request.uid(),
                 None,
                 None,
-                record_key(request, &scope),
+                record_key(request, scope),
             )
             .await?;
         let site = site_from_model(site)?;
@@ -204,11 +205,9 @@ impl Repository {
         if request.dry_run() {
             return Ok(Some(answer(request, ctx, time, &plan, redirect, None)));
         }
-        let events = plan.events(request, &site, ctx, time);
-        let outcome = answer(request, ctx, time, &plan, redirect, Some(&events));
-        let key = key_record(request, &outcome, time)?;
-        let wrote_events = !events.is_empty();
-        let write = Write::new(&plan, account.id, time, events, key);
+        let (outcome, write) =
+            answer_and_write(request, ctx, time, &plan, &site, redirect, account.id)?;
+        let wrote_events = write.appends_events();
         let applied = match &self.removal_writes {
             Some(writes) => writes.apply(write, version).await?,
             None => apply(self.connection(), &write, Some(&version)).await?,
@@ -306,6 +305,23 @@ fn stored_answer(request: &RemovalRequest, record: &StoredRecord) -> StorageResu
         .map_err(|e| StorageError::Corrupt(format!("idempotency record: {e}")))
 }
 
+/// What a removal that writes answers, and the writes that answer stands
+/// for: its events, and the request id's record holding that answer.
+fn answer_and_write(
+    request: &RemovalRequest,
+    ctx: &CallOrigin,
+    time: chrono::DateTime<Utc>,
+    plan: &RemovalPlan,
+    site: &crate::domain::Site,
+    redirect: Option<crate::domain::RedirectTarget>,
+    account_id: i64,
+) -> StorageResult<(RemovalOutcome, Write)> {
+    let events = plan.events(request, site, ctx, time);
+    let outcome = answer(request, ctx, time, plan, redirect, Some(&events));
+    let key = key_record(request, &outcome, time)?;
+    Ok((outcome, Write::new(plan, account_id, time, events, key)))
+}
+
 /// The record that answers later calls with the same request id, if the
 /// request has one: written with the removal, never without it.
 fn key_record(
@@ -384,7 +400,7 @@ pub(crate) struct Write {
 }
 
 impl Write {
-    pub(crate) fn new(
+    fn new(
         plan: &RemovalPlan,
         account_id: i64,
         now: chrono::DateTime<Utc>,
@@ -408,6 +424,11 @@ impl Write {
             key,
             changes: !plan.is_empty(),
         }
+    }
+
+    /// Whether it appends events (whose commit wakes the sequencer).
+    pub(crate) fn appends_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// Whether it stores a request id's record.

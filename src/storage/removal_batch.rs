@@ -151,7 +151,7 @@ impl Drop for Runner {
     fn drop(&mut self) {
         let mut pending = lock(&self.shared);
         pending.running -= 1;
-        pending.queue.retain(|q| !q.reply.is_closed());
+        // Members whose callers left are dropped by the next run.
         if pending.queue.is_empty() {
             return;
         }
@@ -200,15 +200,15 @@ async fn write_members(
     members: &[Queued],
 ) -> Vec<StorageResult<Applied>> {
     if members.len() == 1 {
-        return each_alone(db, statements, members, None).await;
+        return each_alone(db, statements, members).await;
     }
     let mut steps = WriteSteps::new(DbBackend::Postgres);
     for (n, member) in members.iter().enumerate() {
         steps.member(n);
-        if let Err(err) = push_write(&mut steps, &member.write, Some(&member.version)) {
-            // Only an event that cannot be encoded fails here: that
-            // member fails, the others go on alone.
-            return each_alone(db, statements, members, Some((n, err))).await;
+        if push_write(&mut steps, &member.write, Some(&member.version)).is_err() {
+            // Only an event that cannot be encoded fails here: alone, that
+            // member fails the same way and the others go on.
+            return each_alone(db, statements, members).await;
         }
     }
     let failed = steps.failure();
@@ -229,23 +229,16 @@ async fn write_members(
     }
 }
 
-/// Every member written alone, in order; `failed`: a member that already
-/// failed, with its error.
+/// Every member written alone, in order.
 async fn each_alone(
     db: &DatabaseConnection,
     statements: &AtomicU64,
     members: &[Queued],
-    mut failed: Option<(usize, StorageError)>,
 ) -> Vec<StorageResult<Applied>> {
     let mut outcomes = Vec::with_capacity(members.len());
-    for (n, member) in members.iter().enumerate() {
-        match failed.take_if(|(at, _)| *at == n) {
-            Some((_, err)) => outcomes.push(Err(err)),
-            None => {
-                statements.fetch_add(1, Ordering::Relaxed);
-                outcomes.push(apply(db, &member.write, Some(&member.version)).await);
-            }
-        }
+    for member in members {
+        statements.fetch_add(1, Ordering::Relaxed);
+        outcomes.push(apply(db, &member.write, Some(&member.version)).await);
     }
     outcomes
 }
