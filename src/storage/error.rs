@@ -126,6 +126,17 @@ impl StorageError {
         )
     }
 
+    /// Whether PostgreSQL gave up waiting for a lock (`lock_timeout`,
+    /// SQLSTATE 55P03): the statement was rolled back.
+    pub(crate) fn is_lock_timeout(err: &DbErr) -> bool {
+        let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) =
+            err
+        else {
+            return false;
+        };
+        matches!(err.as_ref(), sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+    }
+
     /// Sorts an error of COMMIT: a lost connection leaves the outcome unknown.
     pub(crate) fn from_commit(err: DbErr) -> Self {
         match Self::from(err) {

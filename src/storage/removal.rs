@@ -5,7 +5,7 @@
 //! first tries the same steps without a transaction: an unlocked read (with
 //! the request id's record, if any), then one autocommit write (with the
 //! record) guarded by the account row's version (`remove_unlocked`), which
-//! concurrent removals share (`removal_batch`).
+//! concurrent calls share (`write_batch`).
 //! Nothing here knows which RPC is calling beyond what `RemovalRequest`
 //! answers.
 
@@ -19,11 +19,13 @@ use super::{
     entities::{context_id, idempotency_key, site},
     error::{StorageError, StorageResult},
     group_commit::Writes,
+    link_write::GUARD_ANSWER,
     outbox,
     repository::{
         Loaded, RecordKey, Repository, SiteKey, StoredRecord, find_record, site_from_model,
     },
-    sql::WriteSteps,
+    sql::{WriteSteps, answered},
+    write_batch::Guarded,
 };
 use crate::domain::{
     CallOrigin, DomainError, IdentityState, ProviderRegistry, RemovalMode,
@@ -156,7 +158,7 @@ impl Repository {
         match apply(txn, &write, None).await? {
             Applied::Written => Ok(Step::Done(outcome, wrote_events)),
             Applied::KeyTaken => Ok(Step::KeyTaken),
-            Applied::Conflict => Err(StorageError::Corrupt(
+            Applied::Conflict | Applied::Linked(_) => Err(StorageError::Corrupt(
                 "a removal under the lock was guarded".into(),
             )),
         }
@@ -208,8 +210,8 @@ impl Repository {
         let (outcome, write) =
             answer_and_write(request, ctx, time, &plan, &site, redirect, account.id)?;
         let wrote_events = write.appends_events();
-        let applied = match &self.removal_writes {
-            Some(writes) => writes.apply(write, version).await?,
+        let applied = match &self.guarded_writes {
+            Some(writes) => writes.apply(Guarded::Removal(write), version).await?,
             None => apply(self.connection(), &write, Some(&version)).await?,
         };
         if applied != Applied::Written {
@@ -353,6 +355,8 @@ pub(crate) enum Applied {
     /// Another call stored the same request id first (the statement
     /// waited for it on the key's index): nothing written.
     KeyTaken,
+    /// A link wrote its identity, whose id this is (`link_write`).
+    Linked(i64),
 }
 
 /// The answer, from what the removal decided, not a re-read: `events` are
@@ -431,9 +435,15 @@ impl Write {
         !self.events.is_empty()
     }
 
-    /// Whether it stores a request id's record.
-    pub(crate) fn stores_record(&self) -> bool {
-        self.key.is_some()
+    /// What makes its statement's text differ from another removal's.
+    pub(crate) fn shape(&self) -> [usize; 5] {
+        [
+            self.hard.len(),
+            self.soft.len(),
+            self.logins.len(),
+            self.events.len(),
+            usize::from(self.key.is_some()),
+        ]
     }
 
     /// Nothing to write: no change, no event, no record.
@@ -502,7 +512,7 @@ pub(crate) fn push_write(
     let account_id = write.account_id;
     let now = write.now;
     if let Some(version) = version {
-        steps.guard_account(account_id, version, now, Some("'guard' AS kind"));
+        steps.guard_account(account_id, version, now, Some(GUARD_ANSWER));
     }
     let guarded = steps.only_if_guarded();
     if !write.hard.is_empty() {
@@ -513,7 +523,7 @@ pub(crate) fn push_write(
             .push(" AND id IN ")
             .bind_list(write.hard.iter().copied())
             .push(&guarded);
-        steps.close("hard", Some("'hard' AS kind"));
+        steps.close("hard", Some("'hard' AS kind, id"));
     }
     if !write.soft.is_empty() {
         steps
@@ -527,7 +537,7 @@ pub(crate) fn push_write(
             .push(" AND id IN ")
             .bind_list(write.soft.iter().copied())
             .push(&guarded);
-        steps.close("soft", Some("'soft' AS kind"));
+        steps.close("soft", Some("'soft' AS kind, id"));
     }
     if !write.logins.is_empty() {
         steps
@@ -537,7 +547,7 @@ pub(crate) fn push_write(
             .push(" AND login_id IN ")
             .bind_list(write.logins.iter().cloned())
             .push(&guarded);
-        steps.close("logins", Some("'logins' AS kind"));
+        steps.close("logins", Some("'logins' AS kind, id"));
     }
     if write.changes && guarded.is_empty() {
         steps
@@ -582,15 +592,8 @@ pub(crate) fn check_written(
     guarded: bool,
 ) -> StorageResult<Applied> {
     let mut counts = std::collections::HashMap::<String, u64>::new();
-    for row in rows {
-        if let Some(member) = member {
-            let of: i32 = row.try_get("", "m")?;
-            if of != member {
-                continue;
-            }
-        }
-        let kind: String = row.try_get("", "kind")?;
-        *counts.entry(kind).or_default() += 1;
+    for row in answered(rows, member)? {
+        *counts.entry(row.kind).or_default() += 1;
     }
     let count = |kind: &str| counts.get(kind).copied().unwrap_or(0);
     if guarded && count("guard") == 0 {

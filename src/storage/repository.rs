@@ -21,9 +21,11 @@ use super::{
     error::{StorageError, StorageResult},
     group_commit::{self, GroupCommit, GroupCommitStats, WriteTxn, Writes},
     health::DbHealth,
-    removal_batch::RemovalBatches,
+    link_write::{LinkTarget, LinkWrite, apply_link},
+    removal::Applied,
     secrets::SessionSealer,
-    sql::{Sql, WriteSteps},
+    sql::Sql,
+    write_batch::{Guarded, WriteBatches},
 };
 use crate::domain::{
     Account, AccountView, ApiKey, DomainError, Identity, IdentityState, IdentityView, LoginId,
@@ -47,9 +49,10 @@ pub struct Repository {
     /// ms, 2 ms, ... up to 100 ms at a time) and wake late, long after the
     /// lock was free. None on PostgreSQL.
     group: Option<Arc<GroupCommit>>,
-    /// PostgreSQL: the queue that lets concurrent unlocked removals share
-    /// their guarded write statement (see `removal_batch`). None on SQLite.
-    pub(super) removal_writes: Option<Arc<RemovalBatches>>,
+    /// PostgreSQL: the queue that lets concurrent unlocked removals and
+    /// links share their guarded write statement (see `write_batch`). None
+    /// on SQLite.
+    pub(super) guarded_writes: Option<Arc<WriteBatches>>,
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
@@ -68,14 +71,14 @@ impl Repository {
     ) -> Self {
         let postgres = super::db::is_postgres(&db);
         let group = (!postgres).then(|| Arc::new(GroupCommit::new(db.clone(), max_age)));
-        let removal_writes = postgres.then(|| Arc::new(RemovalBatches::new(db.clone())));
+        let guarded_writes = postgres.then(|| Arc::new(WriteBatches::new(db.clone())));
         Self {
             health: DbHealth::new(db.clone()),
             outbox_wake: Arc::new(super::outbox::OutboxWake::new(&db)),
             db,
             sealer,
             group,
-            removal_writes,
+            guarded_writes,
         }
     }
 
@@ -127,6 +130,9 @@ impl Repository {
 
     /// Closes the connection pool (at shutdown).
     pub async fn close(&self) {
+        if let Some(writes) = &self.guarded_writes {
+            writes.close().await;
+        }
         let _ = self.db.clone().close().await;
     }
 
@@ -195,10 +201,11 @@ impl Repository {
         self.group.as_ref().map(|g| g.stats())
     }
 
-    /// PostgreSQL: guarded removal statements run and the removals they
-    /// carried (None on SQLite).
-    pub fn removal_batch_stats(&self) -> Option<super::RemovalBatchStats> {
-        self.removal_writes.as_ref().map(|b| b.stats())
+    /// PostgreSQL: shared guarded write statements run, the removals and
+    /// links they carried, and those sent back to run alone (None on
+    /// SQLite).
+    pub fn write_batch_stats(&self) -> Option<super::WriteBatchStats> {
+        self.guarded_writes.as_ref().map(|b| b.stats())
     }
 
     /// SQLite: writers waiting for the write turn (0 on PostgreSQL).
@@ -439,101 +446,38 @@ impl Repository {
 
         // The identity's write and the account's touch, in one round trip.
         let action = link::plan_link(account.id, found.mapping)?;
-        let mut steps = WriteSteps::new(conn.get_database_backend());
-        if let Some(version) = &version {
-            steps.guard_account(account.id, version, now, None);
-        }
-        let guarded = steps.only_if_guarded();
-        let sql = steps.open("linked");
-        match &action {
-            LinkAction::Create => {
-                sql.push(
-                    "INSERT INTO identities (site_id, account_id, provider, sub_provider, \
-                     provider_uid, login_id, state, session, linked_at, updated_at) ",
-                )
-                // A SELECT, not VALUES, to take the guard's condition.
-                .push(if guarded.is_empty() {
-                    "VALUES ("
-                } else {
-                    "SELECT "
-                })
-                .bind(site.id)
-                .push(", ")
-                .bind(account.id)
-                .push(", ")
-                .bind(new.provider.as_str())
-                .push(", ")
-                .bind(new.sub_provider.as_str())
-                .push(", ")
-                .bind(new.provider_uid.as_str())
-                .push(", ")
-                .bind(login.map(str::to_owned))
-                .push(", ")
-                .bind(IdentityState::Active.as_str())
-                .push(", ")
-                .bind(sealed.cloned())
-                .push(", ")
-                .bind(now)
-                .push(", ")
-                .bind(now)
-                .push(if guarded.is_empty() {
-                    ")"
-                } else {
-                    " WHERE TRUE"
-                })
-                .push(&guarded);
-            }
-            LinkAction::Refresh { identity_id, .. } => {
-                sql.push("UPDATE identities SET state = ")
-                    .bind(IdentityState::Active.as_str());
-                if let Some(login) = login {
-                    sql.push(", login_id = ").bind(login);
-                }
-                if let Some(sealed) = sealed {
-                    sql.push(", session = ").bind(sealed.clone());
-                }
-                sql.push(", updated_at = ")
-                    .bind(now)
-                    .push(" WHERE id = ")
-                    .bind(*identity_id)
-                    .push(" AND account_id = ")
-                    .bind(account.id)
-                    .push(&guarded);
-            }
-        }
-        steps.close("linked", Some("id"));
-        if guarded.is_empty() {
-            steps
-                .open("touched")
-                .push("UPDATE accounts SET updated_at = ")
-                .bind(now)
-                .push(" WHERE id = ")
-                .bind(account.id);
-            steps.close("touched", None);
-        }
-        let failed = steps.failure();
-        let written = conn
-            .query_all_raw(steps.into_statement())
-            .await
-            .map_err(|err| {
-                // Another account linked it concurrently.
-                if StorageError::is_unique_violation(&err) {
-                    StorageError::Rule(DomainError::IdentityLinkedElsewhere)
-                } else {
-                    failed(err)
-                }
-            })?;
-        let identity_id: i64 = match written.as_slice() {
-            [row] => row.try_get("", "id")?,
+        let target = match &action {
+            LinkAction::Create => LinkTarget::Create {
+                provider: new.provider.clone(),
+                sub_provider: new.sub_provider.clone(),
+                provider_uid: new.provider_uid.as_str().to_owned(),
+            },
+            LinkAction::Refresh { identity_id, .. } => LinkTarget::Refresh {
+                identity_id: *identity_id,
+            },
+        };
+        let write = LinkWrite {
+            site_id: site.id,
+            account_id: account.id,
+            now,
+            target,
+            login: login.map(str::to_owned),
+            sealed: sealed.cloned(),
+        };
+        let applied = match (version, &self.guarded_writes) {
+            (Some(version), Some(writes)) => writes.apply(Guarded::Link(write), version).await?,
+            (version, _) => apply_link(conn, &write, version.as_deref()).await?,
+        };
+        let identity_id = match applied {
+            Applied::Linked(id) => id,
             // The guard did not match: nothing was written.
-            [] if !guarded.is_empty() => {
+            Applied::Conflict => {
                 crate::telemetry::metrics::storage().write_conflict();
                 return Ok(None);
             }
-            _ => {
+            other => {
                 return Err(StorageError::Corrupt(format!(
-                    "identity write under the account lock changed {} rows",
-                    written.len()
+                    "a link's write answered {other:?}"
                 )));
             }
         };

@@ -236,6 +236,35 @@ impl WriteSteps {
     }
 }
 
+/// One row a write step answered: its kind and the id of the row it
+/// changed (see [`WriteSteps::close`]'s `answer`).
+pub(crate) struct Answered {
+    pub kind: String,
+    pub id: i64,
+}
+
+/// The rows `member` answered (all of them for a statement of one call's
+/// writes).
+pub(crate) fn answered(
+    rows: &[sea_orm::QueryResult],
+    member: Option<i32>,
+) -> Result<Vec<Answered>, DbErr> {
+    let mut answered = Vec::new();
+    for row in rows {
+        if let Some(member) = member {
+            let of: i32 = row.try_get("", "m")?;
+            if of != member {
+                continue;
+            }
+        }
+        answered.push(Answered {
+            kind: row.try_get("", "kind")?,
+            id: row.try_get("", "id")?,
+        });
+    }
+    Ok(answered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

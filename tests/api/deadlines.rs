@@ -91,20 +91,35 @@ pub(crate) async fn queued_as_a_conflict(
     }
 }
 
-/// PostgreSQL: statements of this database waiting for a lock now.
+/// PostgreSQL: which statements of this database [`writers_waiting`]
+/// counts. Past a shared write statement's lock timeout (10 ms), so a
+/// statement about to give the wait up and run alone is not counted.
+const WAITING_WRITERS: &str =
+    "wait_event_type = 'Lock' AND clock_timestamp() - query_start > interval '100 milliseconds'";
+
+/// PostgreSQL: statements of this database waiting for a lock now (for
+/// longer than a shared write statement would).
 pub(crate) async fn writers_waiting(holder: &sea_orm::DatabaseConnection) -> usize {
-    let waiting: i64 = holder
+    backends_where(holder, WAITING_WRITERS).await
+}
+
+/// PostgreSQL: backends of this database (`holder`'s) where `condition`
+/// holds (on `pg_stat_activity`).
+pub(crate) async fn backends_where(holder: &sea_orm::DatabaseConnection, condition: &str) -> usize {
+    let count: i64 = holder
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
-            "SELECT count(*) AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            format!(
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND {condition}"
+            ),
         ))
         .await
         .expect("pg_stat_activity")
         .expect("a row")
         .try_get("", "n")
         .expect("n");
-    usize::try_from(waiting).unwrap_or(0)
+    usize::try_from(count).unwrap_or(0)
 }
 
 /// PostgreSQL: waits until a statement of the database waits for a lock
@@ -133,10 +148,10 @@ pub(crate) async fn writer_killed_while_waiting_is_unavailable<T: Send + 'static
 ) {
     until_a_writer_waits(holder).await;
     holder
-        .execute_unprepared(
+        .execute_unprepared(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
+             WHERE datname = current_database() AND {WAITING_WRITERS}"
+        ))
         .await
         .expect("terminate the waiting backend");
     let answered = tokio::time::timeout(Duration::from_secs(30), call)
