@@ -3,6 +3,7 @@
 
 pub mod action_secrets;
 pub mod app_keys;
+mod batch;
 pub mod db;
 pub mod entities;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod health;
 pub(crate) mod link_write;
 pub(crate) mod migrations;
 pub mod outbox;
+pub(crate) mod read_batch;
 pub mod relay;
 pub(crate) mod removal;
 pub mod repository;
@@ -25,6 +27,7 @@ pub use app_keys::{AppKeySecret, AppKeyStore, StoredAppKey};
 pub use error::{StorageError, StorageResult};
 pub use group_commit::{GroupCommitStats, WriteTxn};
 pub use health::{DbHealth, PoolSettings};
+pub use read_batch::ReadBatchStats;
 pub use repository::Repository;
 pub use secrets::SessionSealer;
 pub use tokens::{StoredToken, TokenStore};

@@ -1,24 +1,16 @@
 //! PostgreSQL: the guarded writes of concurrent calls (removals and links)
-//! share one statement, and so one commit.
+//! share one statement (`batch`), and so one commit.
 //!
 //! A removal or a link on the unlocked path ends in one guarded autocommit
-//! statement (`removal::apply`, `link_write::apply_link`). Each such
-//! statement costs the database its own executor start-up, commit and
-//! wake-up, which outweigh the rows it writes
+//! statement (`removal::apply`, `link_write::apply_link`), whose executor
+//! start-up, commit and wake-up outweigh the rows it writes
 //! (`bench/experiments/batched_writes.sh`: 0.39-0.56 ms of machine CPU per
 //! removal and re-link one account per statement, 0.14-0.21 ms eight per
-//! statement). So at most [`RUNNING`] such statements run at once; a write
-//! that arrives while they do waits for the next one, which carries every
-//! write waiting by then (up to [`MAX_MEMBERS`]): each member its own CTEs
-//! and its own guard, so a member whose account changed writes nothing and
-//! its neighbours are unaffected.
-//!
-//! Statements run in tasks of their own: a caller that goes away (a
-//! cancelled request) never cuts its neighbours' statement short. A member
-//! whose caller went away before its statement was built is left out, as
-//! a cancelled call that never reached the database. A failure of a shared
-//! statement reaches every member (a lost connection leaves all of them
-//! with an unknown outcome, as it would leave one).
+//! statement). In a shared statement each member has its own CTEs and its
+//! own guard, so a member whose account changed writes nothing and its
+//! neighbours are unaffected. A failure of a shared statement reaches
+//! every member (a lost connection leaves all of them with an unknown
+//! outcome, as it would leave one).
 //!
 //! What members share besides the commit is the statement's time, so a
 //! shared statement never waits on a lock for long. A guard never waits
@@ -35,27 +27,23 @@
 //! (where the deadline drops it with its call).
 
 use std::sync::{
-    Arc, Mutex, MutexGuard, OnceLock,
+    OnceLock,
     atomic::{AtomicU64, Ordering},
 };
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, SqlxPostgresConnector,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector,
     sqlx::postgres::PgPoolOptions,
 };
-use tokio::sync::oneshot;
 
 use super::{
+    batch::{Batch, Batcher, share},
     error::{StorageError, StorageResult},
     link_write::{LinkWrite, apply_link, check_linked, push_link},
     removal::{Applied, Write, apply, check_written, push_write},
     sql::WriteSteps,
 };
 
-/// Statements in flight at once before writes wait to share the next one.
-const RUNNING: u32 = 2;
-/// Most writes in one statement.
-const MAX_MEMBERS: usize = 8;
 /// The longest a shared statement waits for a lock before it is rolled
 /// back and its members run alone. Only a race on a unique key makes one
 /// wait at all.
@@ -110,32 +98,18 @@ impl Guarded {
 pub(crate) struct WriteBatches {
     /// The main pool: writes run alone there.
     db: DatabaseConnection,
-    shared: Arc<Shared>,
+    batcher: Batcher<SharedWrites>,
 }
 
 #[derive(Debug)]
-struct Shared {
+struct SharedWrites {
     /// The shared statements' own connections (see [`LOCK_TIMEOUT`]),
     /// opened on first use (inside the runtime).
     statements_db: OnceLock<DatabaseConnection>,
     main: DatabaseConnection,
-    pending: Mutex<Pending>,
     statements: AtomicU64,
     writes: AtomicU64,
     alone: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    running: u32,
-    queue: Vec<Queued>,
-}
-
-#[derive(Debug)]
-struct Queued {
-    write: Guarded,
-    version: String,
-    reply: oneshot::Sender<Reply>,
 }
 
 #[derive(Debug)]
@@ -159,10 +133,9 @@ pub struct WriteBatchStats {
 impl WriteBatches {
     pub(crate) fn new(db: DatabaseConnection) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            batcher: Batcher::new(SharedWrites {
                 statements_db: OnceLock::new(),
                 main: db.clone(),
-                pending: Mutex::default(),
                 statements: AtomicU64::default(),
                 writes: AtomicU64::default(),
                 alone: AtomicU64::default(),
@@ -172,17 +145,18 @@ impl WriteBatches {
     }
 
     pub(crate) fn stats(&self) -> WriteBatchStats {
+        let shared = self.batcher.batch();
         WriteBatchStats {
-            statements: self.shared.statements.load(Ordering::Relaxed),
-            writes: self.shared.writes.load(Ordering::Relaxed),
-            alone: self.shared.alone.load(Ordering::Relaxed),
-            queued: lock(&self.shared).queue.len(),
+            statements: shared.statements.load(Ordering::Relaxed),
+            writes: shared.writes.load(Ordering::Relaxed),
+            alone: shared.alone.load(Ordering::Relaxed),
+            queued: self.batcher.queued(),
         }
     }
 
     /// Closes the shared statements' connections (at shutdown).
     pub(crate) async fn close(&self) {
-        if let Some(db) = self.shared.statements_db.get() {
+        if let Some(db) = self.batcher.batch().statements_db.get() {
             let _ = db.clone().close().await;
         }
     }
@@ -191,34 +165,42 @@ impl WriteBatches {
     /// statement, or alone if that one is rolled back: the outcome of
     /// `removal::apply` or `link_write::apply_link` for it.
     pub(crate) async fn apply(&self, write: Guarded, version: String) -> StorageResult<Applied> {
-        let (reply, answer) = oneshot::channel();
-        {
-            let mut pending = lock(&self.shared);
-            pending.queue.push(Queued {
-                write,
-                version,
-                reply,
-            });
-            if pending.running < RUNNING {
-                pending.running += 1;
-                tokio::spawn(run(Runner {
-                    shared: self.shared.clone(),
-                }));
-            }
-        }
-        match answer.await {
-            Ok(Reply::Done(outcome)) => outcome,
-            Ok(Reply::Alone(write, version)) => write.apply_alone(&self.db, &version).await,
+        match self.batcher.submit((write, version)).await {
+            Some(Reply::Done(outcome)) => outcome,
+            Some(Reply::Alone(write, version)) => write.apply_alone(&self.db, &version).await,
             // The statement's task ended without an answer: it panicked,
             // possibly after the commit.
-            Err(_) => Err(StorageError::CommitOutcomeUnknown(DbErr::Custom(
+            None => Err(StorageError::CommitOutcomeUnknown(DbErr::Custom(
                 "the shared write statement ended without an answer".into(),
             ))),
         }
     }
 }
 
-impl Shared {
+impl Batch for SharedWrites {
+    type Member = (Guarded, String);
+    type Reply = Reply;
+    const RUNNING: usize = 2;
+    const MAX_MEMBERS: usize = 8;
+
+    async fn run(&self, members: Vec<(Guarded, String)>) -> Vec<Reply> {
+        let count = u64::try_from(members.len()).unwrap_or(u64::MAX);
+        self.writes.fetch_add(count, Ordering::Relaxed);
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        match write_members(self.statements_db(), &members).await {
+            Some(outcomes) => outcomes.into_iter().map(Reply::Done).collect(),
+            None => {
+                self.alone.fetch_add(count, Ordering::Relaxed);
+                members
+                    .into_iter()
+                    .map(|(write, version)| Reply::Alone(write, version))
+                    .collect()
+            }
+        }
+    }
+}
+
+impl SharedWrites {
     fn statements_db(&self) -> &DatabaseConnection {
         self.statements_db.get_or_init(|| {
             let main = self.main.get_postgres_connection_pool();
@@ -227,7 +209,7 @@ impl Shared {
                 .options([("lock_timeout", LOCK_TIMEOUT)])
                 .statement_cache_capacity(STATEMENT_CACHE);
             let pool = PgPoolOptions::new()
-                .max_connections(RUNNING)
+                .max_connections(u32::try_from(Self::RUNNING).unwrap_or(u32::MAX))
                 .min_connections(0)
                 .acquire_timeout(main.options().get_acquire_timeout())
                 .connect_lazy_with(options);
@@ -236,96 +218,32 @@ impl Shared {
     }
 }
 
-fn lock(shared: &Shared) -> MutexGuard<'_, Pending> {
-    // A panic while holding this lock leaves the queue intact.
-    shared.pending.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One statement slot, taken by `apply`; given back when its task ends,
-/// when one more is started if writes are waiting (so a task that panics
-/// strands nobody).
-struct Runner {
-    shared: Arc<Shared>,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let mut pending = lock(&self.shared);
-        pending.running -= 1;
-        // Members whose callers left are dropped by the next run.
-        if pending.queue.is_empty() {
-            return;
-        }
-        // Outside a runtime (shutdown) the waiting calls' answers are
-        // dropped, and they fail as their own tasks end.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        pending.running += 1;
-        runtime.spawn(run(Runner {
-            shared: self.shared.clone(),
-        }));
-    }
-}
-
-/// Runs statements while writes wait, then gives its slot back.
-async fn run(runner: Runner) {
-    let shared = runner.shared.clone();
-    loop {
-        let mut members: Vec<Queued> = {
-            let mut pending = lock(&shared);
-            pending.queue.retain(|q| !q.reply.is_closed());
-            let take = pending.queue.len().min(MAX_MEMBERS);
-            pending.queue.drain(..take).collect()
-        };
-        if members.is_empty() {
-            return;
-        }
-        members.sort_by_key(|m| m.write.shape());
-        let count = u64::try_from(members.len()).unwrap_or(u64::MAX);
-        shared.writes.fetch_add(count, Ordering::Relaxed);
-        shared.statements.fetch_add(1, Ordering::Relaxed);
-        match write_members(shared.statements_db(), &members).await {
-            Some(outcomes) => {
-                for (member, outcome) in members.into_iter().zip(outcomes) {
-                    let _ = member.reply.send(Reply::Done(outcome));
-                }
-            }
-            None => {
-                shared.alone.fetch_add(count, Ordering::Relaxed);
-                for member in members {
-                    let _ = member
-                        .reply
-                        .send(Reply::Alone(member.write, member.version));
-                }
-            }
-        }
-    }
-}
-
 /// Every member's outcome, in order, from one statement; `None` if it
 /// was rolled back for a reason one member may have caused (a lock wait
 /// past [`LOCK_TIMEOUT`], a unique key, an event that cannot be encoded):
-/// then each runs alone.
+/// then each runs alone. Members are written in order of their shape, so
+/// that the statement's text repeats for the same mix of writes.
 async fn write_members(
     db: &DatabaseConnection,
-    members: &[Queued],
+    members: &[(Guarded, String)],
 ) -> Option<Vec<StorageResult<Applied>>> {
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    order.sort_by_key(|&i| members[i].0.shape());
+    let mut label = vec![0; members.len()];
     let mut steps = WriteSteps::new(DbBackend::Postgres);
-    for (n, member) in members.iter().enumerate() {
+    for (n, &i) in order.iter().enumerate() {
+        label[i] = i32::try_from(n).unwrap_or(i32::MAX);
         steps.member(n);
-        member.write.push(&mut steps, &member.version).ok()?;
+        let (write, version) = &members[i];
+        write.push(&mut steps, version).ok()?;
     }
     let failed = steps.failure();
     match db.query_all_raw(steps.into_statement()).await {
         Ok(rows) => Some(
             members
                 .iter()
-                .enumerate()
-                .map(|(n, member)| {
-                    let n = i32::try_from(n).unwrap_or(i32::MAX);
-                    member.write.check(&rows, n)
-                })
+                .zip(label)
+                .map(|((write, _), n)| write.check(&rows, n))
                 .collect(),
         ),
         Err(err)
@@ -337,22 +255,5 @@ async fn write_members(
             let err = failed(err);
             Some(members.iter().map(|_| Err(share(&err))).collect())
         }
-    }
-}
-
-/// The same failure for another member: the same kind, so each member's
-/// call is answered as a lone one would be, with the message as its cause.
-fn share(err: &StorageError) -> StorageError {
-    let cause = || DbErr::Conn(RuntimeErr::Internal(err.to_string()));
-    match err {
-        StorageError::Rule(rule) => StorageError::Rule(rule.clone()),
-        StorageError::Unavailable(_) => StorageError::Unavailable(cause()),
-        StorageError::CommitOutcomeUnknown(_) => StorageError::CommitOutcomeUnknown(cause()),
-        StorageError::Full(_) => StorageError::Full(cause()),
-        StorageError::Busy(_) => StorageError::Busy(cause()),
-        StorageError::Overloaded(_) => StorageError::Overloaded(cause()),
-        StorageError::Conflict(_) => StorageError::Conflict(cause()),
-        StorageError::Database(_) => StorageError::Database(cause()),
-        StorageError::Corrupt(message) => StorageError::Corrupt(message.clone()),
     }
 }
