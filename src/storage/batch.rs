@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sea_orm::{DbErr, RuntimeErr};
 use tokio::sync::oneshot;
 
-use super::error::{Failure, StorageError, classify};
+use super::error::StorageError;
 
 /// One kind of statement that concurrent calls share.
 pub(crate) trait Batch: Send + Sync + 'static {
@@ -169,16 +169,5 @@ pub(crate) fn share(err: &StorageError) -> StorageError {
         StorageError::Conflict(_) => StorageError::Conflict(cause()),
         StorageError::Database(_) => StorageError::Database(cause()),
         StorageError::Corrupt(message) => StorageError::Corrupt(message.clone()),
-    }
-}
-
-/// The same database error for another member, sorted the same way
-/// (`error::classify`): a lost connection stays one, anything else is a
-/// failed query.
-pub(crate) fn share_db_err(err: &DbErr) -> DbErr {
-    let cause = RuntimeErr::Internal(err.to_string());
-    match classify(err) {
-        Failure::ConnectionLost => DbErr::Conn(cause),
-        _ => DbErr::Query(cause),
     }
 }

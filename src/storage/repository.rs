@@ -22,7 +22,6 @@ use super::{
     group_commit::{self, GroupCommit, GroupCommitStats, WriteTxn, Writes},
     health::DbHealth,
     link_write::{LinkTarget, LinkWrite, apply_link},
-    read_batch::ReadBatches,
     removal::Applied,
     secrets::SessionSealer,
     sql::Sql,
@@ -54,9 +53,6 @@ pub struct Repository {
     /// links share their guarded write statement (see `write_batch`). None
     /// on SQLite.
     pub(super) guarded_writes: Option<Arc<WriteBatches>>,
-    /// PostgreSQL: the queue that lets concurrent unlocked reads share a
-    /// statement (see `read_batch`). None on SQLite.
-    unlocked_reads: Option<Arc<ReadBatches>>,
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
@@ -76,7 +72,6 @@ impl Repository {
         let postgres = super::db::is_postgres(&db);
         let group = (!postgres).then(|| Arc::new(GroupCommit::new(db.clone(), max_age)));
         let guarded_writes = postgres.then(|| Arc::new(WriteBatches::new(db.clone())));
-        let unlocked_reads = postgres.then(|| Arc::new(ReadBatches::new(db.clone())));
         Self {
             health: DbHealth::new(db.clone()),
             outbox_wake: Arc::new(super::outbox::OutboxWake::new(&db)),
@@ -84,7 +79,6 @@ impl Repository {
             sealer,
             group,
             guarded_writes,
-            unlocked_reads,
         }
     }
 
@@ -212,12 +206,6 @@ impl Repository {
     /// SQLite).
     pub fn write_batch_stats(&self) -> Option<super::WriteBatchStats> {
         self.guarded_writes.as_ref().map(|b| b.stats())
-    }
-
-    /// PostgreSQL: shared unlocked read statements run and the reads they
-    /// carried (None on SQLite).
-    pub fn read_batch_stats(&self) -> Option<super::ReadBatchStats> {
-        self.unlocked_reads.as_ref().map(|b| b.stats())
     }
 
     /// SQLite: writers waiting for the write turn (0 on PostgreSQL).
@@ -697,13 +685,9 @@ impl Repository {
         let mut sql = Sql::new(self.db.get_database_backend());
         push_load(&mut sql, site_key, uid, identity, login, read);
         // The first touch of the database, as BEGIN is for a locked write.
-        let rows = match &self.unlocked_reads {
-            Some(reads) => self.unless_unavailable(reads.read(sql)).await?,
-            None => {
-                self.unless_unavailable(self.db.query_all_raw(sql.into_statement()))
-                    .await?
-            }
-        };
+        let rows = self
+            .unless_unavailable(self.db.query_all_raw(sql.into_statement()))
+            .await?;
         collect_loaded(&self.db, site_key, &rows, read).await
     }
 }
@@ -727,10 +711,6 @@ fn push_load(
     let record = read.record;
     if record.is_some() {
         sql.push(", k.fingerprint AS k_fingerprint, k.response AS k_response");
-    } else if read.version {
-        // The same columns for every unlocked read, so that concurrent
-        // ones can share a statement (`read_batch`).
-        sql.push(", NULL::text AS k_fingerprint, NULL::text AS k_response");
     }
     sql.push(" FROM accounts a JOIN sites s ON s.id = a.site_id");
     if let Some(key) = record {

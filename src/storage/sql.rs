@@ -12,9 +12,6 @@ pub(crate) struct Sql {
     backend: DbBackend,
     text: String,
     values: Vec<Value>,
-    /// PostgreSQL: where each numbered placeholder starts in `text`, so
-    /// that [`Self::append`] can number them on.
-    placeholders: Vec<usize>,
 }
 
 impl Sql {
@@ -23,16 +20,11 @@ impl Sql {
             backend,
             text: String::new(),
             values: Vec::new(),
-            placeholders: Vec::new(),
         }
     }
 
     pub(crate) fn backend(&self) -> DbBackend {
         self.backend
-    }
-
-    pub(crate) fn text(&self) -> &str {
-        &self.text
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -54,7 +46,6 @@ impl Sql {
             // `?NNN` would not survive a second statement.
             DbBackend::Sqlite => self.text.push('?'),
             _ => {
-                self.placeholders.push(self.text.len());
                 self.text.push('$');
                 self.text.push_str(&self.values.len().to_string());
             }
@@ -76,22 +67,6 @@ impl Sql {
         }
         self.text.push(')');
         self
-    }
-
-    /// Appends `other`'s text and values, its placeholders numbered after
-    /// this one's (PostgreSQL's `$n`; SQLite's `?` follow the order).
-    pub(crate) fn append(&mut self, other: Sql) {
-        let mut copied = 0;
-        for (n, &at) in other.placeholders.iter().enumerate() {
-            self.text.push_str(&other.text[copied..at]);
-            // Skip the `$` and the digits of the old number.
-            copied = at + 1 + (n + 1).to_string().len();
-            self.placeholders.push(self.text.len());
-            self.text.push('$');
-            self.text.push_str(&(self.values.len() + n + 1).to_string());
-        }
-        self.text.push_str(&other.text[copied..]);
-        self.values.extend(other.values);
     }
 
     pub(crate) fn into_statement(self) -> Statement {
@@ -313,30 +288,6 @@ mod tests {
         let mut sql = Sql::new(DbBackend::Postgres);
         sql.push("SELECT ").bind(1_i64).push(", ").bind("a");
         assert_eq!(sql.into_statement().sql, "SELECT $1, $2");
-    }
-
-    #[test]
-    fn appended_placeholders_are_numbered_on() {
-        let mut first = Sql::new(DbBackend::Postgres);
-        first.push("SELECT ").bind(1_i64).push(" AS a");
-        let mut second = Sql::new(DbBackend::Postgres);
-        for n in 0..11_i64 {
-            second
-                .push(if n == 0 { " UNION ALL SELECT " } else { ", " })
-                .bind(n);
-        }
-        second.push(" -- $ kept");
-        first.append(second);
-        let mut third = Sql::new(DbBackend::Postgres);
-        third.push(" AND ").bind("x");
-        first.append(third);
-        let statement = first.into_statement();
-        assert_eq!(
-            statement.sql,
-            "SELECT $1 AS a UNION ALL SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
-             -- $ kept AND $13"
-        );
-        assert_eq!(statement.values.map(|v| v.0.len()), Some(13));
     }
 
     fn two_writes(backend: DbBackend) -> String {

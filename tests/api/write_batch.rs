@@ -1,6 +1,5 @@
 //! PostgreSQL: concurrent unlocked removals and links share their guarded
-//! write statement (issue 12, `storage::write_batch`), and their unlocked
-//! reads (`storage::read_batch`).
+//! write statement (issue 12, `storage::write_batch`).
 //!
 //! - Two removals held in a trigger on the events table (a loop that
 //!   sleeps while a row of a test table exists: no lock, so the shared
@@ -17,10 +16,6 @@
 //! - The same for a link held on the unique index of an identity another
 //!   account is linking: it waits alone, and fails as linked elsewhere
 //!   once the other transaction commits.
-//! - Two reads held on a lock of the accounts table fill both read slots;
-//!   five reads of different shapes (plain, with a request id's record, a
-//!   link's, an account that does not exist) queue and go as one
-//!   statement, and each call gets its own account's rows.
 
 use std::time::{Duration, Instant};
 
@@ -321,82 +316,5 @@ async fn a_link_held_on_an_identity_linked_meanwhile_holds_up_no_other() {
     assert_eq!(
         providers(&app, "o0").await,
         ["facebook", "googleplus", "twitter"]
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
-async fn reads_queued_behind_busy_statements_share_the_next_one() {
-    let app = TestApp::spawn(&Backend::postgres()).await;
-    let uids = ["h0", "h1", "q0", "q1", "k0", "l0"];
-    setup(&app, &uids).await;
-    let before = app
-        .repo
-        .read_batch_stats()
-        .expect("PostgreSQL batches reads");
-
-    // Plain reads of accounts wait for this lock: both slots' reads hold.
-    let (holder, txn) = another_transaction(&app).await;
-    txn.execute_unprepared("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock accounts");
-    let mut removals = Vec::new();
-    for (n, uid) in ["h0", "h1"].into_iter().enumerate() {
-        removals.push((uid, spawn_removal(&app, remove(uid, Some("facebook")))));
-        until("a held read", async || {
-            backends_where(&holder, "wait_event_type = 'Lock'").await > n
-        })
-        .await;
-    }
-    let queued_reads = || app.repo.read_batch_stats().expect("stats").queued;
-    // Reads of different shapes: plain, with a request id's record, a
-    // link's (with the identity's mapping), and an account that is not.
-    removals.push(("q0", spawn_removal(&app, remove("q0", Some("facebook")))));
-    removals.push(("q1", spawn_removal(&app, remove("q1", Some("googleplus")))));
-    removals.push((
-        "k0",
-        spawn_removal(
-            &app,
-            pb::RemoveConnectionRequest {
-                request_id: "own".into(),
-                ..remove("k0", Some("facebook"))
-            },
-        ),
-    ));
-    let link = spawn_link(&app, "l0", "twitter", "tw-l0");
-    let missing = spawn_removal(&app, remove("nobody", Some("facebook")));
-    until("the queued reads", async || queued_reads() == 5).await;
-
-    txn.rollback().await.expect("release the lock");
-    for (uid, call) in removals {
-        let answer = call.await.expect("join");
-        let answer = answer.unwrap_or_else(|e| panic!("{uid}: {e:?}"));
-        assert_eq!(answer.into_inner().removed.len(), 1, "{uid}");
-    }
-    let linked = link.await.expect("join").expect("link").into_inner();
-    assert_eq!(linked.identity.expect("identity").provider_uid, "tw-l0");
-    assert_refused(
-        missing.await.expect("join"),
-        Code::NotFound,
-        "ACCOUNT_NOT_FOUND",
-    );
-    for (uid, left) in [
-        ("h0", vec!["googleplus"]),
-        ("h1", vec!["googleplus"]),
-        ("q0", vec!["googleplus"]),
-        ("q1", vec!["facebook"]),
-        ("k0", vec!["googleplus"]),
-        ("l0", vec!["facebook", "googleplus", "twitter"]),
-    ] {
-        assert_eq!(providers(&app, uid).await, left, "{uid}");
-    }
-    let after = app.repo.read_batch_stats().expect("stats");
-    assert_eq!(
-        (
-            after.statements - before.statements,
-            after.reads - before.reads
-        ),
-        (3, 7),
-        "two held reads, then one for the five queued"
     );
 }
