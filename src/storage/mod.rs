@@ -29,4 +29,4 @@ pub use health::{DbHealth, PoolSettings};
 pub use repository::Repository;
 pub use secrets::SessionSealer;
 pub use tokens::{StoredToken, TokenStore};
-pub use write_batch::WriteBatchStats;
+pub use write_batch::{SHARED_WRITES_APPLICATION, WriteBatchStats};

@@ -48,6 +48,9 @@ use super::{
 /// back and its members run alone. Only a race on a unique key makes one
 /// wait at all.
 const LOCK_TIMEOUT: &str = "10ms";
+/// The shared statements' connections' `application_name`, as
+/// `pg_stat_activity` shows them.
+pub const SHARED_WRITES_APPLICATION: &str = "connections-shared-writes";
 /// Prepared statements kept per shared connection: one per mix of member
 /// shapes (members are ordered by shape, so mixes, not orders, count).
 const STATEMENT_CACHE: usize = 256;
@@ -207,6 +210,7 @@ impl SharedWrites {
             let options = (*main.connect_options())
                 .clone()
                 .options([("lock_timeout", LOCK_TIMEOUT)])
+                .application_name(SHARED_WRITES_APPLICATION)
                 .statement_cache_capacity(STATEMENT_CACHE);
             let pool = PgPoolOptions::new()
                 .max_connections(u32::try_from(Self::RUNNING).unwrap_or(u32::MAX))

@@ -92,15 +92,20 @@ pub(crate) async fn queued_as_a_conflict(
 }
 
 /// PostgreSQL: which statements of this database [`writers_waiting`]
-/// counts. Past a shared write statement's lock timeout (10 ms), so a
-/// statement about to give the wait up and run alone is not counted.
-const WAITING_WRITERS: &str =
-    "wait_event_type = 'Lock' AND clock_timestamp() - query_start > interval '100 milliseconds'";
+/// counts: not a shared write statement (`SHARED_WRITES_APPLICATION`),
+/// which gives a lock wait up after 10 ms and hands its writes back to run
+/// alone, where they wait as any writer does.
+fn waiting_writers() -> String {
+    format!(
+        "wait_event_type = 'Lock' AND application_name <> '{}'",
+        connections::storage::SHARED_WRITES_APPLICATION
+    )
+}
 
-/// PostgreSQL: statements of this database waiting for a lock now (for
-/// longer than a shared write statement would).
+/// PostgreSQL: statements of this database waiting for a lock now (not
+/// counting shared write statements).
 pub(crate) async fn writers_waiting(holder: &sea_orm::DatabaseConnection) -> usize {
-    backends_where(holder, WAITING_WRITERS).await
+    backends_where(holder, &waiting_writers()).await
 }
 
 /// PostgreSQL: backends of this database (`holder`'s) where `condition`
@@ -150,7 +155,8 @@ pub(crate) async fn writer_killed_while_waiting_is_unavailable<T: Send + 'static
     holder
         .execute_unprepared(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND {WAITING_WRITERS}"
+             WHERE datname = current_database() AND {}",
+            waiting_writers()
         ))
         .await
         .expect("terminate the waiting backend");

@@ -19,7 +19,10 @@
 
 use std::time::{Duration, Instant};
 
-use connections::{proto::v1 as pb, storage::WriteBatchStats};
+use connections::{
+    proto::v1 as pb,
+    storage::{SHARED_WRITES_APPLICATION, WriteBatchStats},
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tonic::Code;
 
@@ -112,9 +115,14 @@ async fn hold_event_inserts(db: &DatabaseConnection) {
     .await;
 }
 
-/// Statements of this database sleeping in `hold_event_inserts`'s trigger.
+/// Shared write statements running now (held in `hold_event_inserts`'s
+/// trigger: nothing else keeps one running).
 async fn held_statements(db: &DatabaseConnection) -> usize {
-    backends_where(db, "wait_event = 'PgSleep'").await
+    backends_where(
+        db,
+        &format!("state = 'active' AND application_name = '{SHARED_WRITES_APPLICATION}'"),
+    )
+    .await
 }
 
 /// Removes facebook from each of `uids` in turn; each is answered
