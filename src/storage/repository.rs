@@ -202,7 +202,7 @@ impl Repository {
     }
 
     /// PostgreSQL: shared guarded write statements run, the removals and
-    /// links they carried, and those sent back to run alone (None on
+    /// links they carried, and those sent back under the lock (None on
     /// SQLite).
     pub fn write_batch_stats(&self) -> Option<super::WriteBatchStats> {
         self.guarded_writes.as_ref().map(|b| b.stats())

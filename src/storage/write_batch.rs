@@ -23,8 +23,15 @@
 //! statements run on connections of their own whose `lock_timeout` is
 //! [`LOCK_TIMEOUT`]: a statement that would wait longer, or that one member
 //! fails on a unique index, is rolled back whole, and each of its members
-//! runs alone, in its caller's task, on the main pool, as before batching
-//! (where the deadline drops it with its call).
+//! is answered as a guard that did not match: its call runs again under
+//! the account lock, in a transaction of its own, where waiting is safe
+//! (the deadline rolls it back; a connection lost there is retried). No
+//! autocommit write of the service ever waits on a lock.
+//!
+//! (Running such members alone, as autocommit statements, let one start
+//! while PostgreSQL was still aborting the shared statement, which it
+//! reports before it releases its locks: the member's guard then skipped
+//! the account still held by the dying statement.)
 
 use std::sync::{
     OnceLock,
@@ -39,14 +46,15 @@ use sea_orm::{
 use super::{
     batch::{Batch, Batcher, share},
     error::{StorageError, StorageResult},
-    link_write::{LinkWrite, apply_link, check_linked, push_link},
-    removal::{Applied, Write, apply, check_written, push_write},
+    link_write::{LinkWrite, check_linked, push_link},
+    removal::{Applied, Write, check_written, push_write},
     sql::WriteSteps,
 };
 
 /// The longest a shared statement waits for a lock before it is rolled
-/// back and its members run alone. Only a race on a unique key makes one
-/// wait at all.
+/// back and its members run again under the lock. Only a race on a unique
+/// key, or a foreign transaction holding a guarded account's rows, makes
+/// one wait at all.
 const LOCK_TIMEOUT: &str = "10ms";
 /// The shared statements' connections' `application_name`, as
 /// `pg_stat_activity` shows them.
@@ -80,13 +88,6 @@ impl Guarded {
         }
     }
 
-    async fn apply_alone(&self, db: &DatabaseConnection, version: &str) -> StorageResult<Applied> {
-        match self {
-            Self::Removal(write) => apply(db, write, Some(version)).await,
-            Self::Link(write) => apply_link(db, write, Some(version)).await,
-        }
-    }
-
     /// What makes the statement's text differ between writes.
     fn shape(&self) -> (bool, [usize; 5]) {
         match self {
@@ -99,8 +100,6 @@ impl Guarded {
 /// The queue of guarded writes (see the module's doc).
 #[derive(Debug)]
 pub(crate) struct WriteBatches {
-    /// The main pool: writes run alone there.
-    db: DatabaseConnection,
     batcher: Batcher<SharedWrites>,
 }
 
@@ -112,24 +111,17 @@ struct SharedWrites {
     main: DatabaseConnection,
     statements: AtomicU64,
     writes: AtomicU64,
-    alone: AtomicU64,
+    rolled_back: AtomicU64,
 }
 
-#[derive(Debug)]
-enum Reply {
-    Done(StorageResult<Applied>),
-    /// Run it alone: the shared statement was rolled back.
-    Alone(Guarded, String),
-}
-
-/// Shared statements sent and the writes they carried; writes sent back
-/// to run alone after their statement was rolled back (a lock wait or a
-/// unique key); writes waiting now.
+/// Shared statements sent and the writes they carried; writes whose
+/// statement was rolled back (a lock wait or a unique key), sent to run
+/// again under the lock; writes waiting now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteBatchStats {
     pub statements: u64,
     pub writes: u64,
-    pub alone: u64,
+    pub rolled_back: u64,
     pub queued: usize,
 }
 
@@ -141,9 +133,8 @@ impl WriteBatches {
                 main: db.clone(),
                 statements: AtomicU64::default(),
                 writes: AtomicU64::default(),
-                alone: AtomicU64::default(),
+                rolled_back: AtomicU64::default(),
             }),
-            db,
         }
     }
 
@@ -152,7 +143,7 @@ impl WriteBatches {
         WriteBatchStats {
             statements: shared.statements.load(Ordering::Relaxed),
             writes: shared.writes.load(Ordering::Relaxed),
-            alone: shared.alone.load(Ordering::Relaxed),
+            rolled_back: shared.rolled_back.load(Ordering::Relaxed),
             queued: self.batcher.queued(),
         }
     }
@@ -165,39 +156,37 @@ impl WriteBatches {
     }
 
     /// `write`, guarded by the account row's `version`, in the next shared
-    /// statement, or alone if that one is rolled back: the outcome of
-    /// `removal::apply` or `link_write::apply_link` for it.
+    /// statement: the outcome of `removal::apply` or `link_write::apply_link`
+    /// for it, [`Applied::Conflict`] if its statement was rolled back.
     pub(crate) async fn apply(&self, write: Guarded, version: String) -> StorageResult<Applied> {
-        match self.batcher.submit((write, version)).await {
-            Some(Reply::Done(outcome)) => outcome,
-            Some(Reply::Alone(write, version)) => write.apply_alone(&self.db, &version).await,
-            // The statement's task ended without an answer: it panicked,
-            // possibly after the commit.
-            None => Err(StorageError::CommitOutcomeUnknown(DbErr::Custom(
-                "the shared write statement ended without an answer".into(),
-            ))),
-        }
+        self.batcher
+            .submit((write, version))
+            .await
+            .unwrap_or_else(|| {
+                // The statement's task ended without an answer: it
+                // panicked, possibly after the commit.
+                Err(StorageError::CommitOutcomeUnknown(DbErr::Custom(
+                    "the shared write statement ended without an answer".into(),
+                )))
+            })
     }
 }
 
 impl Batch for SharedWrites {
     type Member = (Guarded, String);
-    type Reply = Reply;
+    type Reply = StorageResult<Applied>;
     const RUNNING: usize = 2;
     const MAX_MEMBERS: usize = 8;
 
-    async fn run(&self, members: Vec<(Guarded, String)>) -> Vec<Reply> {
+    async fn run(&self, members: Vec<(Guarded, String)>) -> Vec<Self::Reply> {
         let count = u64::try_from(members.len()).unwrap_or(u64::MAX);
         self.writes.fetch_add(count, Ordering::Relaxed);
         self.statements.fetch_add(1, Ordering::Relaxed);
         match write_members(self.statements_db(), &members).await {
-            Some(outcomes) => outcomes.into_iter().map(Reply::Done).collect(),
+            Some(outcomes) => outcomes,
             None => {
-                self.alone.fetch_add(count, Ordering::Relaxed);
-                members
-                    .into_iter()
-                    .map(|(write, version)| Reply::Alone(write, version))
-                    .collect()
+                self.rolled_back.fetch_add(count, Ordering::Relaxed);
+                members.iter().map(|_| Ok(Applied::Conflict)).collect()
             }
         }
     }
@@ -225,7 +214,7 @@ impl SharedWrites {
 /// Every member's outcome, in order, from one statement; `None` if it
 /// was rolled back for a reason one member may have caused (a lock wait
 /// past [`LOCK_TIMEOUT`], a unique key, an event that cannot be encoded):
-/// then each runs alone. Members are written in order of their shape, so
+/// then each runs again under the lock. Members are written in order of their shape, so
 /// that the statement's text repeats for the same mix of writes.
 async fn write_members(
     db: &DatabaseConnection,

@@ -143,31 +143,45 @@ pub(crate) async fn until_a_writer_waits(holder: &sea_orm::DatabaseConnection) {
     }
 }
 
-/// PostgreSQL: terminates the backend of the writer waiting behind a lock of
-/// `holder`, and checks that `call` answers UNAVAILABLE while the lock is
-/// still held: its write committed itself or not, unknown, so it was not
-/// retried (a retry would wait on the lock again).
-pub(crate) async fn writer_killed_while_waiting_is_unavailable<T: Send + 'static>(
+/// PostgreSQL: terminates the backend of the writer waiting behind a lock
+/// of `holder`, and checks that the call is neither answered nor lost: a
+/// write that waits on a lock does so in a transaction (a shared autocommit
+/// statement gives the wait up), which the lost connection rolled back, so
+/// the call runs again and waits again, on another backend.
+pub(crate) async fn writer_killed_while_waiting_is_retried<T>(
     holder: &sea_orm::DatabaseConnection,
-    call: tokio::task::JoinHandle<Result<tonic::Response<T>, tonic::Status>>,
+    call: &tokio::task::JoinHandle<Result<tonic::Response<T>, tonic::Status>>,
 ) {
     until_a_writer_waits(holder).await;
-    holder
-        .execute_unprepared(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND {}",
-            waiting_writers()
+    let killed = holder
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT pid, pg_terminate_backend(pid) AS gone FROM pg_stat_activity \
+                 WHERE datname = current_database() AND {}",
+                waiting_writers()
+            ),
         ))
         .await
         .expect("terminate the waiting backend");
-    let answered = tokio::time::timeout(Duration::from_secs(30), call)
-        .await
-        .expect("the call was retried and waits on the lock again")
-        .expect("task");
-    let Err(status) = answered else {
-        panic!("the connection died during the write, yet the call succeeded");
-    };
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let killed: Vec<i32> = killed
+        .iter()
+        .map(|row| row.try_get("", "pid").expect("pid"))
+        .collect();
+    assert_eq!(killed.len(), 1, "one writer waited");
+    let condition = format!("{} AND pid <> {}", waiting_writers(), killed[0]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while backends_where(holder, &condition).await == 0 {
+        assert!(
+            !call.is_finished(),
+            "the call ended instead of running again"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never waited again"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn remove(uid: &str) -> pb::RemoveConnectionRequest {

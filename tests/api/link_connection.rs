@@ -16,7 +16,7 @@ on_both_backends!(
     get_account_never_returns_session_data,
     get_account_of_an_unknown_account_is_account_not_found,
     link_connection_acts_on_what_a_concurrent_writer_left,
-    an_unlocked_link_whose_connection_dies_is_not_retried,
+    an_unlocked_link_that_would_wait_waits_under_the_lock,
 );
 
 fn link_request(provider: &str, sub: &str, provider_uid: &str) -> pb::LinkConnectionRequest {
@@ -229,24 +229,29 @@ async fn link_connection_acts_on_what_a_concurrent_writer_left(backend: Backend)
     assert_eq!(account.identities.len(), 1, "{account:?}");
 }
 
-/// PostgreSQL: an unlocked link's write is one statement that commits
-/// itself, so a connection lost during it leaves the outcome unknown, as a
-/// COMMIT does: the call answers UNAVAILABLE and is not retried (a retry
-/// after a write that did commit would answer from the changed account).
-/// Here the write waits on the identity's unique index for another
-/// account's uncommitted link of the same identity, and its backend is
-/// terminated there. A retry would wait on that index again.
-async fn an_unlocked_link_whose_connection_dies_is_not_retried(backend: Backend) {
+/// PostgreSQL: an unlocked link's write is one autocommit statement, which
+/// must never wait on a lock. Here it would wait on the identity's unique
+/// index for another account's uncommitted link of the same identity: the
+/// shared statement gives the wait up, and the link runs under the lock
+/// instead, in a transaction. Its backend is terminated there: nothing of
+/// it committed, so the call runs again, and links once the other
+/// account's link is rolled back.
+async fn an_unlocked_link_that_would_wait_waits_under_the_lock(backend: Backend) {
     if matches!(backend, Backend::Sqlite) {
         return;
     }
     let app = setup(&backend).await;
     app.create_account("3_a", "u2", &[]).await;
     let (holder, txn, link) = link_behind_a_held_link(&app, "u2").await;
-    crate::deadlines::writer_killed_while_waiting_is_unavailable(&holder, link).await;
+    crate::deadlines::writer_killed_while_waiting_is_retried(&holder, &link).await;
     txn.rollback().await.expect("release");
     holder.close().await.expect("close");
-    assert!(app.account("3_a", "u1").await.identities.is_empty());
+    let linked = link.await.expect("join").expect("linked once free");
+    assert_eq!(
+        linked.into_inner().identity.expect("identity").provider_uid,
+        "fb-1"
+    );
+    assert_eq!(app.account("3_a", "u1").await.identities.len(), 1);
 }
 
 /// Holds account `uid` in another transaction that links facebook `fb-1` to

@@ -40,7 +40,7 @@ on_both_backends!(
     remove_connection_concurrent_retries_of_one_request_id_act_once,
     remove_connection_concurrent_new_cids_never_exceed_the_limit,
     remove_connection_acts_on_what_a_concurrent_writer_left,
-    an_unlocked_removal_whose_connection_dies_is_not_retried,
+    an_unlocked_removal_that_would_wait_waits_under_the_lock,
     remove_connection_whose_request_id_another_call_stores_first_changes_nothing,
 );
 
@@ -945,15 +945,16 @@ async fn remove_connection_acts_on_what_a_concurrent_writer_left(backend: Backen
     assert_eq!(account.login_methods, 2, "{account:?}");
 }
 
-/// PostgreSQL: an unlocked removal's write is one statement that commits
-/// itself, so a connection lost during it leaves the outcome unknown, as a
-/// COMMIT does: the call answers UNAVAILABLE and is not retried (a retry
-/// after a write that did commit would plan from the changed account and
-/// answer NOT_CONNECTED). No writer of the service holds an identity
-/// without its account; a foreign transaction (an operator's script) does
-/// here, so that the write, past its guard, waits on the identity's row
-/// where its backend can be terminated. A retry would wait there again.
-async fn an_unlocked_removal_whose_connection_dies_is_not_retried(backend: Backend) {
+/// PostgreSQL: an unlocked removal's write is one autocommit statement,
+/// which must never wait on a lock (a connection lost while it waits would
+/// leave its outcome unknown, and it could commit after its call's
+/// deadline). No writer of the service holds an identity without its
+/// account; a foreign transaction (an operator's script) does here, so
+/// that the write, past its guard, would wait on the identity's row: the
+/// shared statement gives the wait up, and the removal runs under the lock
+/// instead, in a transaction. Its backend is terminated there: nothing of
+/// it committed, so the call runs again, and removes once the row is free.
+async fn an_unlocked_removal_that_would_wait_waits_under_the_lock(backend: Backend) {
     use sea_orm::ConnectionTrait;
     if matches!(backend, Backend::Sqlite) {
         return;
@@ -971,13 +972,15 @@ async fn an_unlocked_removal_whose_connection_dies_is_not_retried(backend: Backe
             .remove_connection(remove("u1", Some("facebook")))
             .await
     });
-    crate::deadlines::writer_killed_while_waiting_is_unavailable(&holder, removal).await;
+    crate::deadlines::writer_killed_while_waiting_is_retried(&holder, &removal).await;
     txn.rollback().await.expect("release");
     holder.close().await.expect("close");
-    // The statement died before its commit: nothing of it is left.
-    assert!(outbox_events(&app).await.is_empty());
+    let answer = removal.await.expect("join").expect("removed once free");
+    assert_eq!(answer.into_inner().removed.len(), 1);
+    // The killed attempt left nothing: one removal, one event.
+    assert_eq!(outbox_events(&app).await.len(), 1);
     let account = app.account(KEY, "u1").await;
-    assert_eq!(account.identities.len(), 1, "{account:?}");
+    assert!(account.identities.is_empty(), "{account:?}");
 }
 
 /// A removal whose request id another call (of another account) is storing

@@ -11,10 +11,10 @@
 //! - Removals with a request id held on that id's unique index (another
 //!   transaction is inserting it), as many as shared statements have
 //!   slots, hold up no other removal: their statements give up the lock
-//!   wait, and they wait alone while plain removals sent meanwhile are
-//!   answered.
+//!   wait, and they wait under the lock, in transactions of their own,
+//!   while plain removals sent meanwhile are answered.
 //! - The same for a link held on the unique index of an identity another
-//!   account is linking: it waits alone, and fails as linked elsewhere
+//!   account is linking: it waits under the lock, and fails as linked elsewhere
 //!   once the other transaction commits.
 
 use std::time::{Duration, Instant};
@@ -230,7 +230,7 @@ async fn writes_queued_behind_busy_statements_share_the_next_one() {
         (
             after.statements - before.statements,
             after.writes - before.writes,
-            after.alone - before.alone,
+            after.rolled_back - before.rolled_back,
         ),
         (3, 9, 0),
         "two held statements, then one for the seven queued"
@@ -259,9 +259,10 @@ async fn removals_held_on_their_request_ids_hold_up_no_other() {
             ..remove(uid, Some("facebook"))
         };
         held.push((uid, spawn_removal(&app, request)));
-        // Its shared statement gave up the wait; it waits alone.
-        until("a keyed removal waits alone", async || {
-            stats(&app).alone - before.alone > n as u64 && writers_waiting(&holder).await > n
+        // Its shared statement gave up the wait; it waits under the lock.
+        until("a keyed removal waits under the lock", async || {
+            stats(&app).rolled_back - before.rolled_back > n as u64
+                && writers_waiting(&holder).await > n
         })
         .await;
     }
@@ -303,8 +304,8 @@ async fn a_link_held_on_an_identity_linked_meanwhile_holds_up_no_other() {
     .expect("the other link");
     let before = stats(&app);
     let held = spawn_link(&app, "l0", "twitter", "tw-shared");
-    until("the link waits alone", async || {
-        stats(&app).alone > before.alone && writers_waiting(&holder).await > 0
+    until("the link waits under the lock", async || {
+        stats(&app).rolled_back > before.rolled_back && writers_waiting(&holder).await > 0
     })
     .await;
 
