@@ -164,16 +164,16 @@ pub(crate) fn check_linked(
     }
 }
 
-/// Writes `write` in one round trip, guarded by the account row's
-/// `version` (PostgreSQL, outside a transaction) if given. An identity
+/// Writes `write` in one round trip, under the account lock. An identity
 /// another account linked meanwhile is [`DomainError::IdentityLinkedElsewhere`].
+/// (Outside a transaction, guarded by the account row's version, a link's
+/// write is a member of a shared statement: `write_batch`.)
 pub(crate) async fn apply_link<C: ConnectionTrait>(
     conn: &C,
     write: &LinkWrite,
-    version: Option<&str>,
 ) -> StorageResult<Applied> {
     let mut steps = WriteSteps::new(conn.get_database_backend());
-    push_link(&mut steps, write, version);
+    push_link(&mut steps, write, None);
     let failed = steps.failure();
     let rows = conn
         .query_all_raw(steps.into_statement())
@@ -185,5 +185,5 @@ pub(crate) async fn apply_link<C: ConnectionTrait>(
                 failed(err)
             }
         })?;
-    check_linked(&rows, None, version.is_some())
+    check_linked(&rows, None, false)
 }

@@ -155,7 +155,7 @@ impl Repository {
         let (outcome, write) =
             answer_and_write(request, ctx, time, &plan, &site, redirect, account.id)?;
         let wrote_events = write.appends_events();
-        match apply(txn, &write, None).await? {
+        match apply(txn, &write).await? {
             Applied::Written => Ok(Step::Done(outcome, wrote_events)),
             Applied::KeyTaken => Ok(Step::KeyTaken),
             Applied::Conflict | Applied::Linked(_) => Err(StorageError::Corrupt(
@@ -210,10 +210,10 @@ impl Repository {
         let (outcome, write) =
             answer_and_write(request, ctx, time, &plan, &site, redirect, account.id)?;
         let wrote_events = write.appends_events();
-        let applied = match &self.guarded_writes {
-            Some(writes) => writes.apply(Guarded::Removal(write), version).await?,
-            None => apply(self.connection(), &write, Some(&version)).await?,
-        };
+        let applied = self
+            .shared_writes()?
+            .apply(Guarded::Removal(write), version)
+            .await?;
         if applied != Applied::Written {
             metrics::storage().write_conflict();
             return Ok(None);
@@ -458,18 +458,10 @@ impl Write {
 /// touch different rows, so one snapshot serves them all). Every write is a
 /// row of the answer, counted by kind: under the account lock every row the
 /// plan names exists, so a count that does not match means the data changed
-/// under the lock.
-///
-/// `version` (PostgreSQL, outside a transaction): the account row's version
-/// the plan was made from; the touch of the account becomes the statement's
-/// guard (`WriteSteps::guard_account`), and [`Applied::Conflict`] means the
-/// account changed or is being changed. Nothing is written unless
-/// [`Applied::Written`].
-pub(crate) async fn apply<C: ConnectionTrait>(
-    conn: &C,
-    write: &Write,
-    version: Option<&str>,
-) -> StorageResult<Applied> {
+/// under the lock. Nothing is written unless [`Applied::Written`]. (Outside
+/// a transaction, guarded by the account row's version, a removal's write
+/// is a member of a shared statement: `write_batch`.)
+pub(crate) async fn apply<C: ConnectionTrait>(conn: &C, write: &Write) -> StorageResult<Applied> {
     if write.is_empty() {
         return Ok(Applied::Written);
     }
@@ -481,8 +473,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
         steps.open("savepoint").push(APPLY_SAVEPOINT_SQL);
         steps.close("savepoint", None);
     }
-    push_write(&mut steps, write, version.filter(|_| postgres))?;
-    let guarded = version.is_some() && postgres;
+    push_write(&mut steps, write, None)?;
     let failed = steps.failure();
     let checked = match conn.query_all_raw(steps.into_statement()).await {
         Err(err) if write.key.is_some() && StorageError::is_unique_violation(&err) => {
@@ -490,7 +481,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
         }
         written => written
             .map_err(failed)
-            .and_then(|rows| check_written(&rows, None, write, guarded)),
+            .and_then(|rows| check_written(&rows, None, write, false)),
     };
     if !postgres && !matches!(checked, Ok(Applied::Written)) {
         // Undo whatever part of the step ran. ROLLBACK TO fails only with

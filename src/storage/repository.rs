@@ -52,7 +52,7 @@ pub struct Repository {
     /// PostgreSQL: the queue that lets concurrent unlocked removals and
     /// links share their guarded write statement (see `write_batch`). None
     /// on SQLite.
-    pub(super) guarded_writes: Option<Arc<WriteBatches>>,
+    guarded_writes: Option<Arc<WriteBatches>>,
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
@@ -199,6 +199,14 @@ impl Repository {
     /// (None on PostgreSQL).
     pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         self.group.as_ref().map(|g| g.stats())
+    }
+
+    /// The queue an unlocked (guarded) write goes through. Only PostgreSQL
+    /// reads unlocked, and only PostgreSQL has one.
+    pub(super) fn shared_writes(&self) -> StorageResult<&WriteBatches> {
+        self.guarded_writes
+            .as_deref()
+            .ok_or_else(|| StorageError::Corrupt("an unlocked write without shared writes".into()))
     }
 
     /// PostgreSQL: shared guarded write statements run, the removals and
@@ -464,9 +472,13 @@ impl Repository {
             login: login.map(str::to_owned),
             sealed: sealed.cloned(),
         };
-        let applied = match (version, &self.guarded_writes) {
-            (Some(version), Some(writes)) => writes.apply(Guarded::Link(write), version).await?,
-            (version, _) => apply_link(conn, &write, version.as_deref()).await?,
+        let applied = match version {
+            Some(version) => {
+                self.shared_writes()?
+                    .apply(Guarded::Link(write), version)
+                    .await?
+            }
+            None => apply_link(conn, &write).await?,
         };
         let identity_id = match applied {
             Applied::Linked(id) => id,

@@ -93,8 +93,8 @@ pub(crate) async fn queued_as_a_conflict(
 
 /// PostgreSQL: which statements of this database [`writers_waiting`]
 /// counts: not a shared write statement (`SHARED_WRITES_APPLICATION`),
-/// which gives a lock wait up after 10 ms and hands its writes back to run
-/// alone, where they wait as any writer does.
+/// which gives a lock wait up after 10 ms and sends its writes to run again
+/// under the lock, where they wait as any writer does.
 fn waiting_writers() -> String {
     format!(
         "wait_event_type = 'Lock' AND application_name <> '{}'",
@@ -127,20 +127,19 @@ pub(crate) async fn backends_where(holder: &sea_orm::DatabaseConnection, conditi
     usize::try_from(count).unwrap_or(0)
 }
 
+/// Waits until `ready` holds, within 30 s (then fails, naming `what`).
+pub(crate) async fn until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// PostgreSQL: waits until a statement of the database waits for a lock
 /// (a writer queued behind [`hold_writers`]).
 pub(crate) async fn until_a_writer_waits(holder: &sea_orm::DatabaseConnection) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if writers_waiting(holder).await > 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no writer ever waited"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("a writer waits", async || writers_waiting(holder).await > 0).await;
 }
 
 /// PostgreSQL: terminates the backend of the writer waiting behind a lock
@@ -170,18 +169,14 @@ pub(crate) async fn writer_killed_while_waiting_is_retried<T>(
         .collect();
     assert_eq!(killed.len(), 1, "one writer waited");
     let condition = format!("{} AND pid <> {}", waiting_writers(), killed[0]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while backends_where(holder, &condition).await == 0 {
+    until("the call waits again, on another backend", async || {
         assert!(
             !call.is_finished(),
             "the call ended instead of running again"
         );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never waited again"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        backends_where(holder, &condition).await > 0
+    })
+    .await;
 }
 
 fn remove(uid: &str) -> pb::RemoveConnectionRequest {

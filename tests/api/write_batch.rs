@@ -17,7 +17,7 @@
 //!   account is linking: it waits under the lock, and fails as linked elsewhere
 //!   once the other transaction commits.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use connections::{
     proto::v1 as pb,
@@ -27,7 +27,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Transact
 use tonic::Code;
 
 use crate::{
-    deadlines::{backends_where, writers_waiting},
+    deadlines::{backends_where, until, writers_waiting},
     helpers::{Backend, TestApp, assert_refused},
     remove_connection::{KEY, another_calls_record, outbox_events, remove},
 };
@@ -38,15 +38,6 @@ fn stats(app: &TestApp) -> WriteBatchStats {
     app.repo
         .write_batch_stats()
         .expect("PostgreSQL batches guarded writes")
-}
-
-/// Waits until `ready` holds, within `PATIENCE`.
-async fn until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !ready().await {
-        assert!(started.elapsed() < PATIENCE, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn setup(app: &TestApp, uids: &[&str]) {
