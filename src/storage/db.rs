@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use super::{StorageError, health::PoolSettings, migrations::Migrator};
+use super::{StorageError, health::PoolSettings, idle_check, migrations::Migrator};
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://connections.db?mode=rwc";
@@ -74,19 +74,25 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
             })
         });
     } else {
-        // Every checkout is pinged (sqlx's default): it costs a round trip,
-        // but after a restart or killed backends the pool finds its dead
-        // connections there, and calls fail over or fail fast instead of
-        // meeting them mid-transaction. Pinging only connections idle for a
-        // second let reads right after killed backends meet more dead
-        // connections than the breaker's guard retries.
+        // Not every checkout is pinged (sqlx's default), only connections
+        // that may have died while idle (see `idle_check`): a ping is a round
+        // trip and a backend wake-up before each statement.
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         options
             .max_connections(
                 pool.max_connections
                     .unwrap_or_else(|| default_postgres_pool(cores)),
             )
-            .min_connections(1);
+            .min_connections(1)
+            .test_before_acquire(false)
+            .map_sqlx_postgres_before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if idle_check::worth_testing(meta.idle_for) {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            });
     }
     match Database::connect(options).await {
         Ok(connection) => Ok(connection),

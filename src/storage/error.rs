@@ -108,7 +108,11 @@ fn classify_code(code: &str) -> Failure {
 impl From<DbErr> for StorageError {
     fn from(err: DbErr) -> Self {
         match classify(&err) {
-            Failure::ConnectionLost => Self::Unavailable(err),
+            Failure::ConnectionLost => {
+                // The pool's other idle connections may be gone too.
+                super::idle_check::connection_lost();
+                Self::Unavailable(err)
+            }
             Failure::Full => Self::Full(err),
             Failure::Busy => Self::Busy(err),
             Failure::Conflict => Self::Conflict(err),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod group_commit;
 pub mod health;
+mod idle_check;
 pub(crate) mod link_write;
 pub(crate) mod migrations;
 pub mod outbox;

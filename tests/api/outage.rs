@@ -35,6 +35,26 @@ async fn populate(app: &TestApp, accounts: usize) {
     }
 }
 
+/// A PostgreSQL app with `accounts` populated, its database's name, and an
+/// administrator's connection to the server (to kill the app's backends).
+async fn spawn_with_admin(accounts: usize) -> (TestApp, String, sea_orm::DatabaseConnection) {
+    let backend = Backend::postgres();
+    let Backend::Postgres(base) = &backend else {
+        unreachable!("postgres backend");
+    };
+    let app = TestApp::spawn(&backend).await;
+    populate(&app, accounts).await;
+    let database = url::Url::parse(&app.database_url)
+        .expect("url")
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    let admin = sea_orm::Database::connect(base.as_str())
+        .await
+        .expect("admin connection");
+    (app, database, admin)
+}
+
 fn remove(uid: &str) -> pb::RemoveConnectionRequest {
     pb::RemoveConnectionRequest {
         api_key: "3_a".into(),
@@ -47,20 +67,7 @@ fn remove(uid: &str) -> pb::RemoveConnectionRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
 async fn killed_connections_are_retried_or_unavailable_never_internal() {
-    let backend = Backend::postgres();
-    let Backend::Postgres(base) = &backend else {
-        unreachable!("postgres backend");
-    };
-    let app = TestApp::spawn(&backend).await;
-    populate(&app, ACCOUNTS).await;
-    let database = url::Url::parse(&app.database_url)
-        .expect("url")
-        .path()
-        .trim_start_matches('/')
-        .to_owned();
-    let admin = sea_orm::Database::connect(base.as_str())
-        .await
-        .expect("admin connection");
+    let (app, database, admin) = spawn_with_admin(ACCOUNTS).await;
     // Three rounds of killing every connection of the service, 150 ms
     // apart, while removals run four at a time.
     let killer = tokio::spawn(async move {
@@ -133,6 +140,98 @@ async fn killed_connections_are_retried_or_unavailable_never_internal() {
         let account = app.account("3_a", &uid).await;
         assert!(account.identities.is_empty(), "{uid} was acknowledged");
     }
+}
+
+/// The service's PostgreSQL backends (every connection but `admin`'s own).
+async fn service_backends(admin: &sea_orm::DatabaseConnection, database: &str) -> Vec<i32> {
+    let rows = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+            ),
+        ))
+        .await
+        .expect("pg_stat_activity");
+    rows.iter()
+        .map(|row| row.try_get::<i32>("", "pid").expect("pid"))
+        .collect()
+}
+
+/// Pooled connections are not pinged at every checkout: only those that may
+/// have died while idle. When every idle connection was killed between
+/// calls, the first call meets a dead one and is retried, and its retry and
+/// every call after it test their connection first: no call fails, however
+/// many dead connections the pool held (more than a call's attempts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
+async fn idle_connections_killed_between_calls_fail_no_call() {
+    let (app, database, admin) = spawn_with_admin(24).await;
+    // Twelve calls at once grow the pool to about as many connections.
+    let get = |n: usize| pb::GetAccountRequest {
+        api_key: "3_a".into(),
+        uid: format!("u{n}"),
+    };
+    for _ in 0..3 {
+        let calls = (0..12).map(|n| {
+            let mut client = app.connections();
+            async move { client.get_account(get(n)).await }
+        });
+        for answer in futures::future::join_all(calls).await {
+            answer.expect("get account");
+        }
+    }
+    let pooled = service_backends(&admin, &database).await;
+    assert!(
+        pooled.len() > 4,
+        "the pool grew to {} connections only",
+        pooled.len()
+    );
+
+    let list = pooled
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    admin
+        .execute_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT pg_terminate_backend(pid) FROM unnest(ARRAY[{list}]) AS pid"),
+        ))
+        .await
+        .expect("kill the service's connections");
+    // The service may open new connections meanwhile (its probe, the
+    // sequencer's listener): only the killed ones must be gone.
+    time_until(
+        Duration::from_secs(5),
+        "the killed backends gone",
+        || async {
+            let now = service_backends(&admin, &database).await;
+            !now.iter().any(|pid| pooled.contains(pid))
+        },
+    )
+    .await;
+
+    // One at a time, then twelve at once: every call is answered.
+    let mut client = app.connections();
+    for n in 0..12 {
+        client
+            .remove_connection(remove(&format!("u{n}")))
+            .await
+            .unwrap_or_else(|status| panic!("u{n}: {status:?}"));
+    }
+    let calls = (12..24).map(|n| {
+        let mut client = app.connections();
+        async move { (n, client.remove_connection(remove(&format!("u{n}"))).await) }
+    });
+    for (n, answer) in futures::future::join_all(calls).await {
+        answer.unwrap_or_else(|status| panic!("u{n}: {status:?}"));
+    }
+    eprintln!(
+        "{} connections killed while idle; 24 removals after, none failed",
+        pooled.len()
+    );
 }
 
 async fn serving(app: &TestApp) -> Option<ServingStatus> {

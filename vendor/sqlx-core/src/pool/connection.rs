@@ -304,6 +304,17 @@ impl<DB: Database> Floating<DB, Live<DB>> {
             }
         }
 
+        // connections (vendored change): only a connection with something
+        // queued to send (a dropped transaction's ROLLBACK) is pinged here, to
+        // send it now; a query dropped mid-flight is drained by the next
+        // user (every query waits until the connection is ready first), and
+        // a connection that died is found by the before-acquire check. The
+        // ping cost every checkout a round trip.
+        if !self.raw.should_flush() {
+            self.release();
+            return true;
+        }
+
         // test the connection on-release to ensure it is still viable,
         // and flush anything time-sensitive like transaction rollbacks
         // if an Executor future/stream is dropped during an `.await` call, the connection
