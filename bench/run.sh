@@ -9,7 +9,8 @@
 # one is reachable) it builds the release binaries if needed, creates a token,
 # starts `connections serve` exactly as users run it (authentication on),
 # seeds a site and accounts, runs the write workloads at concurrency 1, 8 and
-# 32, the same removal as the database's ceiling (pgbench with
+# 32, each headline run followed by the same removal as the database's
+# ceiling at the same concurrency (pgbench with
 # bench/reference/remove_connection.sql; for SQLite the reference program
 # `connections-bench sqlite-reference`), the event figures, and prints one
 # table. Everything it creates is removed on exit.
@@ -137,12 +138,20 @@ bench_database() {
   # shellcheck disable=SC2046
   "$BENCH" seed $(target_args "$a_port")
 
+  # Each headline run is followed at once by the ceiling at the same
+  # concurrency (with the server stopped: the reference's outbox rows are
+  # not the service's to stamp or deliver), so that a drift of this
+  # machine's speed between the two does not become the ratio.
   for c in $LEVELS; do
     say "$db: RemoveConnection (one provider), concurrency $c"
     settle "$db" "$url"
     # shellcheck disable=SC2046
     "$BENCH" load $(target_args "$a_port") --workload remove-one --concurrency "$c" \
       --seconds "$SECONDS_HEADLINE" --server-pid "$a_pid" --label "$db:headline" >>"$results"
+    stop_server "$a_pid"
+    ceiling "$db" "$url" "$c"
+    start_server "$url" "$db-a"
+    a_port=$port a_pid=$pid
   done
   for workload in remove-one-request-id remove-all unlink mixed; do
     for c in $LEVELS; do
@@ -187,18 +196,6 @@ bench_database() {
     --server-pid "$a_pid" --label "$db:200-subscribers" >>"$results"
   stop_server "$a_pid"
 
-  for c in $LEVELS; do
-    say "$db: ceiling, concurrency $c"
-    if [ "$db" = sqlite ]; then
-      local file=${url#sqlite://}
-      "$BENCH" sqlite-reference --db "${file%%\?*}" --api-key "$API_KEY" --accounts "$ACCOUNTS" \
-        --concurrency "$c" --seconds "$SECONDS_HEADLINE" --label "$db:reference" >>"$results"
-    else
-      settle "$db" "$url"
-      pgbench_reference "$url" "$c"
-    fi
-  done
-
   if [ -n "$NATS" ]; then
     local head stream="BENCH_${db}_$$" prefix="connections_bench.$$.$db"
     head=$("$BENCH" head --database-url "$url")
@@ -223,6 +220,21 @@ bench_database() {
   "$BENCH" replay --grpc "http://127.0.0.1:$port" --events "$BACKLOG" --server-pid "$pid" \
     --label "$db:replay" >>"$results"
   stop_server "$pid"
+}
+
+# ceiling NAME URL CONCURRENCY: the database's own removal and re-link,
+# with no server running on it.
+ceiling() {
+  local db=$1 url=$2 c=$3
+  say "$db: ceiling, concurrency $c"
+  if [ "$db" = sqlite ]; then
+    local file=${url#sqlite://}
+    "$BENCH" sqlite-reference --db "${file%%\?*}" --api-key "$API_KEY" --accounts "$ACCOUNTS" \
+      --concurrency "$c" --seconds "$SECONDS_HEADLINE" --label "$db:reference" >>"$results"
+  else
+    settle "$db" "$url"
+    pgbench_reference "$url" "$c"
+  fi
 }
 
 # pgbench_reference URL CONCURRENCY: the ceiling's removals/s and the

@@ -85,14 +85,7 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
             )
             .min_connections(1)
             .test_before_acquire(false)
-            .map_sqlx_postgres_before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if idle_check::worth_testing(meta.idle_for) {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            });
+            .map_sqlx_postgres_before_acquire(idle_check::test_if_suspect);
     }
     match Database::connect(options).await {
         Ok(connection) => Ok(connection),

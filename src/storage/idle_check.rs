@@ -28,6 +28,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::future::BoxFuture;
+use sea_orm::sqlx::{self, Connection, pool::PoolConnectionMetadata, postgres::PgConnection};
+
 /// A connection idle this long is tested before use.
 pub(crate) const IDLE_TEST_AFTER: Duration = Duration::from_secs(10);
 
@@ -55,6 +58,20 @@ pub(crate) fn worth_testing(idle_for: Duration) -> bool {
         millis => Some(Duration::from_millis(millis - 1)),
     };
     suspect(CLOCK.elapsed(), idle_for, last_loss)
+}
+
+/// The pools' `before_acquire`: pings `conn` if it is [`worth_testing`]
+/// (a failed ping closes it, and the pool tries another).
+pub(crate) fn test_if_suspect(
+    conn: &mut PgConnection,
+    meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if worth_testing(meta.idle_for) {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
 }
 
 /// The rule of [`worth_testing`], with every time since [`CLOCK`]'s start.

@@ -404,6 +404,10 @@ pub(crate) struct Write {
 }
 
 impl Write {
+    pub(crate) fn account_id(&self) -> i64 {
+        self.account_id
+    }
+
     fn new(
         plan: &RemovalPlan,
         account_id: i64,

@@ -9,8 +9,17 @@
 //! statement). In a shared statement each member has its own CTEs and its
 //! own guard, so a member whose account changed writes nothing and its
 //! neighbours are unaffected. A failure of a shared statement reaches
-//! every member (a lost connection leaves all of them with an unknown
-//! outcome, as it would leave one).
+//! every member. A lost connection would leave each with an unknown
+//! outcome; but a member whose account row is still at its version wrote
+//! nothing (its guard touches the row first, and every step after acts only
+//! if it did), so it runs again under the lock. The row is read `FOR
+//! UPDATE`, which waits out a statement PostgreSQL is still running (or
+//! aborting) and sees what it left.
+//!
+//! These connections are tested before use only when they may have died
+//! while idle (`idle_check`), as the main pool's are: a dead one found by
+//! the statement itself costs a retry under the lock, not an unknown
+//! outcome.
 //!
 //! What members share besides the commit is the statement's time, so a
 //! shared statement never waits on a lock for long. A guard never waits
@@ -33,19 +42,23 @@
 //! reports before it releases its locks: the member's guard then skipped
 //! the account still held by the dying statement.)
 
-use std::sync::{
-    OnceLock,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector, Statement,
     sqlx::postgres::PgPoolOptions,
 };
 
 use super::{
     batch::{Batch, Batcher, share},
     error::{StorageError, StorageResult},
+    idle_check,
     link_write::{LinkWrite, check_linked, push_link},
     removal::{Applied, Write, check_written, push_write},
     sql::WriteSteps,
@@ -59,6 +72,10 @@ const LOCK_TIMEOUT: &str = "10ms";
 /// The shared statements' connections' `application_name`, as
 /// `pg_stat_activity` shows them.
 pub const SHARED_WRITES_APPLICATION: &str = "connections-shared-writes";
+/// How long a member of a statement whose connection was lost waits for
+/// its account row (held by the dying statement, or by another call) to
+/// learn whether the statement wrote it; past this its outcome is unknown.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(1);
 /// Prepared statements kept per shared connection: one per mix of member
 /// shapes (members are ordered by shape, so mixes, not orders, count).
 const STATEMENT_CACHE: usize = 256;
@@ -85,6 +102,13 @@ impl Guarded {
         match self {
             Self::Removal(write) => check_written(rows, Some(member), write, true),
             Self::Link(_) => check_linked(rows, Some(member), true),
+        }
+    }
+
+    fn account_id(&self) -> i64 {
+        match self {
+            Self::Removal(write) => write.account_id(),
+            Self::Link(write) => write.account_id,
         }
     }
 
@@ -115,8 +139,9 @@ struct SharedWrites {
 }
 
 /// Shared statements sent and the writes they carried; writes whose
-/// statement was rolled back (a lock wait or a unique key), sent to run
-/// again under the lock; writes waiting now.
+/// statement was rolled back (a lock wait or a unique key) or lost its
+/// connection without writing them, sent to run again under the lock;
+/// writes waiting now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteBatchStats {
     pub statements: u64,
@@ -182,7 +207,7 @@ impl Batch for SharedWrites {
         let count = u64::try_from(members.len()).unwrap_or(u64::MAX);
         self.writes.fetch_add(count, Ordering::Relaxed);
         self.statements.fetch_add(1, Ordering::Relaxed);
-        match write_members(self.statements_db(), &members).await {
+        match write_members(self.statements_db(), &members, &self.rolled_back).await {
             Some(outcomes) => outcomes,
             None => {
                 self.rolled_back.fetch_add(count, Ordering::Relaxed);
@@ -205,6 +230,8 @@ impl SharedWrites {
                 .max_connections(u32::try_from(Self::RUNNING).unwrap_or(u32::MAX))
                 .min_connections(0)
                 .acquire_timeout(main.options().get_acquire_timeout())
+                .test_before_acquire(false)
+                .before_acquire(idle_check::test_if_suspect)
                 .connect_lazy_with(options);
             SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
         })
@@ -219,6 +246,7 @@ impl SharedWrites {
 async fn write_members(
     db: &DatabaseConnection,
     members: &[(Guarded, String)],
+    rolled_back: &AtomicU64,
 ) -> Option<Vec<StorageResult<Applied>>> {
     let mut order: Vec<usize> = (0..members.len()).collect();
     order.sort_by_key(|&i| members[i].0.shape());
@@ -246,7 +274,45 @@ async fn write_members(
         }
         Err(err) => {
             let err = failed(err);
-            Some(members.iter().map(|_| Err(share(&err))).collect())
+            if !matches!(err, StorageError::CommitOutcomeUnknown(_)) {
+                return Some(members.iter().map(|_| Err(share(&err))).collect());
+            }
+            let mut outcomes = Vec::with_capacity(members.len());
+            for (write, version) in members {
+                outcomes.push(match unchanged(db, write.account_id(), version).await {
+                    Ok(true) => {
+                        rolled_back.fetch_add(1, Ordering::Relaxed);
+                        Ok(Applied::Conflict)
+                    }
+                    Ok(false) | Err(_) => Err(share(&err)),
+                });
+            }
+            Some(outcomes)
+        }
+    }
+}
+
+/// Whether the account row is still at `version`, once no transaction
+/// holds it: then nothing of a guarded write made from that version was
+/// kept. On these connections a lock wait gives up after [`LOCK_TIMEOUT`];
+/// it is tried again for [`SETTLE_PATIENCE`].
+async fn unchanged(db: &DatabaseConnection, account_id: i64, version: &str) -> Result<bool, DbErr> {
+    let deadline = Instant::now() + SETTLE_PATIENCE;
+    loop {
+        let read = db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT xmin::text AS version FROM accounts WHERE id = $1 FOR UPDATE",
+                [account_id.into()],
+            ))
+            .await;
+        match read {
+            Ok(Some(row)) => return Ok(row.try_get::<String>("", "version")? == version),
+            Ok(None) => return Ok(false),
+            Err(err) if StorageError::is_lock_timeout(&err) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(err) => return Err(err),
         }
     }
 }

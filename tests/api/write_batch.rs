@@ -16,6 +16,10 @@
 //! - The same for a link held on the unique index of an identity another
 //!   account is linking: it waits under the lock, and fails as linked elsewhere
 //!   once the other transaction commits.
+//! - A shared statement sent on a connection that died while idle (they are
+//!   not pinged at every checkout) fails; its removal, whose account it did
+//!   not change, runs again under the lock and is answered once, with one
+//!   event.
 
 use std::time::Duration;
 
@@ -316,5 +320,70 @@ async fn a_link_held_on_an_identity_linked_meanwhile_holds_up_no_other() {
     assert_eq!(
         providers(&app, "o0").await,
         ["facebook", "googleplus", "twitter"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
+async fn a_statement_on_a_connection_that_died_idle_runs_its_writes_under_the_lock() {
+    let app = TestApp::spawn(&Backend::postgres()).await;
+    let uids = ["s0", "s1", "s2", "s3"];
+    setup(&app, &uids).await;
+    let holder = app.repo.connection();
+    let shared = format!("application_name = '{SHARED_WRITES_APPLICATION}'");
+    let mut client = app.connections();
+    // The first removal opens a shared connection. Each later one is sent
+    // after the shared connections were killed while idle. A lost
+    // connection seen anywhere in this process (another test's) makes the
+    // pool test idle connections for a second, so the statement may find
+    // a live one instead: the loop stops once one met a dead one.
+    client
+        .remove_connection(remove(uids[0], Some("facebook")))
+        .await
+        .expect("first removal");
+    let before = stats(&app);
+    let mut answered = vec![uids[0]];
+    let mut met_a_dead_connection = false;
+    for uid in &uids[1..] {
+        let killed = holder
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND {shared}"
+                ),
+            ))
+            .await
+            .expect("terminate the shared connections");
+        assert!(!killed.is_empty(), "a shared connection was open");
+        until("the shared connections gone", async || {
+            backends_where(holder, &shared).await == 0
+        })
+        .await;
+        let rolled_back = stats(&app).rolled_back;
+        client
+            .remove_connection(remove(uid, Some("facebook")))
+            .await
+            .unwrap_or_else(|status| panic!("{uid}: {status:?}"));
+        assert_eq!(providers(&app, uid).await, ["googleplus"], "{uid}");
+        answered.push(uid);
+        if stats(&app).rolled_back > rolled_back {
+            met_a_dead_connection = true;
+            break;
+        }
+    }
+    assert!(
+        met_a_dead_connection,
+        "no statement met a killed connection"
+    );
+    let events = outbox_events(&app).await;
+    for uid in &answered {
+        let removed = events.iter().filter(|e| e.uid == *uid).count();
+        assert_eq!(removed, 1, "{uid}: one removal, one event");
+    }
+    let after = stats(&app);
+    assert!(
+        after.statements > before.statements,
+        "{before:?} -> {after:?}"
     );
 }
