@@ -269,13 +269,13 @@ pub async fn worker(mut client: Client, plan: WorkerPlan) -> WorkerFigures {
     figures
 }
 
-/// How long a latency run writes, unmeasured, before it starts timing.
+/// How long a run writes, unmeasured, before it starts timing.
 pub const WARM_UP: Duration = Duration::from_secs(1);
 
 /// Writes at `rate` for [`WARM_UP`] with `concurrency` workers and discards
 /// the figures. A freshly started replica grows its database pool under the
 /// first load (each new PostgreSQL connection: TLS, authentication and an
-/// empty statement cache), which is start-up, not event latency. Any error
+/// empty statement cache), which is start-up, not a rate or a latency. Any error
 /// fails the run, as it would in the measured part.
 pub async fn warm_up(
     target: &Target,
@@ -345,6 +345,9 @@ pub async fn drive(
 }
 
 pub async fn run(target: &Target, accounts: &Accounts, run: Run) -> Result<(), Error> {
+    // bench/run.sh restarts the server after each ceiling: its pools grow
+    // here, not in the measured run.
+    warm_up(target, accounts, run.concurrency, 0.0).await?;
     let clients = clients(target, run.concurrency).await?;
     let before = ProcessSample::take(&run.server_pids);
     let started = Instant::now();
