@@ -105,12 +105,29 @@ fn classify_code(code: &str) -> Failure {
     }
 }
 
+/// No connection could be had from the pool (none was used).
+fn is_acquire_failure(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(
+                e.as_ref(),
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        }
+        _ => false,
+    }
+}
+
 impl From<DbErr> for StorageError {
     fn from(err: DbErr) -> Self {
         match classify(&err) {
             Failure::ConnectionLost => {
-                // The pool's other idle connections may be gone too.
-                super::idle_check::connection_lost();
+                // A connection that died says the pool's other idle ones may
+                // be gone too; none to be had in time says nothing of them.
+                if !is_acquire_failure(&err) {
+                    super::idle_check::connection_lost();
+                }
                 Self::Unavailable(err)
             }
             Failure::Full => Self::Full(err),
@@ -233,5 +250,19 @@ mod tests {
         assert_eq!(classify_code("23505"), Failure::Other);
         assert_eq!(classify_code("40001"), Failure::Conflict);
         assert_eq!(classify_code("40P01"), Failure::Conflict);
+    }
+
+    #[test]
+    fn only_a_connection_that_was_used_counts_as_lost() {
+        let sqlx_err = |e: sqlx::Error| DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(e)));
+        assert!(is_acquire_failure(&DbErr::ConnectionAcquire(
+            ConnAcquireErr::Timeout
+        )));
+        assert!(is_acquire_failure(&sqlx_err(sqlx::Error::PoolTimedOut)));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!is_acquire_failure(&sqlx_err(sqlx::Error::Io(reset))));
+        assert!(!is_acquire_failure(&DbErr::Conn(RuntimeErr::Internal(
+            "connection refused".into()
+        ))));
     }
 }

@@ -44,7 +44,7 @@ static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// one; zero for never.
 static LAST_LOSS: AtomicU64 = AtomicU64::new(0);
 
-/// A call met a lost connection (or none could be had): idle connections
+/// A call met a lost connection (or could not open one): idle connections
 /// are tested before their next use.
 pub(crate) fn connection_lost() {
     let millis = u64::try_from(CLOCK.elapsed().as_millis()).unwrap_or(u64::MAX - 1);

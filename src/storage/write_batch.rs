@@ -295,7 +295,11 @@ async fn write_members(
 /// Whether the account row is still at `version`, once no transaction
 /// holds it: then nothing of a guarded write made from that version was
 /// kept. On these connections a lock wait gives up after [`LOCK_TIMEOUT`];
-/// it is tried again for [`SETTLE_PATIENCE`].
+/// it is tried again for [`SETTLE_PATIENCE`]. (It assumes the lost
+/// statement, if PostgreSQL received it at all, has started by the time
+/// this read has a connection: its guard is its first step and takes the
+/// row at once. A backend left unscheduled that long is the window where
+/// it could still commit after this read.)
 async fn unchanged(db: &DatabaseConnection, account_id: i64, version: &str) -> Result<bool, DbErr> {
     let deadline = Instant::now() + SETTLE_PATIENCE;
     loop {
