@@ -60,15 +60,13 @@ pub(crate) enum Failure {
 /// 57P01/57P02/57P03 (administrator or crash shutdown, cannot connect now)
 /// and I/O, TLS, protocol and pool failures mean the connection is lost.
 pub(crate) fn classify(err: &DbErr) -> Failure {
-    let runtime = match err {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => return Failure::ConnectionLost,
-        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
-        _ => return Failure::Other,
-    };
-    let RuntimeErr::SqlxError(sqlx_err) = runtime else {
+    if matches!(err, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) {
+        return Failure::ConnectionLost;
+    }
+    let Some(sqlx_err) = statement_error(err) else {
         return Failure::Other;
     };
-    match sqlx_err.as_ref() {
+    match sqlx_err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
@@ -80,6 +78,14 @@ pub(crate) fn classify(err: &DbErr) -> Failure {
             classify_code(&code)
         }
         _ => Failure::Other,
+    }
+}
+
+/// sqlx's error behind a failed statement, if it came from sqlx.
+fn statement_error(err: &DbErr) -> Option<&sqlx::Error> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
     }
 }
 
@@ -107,16 +113,11 @@ fn classify_code(code: &str) -> Failure {
 
 /// No connection could be had from the pool (none was used).
 fn is_acquire_failure(err: &DbErr) -> bool {
-    match err {
-        DbErr::ConnectionAcquire(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            matches!(
-                e.as_ref(),
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            )
-        }
-        _ => false,
-    }
+    matches!(err, DbErr::ConnectionAcquire(_))
+        || matches!(
+            statement_error(err),
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        )
 }
 
 impl From<DbErr> for StorageError {
@@ -150,12 +151,10 @@ impl StorageError {
     /// Whether PostgreSQL gave up waiting for a lock (`lock_timeout`,
     /// SQLSTATE 55P03): the statement was rolled back.
     pub(crate) fn is_lock_timeout(err: &DbErr) -> bool {
-        let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) =
-            err
-        else {
-            return false;
-        };
-        matches!(err.as_ref(), sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+        matches!(
+            statement_error(err),
+            Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03")
+        )
     }
 
     /// Sorts an error of COMMIT: a lost connection leaves the outcome unknown.
@@ -191,13 +190,8 @@ impl StorageError {
         let Self::Unavailable(err) = self else {
             return false;
         };
-        match err {
-            DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => true,
-            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-                matches!(e.as_ref(), sqlx::Error::PoolTimedOut)
-            }
-            _ => false,
-        }
+        matches!(err, DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))
+            || matches!(statement_error(err), Some(sqlx::Error::PoolTimedOut))
     }
 
     /// A pool timeout taken for what it is when every pooled connection is
