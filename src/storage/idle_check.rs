@@ -32,11 +32,11 @@ use futures::future::BoxFuture;
 use sea_orm::sqlx::{self, Connection, pool::PoolConnectionMetadata, postgres::PgConnection};
 
 /// A connection idle this long is tested before use.
-pub(crate) const IDLE_TEST_AFTER: Duration = Duration::from_secs(10);
+const IDLE_TEST_AFTER: Duration = Duration::from_secs(10);
 
 /// After a lost connection, connections that went idle up to this long
 /// after it was seen are tested too.
-pub(crate) const LOSS_GRACE: Duration = Duration::from_secs(1);
+const LOSS_GRACE: Duration = Duration::from_secs(1);
 
 static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -52,7 +52,7 @@ pub(crate) fn connection_lost() {
 }
 
 /// Whether a connection idle for `idle_for` is tested before use now.
-pub(crate) fn worth_testing(idle_for: Duration) -> bool {
+fn worth_testing(idle_for: Duration) -> bool {
     let last_loss = match LAST_LOSS.load(Ordering::Relaxed) {
         0 => None,
         millis => Some(Duration::from_millis(millis - 1)),

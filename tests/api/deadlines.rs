@@ -180,12 +180,7 @@ pub(crate) async fn writer_killed_while_waiting_is_retried<T>(
 }
 
 fn remove(uid: &str) -> pb::RemoveConnectionRequest {
-    pb::RemoveConnectionRequest {
-        api_key: "3_a".into(),
-        uid: uid.into(),
-        provider: Some("facebook".into()),
-        ..Default::default()
-    }
+    crate::remove_connection::remove(uid, Some("facebook"))
 }
 
 async fn a_deadline_shorter_than_the_database_rolls_the_removal_back(backend: Backend) {

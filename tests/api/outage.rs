@@ -56,12 +56,7 @@ async fn spawn_with_admin(accounts: usize) -> (TestApp, String, sea_orm::Databas
 }
 
 fn remove(uid: &str) -> pb::RemoveConnectionRequest {
-    pb::RemoveConnectionRequest {
-        api_key: "3_a".into(),
-        uid: uid.into(),
-        provider: Some("facebook".into()),
-        ..Default::default()
-    }
+    crate::remove_connection::remove(uid, Some("facebook"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
