@@ -192,10 +192,15 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         LogFormat::Json => fmt::layer().json().boxed(),
     }
     .with_filter(log_filter);
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_threads(false)
-        .with_filter(Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO));
+    // Only when spans are exported: without an exporter the layer would
+    // still build an OpenTelemetry span for every span of every call, to
+    // drop it at the end. Traceparents do not need it (see `start_trace`).
+    let otel_layer = export_traces.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_filter(Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO))
+    });
     if let Err(err) = tracing_subscriber::registry()
         .with(log_layer)
         .with(otel_layer)

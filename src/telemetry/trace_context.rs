@@ -32,10 +32,11 @@ impl Extractor for HeaderExtractor<'_> {
 /// Makes `span` continue the caller's trace, if any, and returns the span's
 /// own traceparent (same trace id, the span's id).
 ///
-/// Normally the id comes from the OpenTelemetry layer installed by
-/// [`super::init`]. Without it (a library user or a test that installed no
-/// subscriber, or the span filtered out) one is made up here, continuing
-/// the caller's trace id, so that events always carry a valid traceparent.
+/// When spans are exported the id comes from the OpenTelemetry layer
+/// installed by [`super::init`]. Without it (no OTLP endpoint, a library
+/// user or a test that installed no subscriber, or the span filtered out)
+/// one is made up here, continuing the caller's trace id, so that events
+/// always carry a valid traceparent.
 pub fn start_trace(span: &Span, headers: &HeaderMap) -> String {
     let parent = if headers.contains_key(TRACEPARENT_HEADER) {
         TraceContextPropagator::new().extract(&HeaderExtractor(headers))
