@@ -182,7 +182,7 @@ bench_database() {
       --label "$db:cross-replica" >>"$results"
     stop_server "$b_pid"
   fi
-  say "$db: writers with 100 subscribers that never read"
+  say "$db: writers with 100 subscribers that never read (and alone, just before and after)"
   settle "$db" "$url"
   # shellcheck disable=SC2046
   "$BENCH" events $(target_args "$a_port") --read "http://127.0.0.1:$a_port" --subscribers 0 \

@@ -56,7 +56,6 @@ def main() -> None:
     print("| database | figure | removals/s | subscribers | deliveries | missing | p50 ms | p99 ms | max ms | writer ratio | server peak RSS MiB | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for db in databases:
-        full = next((r["removes_per_s"] for r in by("load", f"{db}:headline") if r["concurrency"] == 8), None)
         for label, name in (
             ("same-replica", "10 subscribers, half load, same replica"),
             ("cross-replica", "10 subscribers, half load, replica A to B"),
@@ -66,8 +65,10 @@ def main() -> None:
             for r in by("events", f"{db}:{label}"):
                 subscribers = r["subscribers"] + r["idle_subscribers"]
                 writer_ratio = ""
-                if label == "idle-subscribers" and full:
-                    writer_ratio = f"{r['removes_per_s'] / full:.2f}x"
+                if "writer_ratio" in r:
+                    # Against the same writers alone, just before and just after.
+                    alone = " / ".join(f"{x:.0f}" for x in r["alone_removes_per_s"])
+                    writer_ratio = f"{r['writer_ratio']:.2f}x (alone {alone})"
                 latency = ("", "", "")
                 if r["deliveries"]:
                     latency = (f"{r['event_p50_ms']:.2f}", f"{r['event_p99_ms']:.2f}", f"{r['event_max_ms']:.2f}")

@@ -143,6 +143,18 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
+
+    // The writer ratio's baseline: the same writers, unpaced, with no
+    // subscriber, just before the idle streams open and just after they
+    // close. This machine's speed drifts 20-40% within an hour, so a
+    // baseline taken minutes earlier (the c=8 headline) would measure the
+    // drift as much as the subscribers.
+    let baseline = run.rate == 0.0 && run.idle_subscribers > 0;
+    let baseline_before = if baseline {
+        Some(writers_alone(target, accounts, &run).await?)
+    } else {
+        None
+    };
     let _ = expected_tx.send(written.acknowledged.len());
 
     let mut latencies = Latencies::default();
@@ -161,16 +173,30 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
         }
     }
     drop(idle);
+    let removes_per_s = written.acknowledged.len() as f64 / elapsed;
 
     let mut out = Map::new();
     before.since(&run.server_pids, &mut out);
+    if let Some(before_rate) = baseline_before {
+        // Closing the idle streams' connections ends their server tasks:
+        // that happens in an unmeasured second, not in the baseline.
+        drop(idle_channels);
+        load::warm_up(target, accounts, run.concurrency, 0.0).await?;
+        let after_rate = writers_alone(target, accounts, &run).await?;
+        let alone = (before_rate + after_rate) / 2.0;
+        out.insert(
+            "alone_removes_per_s".into(),
+            json!([stats::round3(before_rate), stats::round3(after_rate)]),
+        );
+        out.insert(
+            "writer_ratio".into(),
+            json!(stats::round3(removes_per_s / alone)),
+        );
+    }
     out.insert("subscribers".into(), json!(run.subscribers));
     out.insert("idle_subscribers".into(), json!(run.idle_subscribers));
     out.insert("removes".into(), json!(written.acknowledged.len()));
-    out.insert(
-        "removes_per_s".into(),
-        json!(stats::round3(written.acknowledged.len() as f64 / elapsed)),
-    );
+    out.insert("removes_per_s".into(), json!(stats::round3(removes_per_s)));
     out.insert("deliveries".into(), json!(latencies.len()));
     out.insert("missing".into(), json!(missing));
     latencies.summary("event", &mut out);
@@ -179,6 +205,33 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     out.insert("error_count".into(), json!(written.errors.total()));
     stats::emit("events", &run.label, out);
     Ok(())
+}
+
+/// Removals per second of the run's writers, unpaced, for its duration.
+async fn writers_alone(
+    target: &Target,
+    accounts: &Accounts,
+    run: &LatencyRun,
+) -> Result<f64, Error> {
+    let clients = load::clients(target, run.concurrency).await?;
+    let started = Instant::now();
+    let written = load::drive(
+        clients,
+        accounts,
+        Workload::RemoveOne,
+        started + run.duration,
+        0.0,
+        false,
+    )
+    .await?;
+    match written.errors.total() {
+        0 => Ok(written.removes.len() as f64 / started.elapsed().as_secs_f64()),
+        n => Err(format!(
+            "{n} errors without subscribers: {}",
+            written.errors.to_json()
+        )
+        .into()),
+    }
 }
 
 pub async fn replay(target: &Target, events: u64, pids: &[u32], label: &str) -> Result<(), Error> {
