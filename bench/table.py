@@ -68,7 +68,10 @@ def main() -> None:
                 if "writer_ratio" in r:
                     # Against the same writers alone, just before and just after.
                     alone = " / ".join(f"{x:.0f}" for x in r["alone_removes_per_s"])
-                    writer_ratio = f"{r['writer_ratio']:.2f}x (alone {alone})"
+                    writer_ratio = (
+                        f"{r['writer_ratio']:.2f}x (alone {alone}/s; "
+                        f"{r['filling_writer_ratio']:.2f}x while their windows filled)"
+                    )
                 latency = ("", "", "")
                 if r["deliveries"]:
                     latency = (f"{r['event_p50_ms']:.2f}", f"{r['event_p99_ms']:.2f}", f"{r['event_max_ms']:.2f}")

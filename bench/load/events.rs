@@ -102,6 +102,17 @@ async fn read_events(
 pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> Result<(), Error> {
     // Before the subscribers: they count only the measured part's events.
     load::warm_up(target, accounts, run.concurrency, run.rate).await?;
+    // The writer ratio's baseline: the same writers, unpaced, with no
+    // subscriber, just before any stream opens and just after the idle
+    // ones close. This machine's speed drifts 20-40% within an hour, so a
+    // baseline taken minutes earlier (the c=8 headline) would measure the
+    // drift as much as the subscribers.
+    let baseline = run.rate == 0.0 && run.idle_subscribers > 0;
+    let baseline_before = if baseline {
+        Some(writers_rate(target, accounts, &run).await?)
+    } else {
+        None
+    };
     let bearer = Bearer::new(&target.token)?;
     let read_channels = channels(&run.read, target.channels).await?;
     let mut readers = Vec::new();
@@ -129,6 +140,16 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
         );
         idle.push(live_stream(&mut client, &accounts.api_key).await?);
     }
+    // Until their connections' HTTP/2 windows are full (hyper's client
+    // takes 5 MiB per connection), streams nobody reads still receive
+    // every event, as reading ones do; the writer ratio is about the time
+    // after, when they have stopped reading. The filling takes a few
+    // hundred events per stream: a run's length of writing covers it.
+    let filling = if baseline {
+        Some(writers_rate(target, accounts, &run).await?)
+    } else {
+        None
+    };
 
     let clients = load::clients(target, run.concurrency).await?;
     let before = ProcessSample::take(&run.server_pids);
@@ -144,17 +165,6 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
 
-    // The writer ratio's baseline: the same writers, unpaced, with no
-    // subscriber, just before the idle streams open and just after they
-    // close. This machine's speed drifts 20-40% within an hour, so a
-    // baseline taken minutes earlier (the c=8 headline) would measure the
-    // drift as much as the subscribers.
-    let baseline = run.rate == 0.0 && run.idle_subscribers > 0;
-    let baseline_before = if baseline {
-        Some(writers_alone(target, accounts, &run).await?)
-    } else {
-        None
-    };
     let _ = expected_tx.send(written.acknowledged.len());
 
     let mut latencies = Latencies::default();
@@ -177,12 +187,12 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
 
     let mut out = Map::new();
     before.since(&run.server_pids, &mut out);
-    if let Some(before_rate) = baseline_before {
+    if let (Some(before_rate), Some(filling)) = (baseline_before, filling) {
         // Closing the idle streams' connections ends their server tasks:
         // that happens in an unmeasured second, not in the baseline.
         drop(idle_channels);
         load::warm_up(target, accounts, run.concurrency, 0.0).await?;
-        let after_rate = writers_alone(target, accounts, &run).await?;
+        let after_rate = writers_rate(target, accounts, &run).await?;
         let alone = (before_rate + after_rate) / 2.0;
         out.insert(
             "alone_removes_per_s".into(),
@@ -191,6 +201,10 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
         out.insert(
             "writer_ratio".into(),
             json!(stats::round3(removes_per_s / alone)),
+        );
+        out.insert(
+            "filling_writer_ratio".into(),
+            json!(stats::round3(filling / alone)),
         );
     }
     out.insert("subscribers".into(), json!(run.subscribers));
@@ -208,7 +222,7 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
 }
 
 /// Removals per second of the run's writers, unpaced, for its duration.
-async fn writers_alone(
+async fn writers_rate(
     target: &Target,
     accounts: &Accounts,
     run: &LatencyRun,
