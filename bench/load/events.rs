@@ -164,7 +164,6 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
-
     let _ = expected_tx.send(written.acknowledged.len());
 
     let mut latencies = Latencies::default();
@@ -240,11 +239,7 @@ async fn writers_rate(
     .await?;
     match written.errors.total() {
         0 => Ok(written.removes.len() as f64 / started.elapsed().as_secs_f64()),
-        n => Err(format!(
-            "{n} errors without subscribers: {}",
-            written.errors.to_json()
-        )
-        .into()),
+        n => Err(format!("{n} errors: {}", written.errors.to_json()).into()),
     }
 }
 

@@ -109,7 +109,10 @@ enum Command {
         read: String,
         #[arg(long, default_value_t = 10)]
         subscribers: usize,
-        /// Subscribers that open their stream and never read it.
+        /// Subscribers that open their stream and never read it. With
+        /// `--rate 0` the run also writes without any stream just before and
+        /// just after, and reports the writers' rate with them against that
+        /// (`writer_ratio`, once their windows have filled).
         #[arg(long, default_value_t = 0)]
         idle_subscribers: usize,
         #[arg(long)]
