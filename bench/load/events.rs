@@ -114,18 +114,6 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
         None
     };
     let bearer = Bearer::new(&target.token)?;
-    let read_channels = channels(&run.read, target.channels).await?;
-    let mut readers = Vec::new();
-    // usize::MAX: still writing; afterwards the number of acknowledged calls.
-    let (expected_tx, expected_rx) = watch::channel(usize::MAX);
-    for i in 0..run.subscribers {
-        let mut client = EventServiceClient::with_interceptor(
-            read_channels[i % read_channels.len()].clone(),
-            bearer.clone(),
-        );
-        let stream = live_stream(&mut client, &accounts.api_key).await?;
-        readers.push(tokio::spawn(read_events(stream, expected_rx.clone())));
-    }
     // Streams nobody reads: the server must neither buffer without bound
     // nor slow the writers for them.
     // On connections of their own: streams nobody reads fill their
@@ -150,6 +138,19 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     } else {
         None
     };
+    // After the filling: the readers count only the measured part's events.
+    let read_channels = channels(&run.read, target.channels).await?;
+    let mut readers = Vec::new();
+    // usize::MAX: still writing; afterwards the number of acknowledged calls.
+    let (expected_tx, expected_rx) = watch::channel(usize::MAX);
+    for i in 0..run.subscribers {
+        let mut client = EventServiceClient::with_interceptor(
+            read_channels[i % read_channels.len()].clone(),
+            bearer.clone(),
+        );
+        let stream = live_stream(&mut client, &accounts.api_key).await?;
+        readers.push(tokio::spawn(read_events(stream, expected_rx.clone())));
+    }
 
     let clients = load::clients(target, run.concurrency).await?;
     let before = ProcessSample::take(&run.server_pids);
