@@ -154,17 +154,15 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
 
     let clients = load::clients(target, run.concurrency).await?;
     let before = ProcessSample::take(&run.server_pids);
-    let started = Instant::now();
-    let mut written = load::drive(
+    let (mut written, elapsed) = load::drive(
         clients,
         accounts,
         Workload::RemoveOne,
-        started + run.duration,
+        run.duration,
         run.rate,
         true,
     )
     .await?;
-    let elapsed = started.elapsed().as_secs_f64();
     let _ = expected_tx.send(written.acknowledged.len());
 
     let mut latencies = Latencies::default();
@@ -228,18 +226,17 @@ async fn writers_rate(
     run: &LatencyRun,
 ) -> Result<f64, Error> {
     let clients = load::clients(target, run.concurrency).await?;
-    let started = Instant::now();
-    let written = load::drive(
+    let (written, elapsed) = load::drive(
         clients,
         accounts,
         Workload::RemoveOne,
-        started + run.duration,
+        run.duration,
         0.0,
         false,
     )
     .await?;
     match written.errors.total() {
-        0 => Ok(written.removes.len() as f64 / started.elapsed().as_secs_f64()),
+        0 => Ok(written.removes.len() as f64 / elapsed),
         n => Err(format!("{n} errors: {}", written.errors.to_json()).into()),
     }
 }

@@ -284,31 +284,26 @@ pub async fn warm_up(
     rate: f64,
 ) -> Result<(), Error> {
     let clients = clients(target, concurrency).await?;
-    let figures = drive(
-        clients,
-        accounts,
-        Workload::RemoveOne,
-        Instant::now() + WARM_UP,
-        rate,
-        false,
-    )
-    .await?;
+    let (figures, _) = drive(clients, accounts, Workload::RemoveOne, WARM_UP, rate, false).await?;
     match figures.errors.total() {
         0 => Ok(()),
         n => Err(format!("{n} errors while warming up: {}", figures.errors.to_json()).into()),
     }
 }
 
-/// Runs one worker per client until `deadline`, all together at `rate`
-/// removals per second (0: as fast as they can), and sums their figures.
+/// Runs one worker per client for `duration`, all together at `rate`
+/// removals per second (0: as fast as they can), and sums their figures;
+/// with the seconds they took.
 pub async fn drive(
     clients: Vec<Client>,
     accounts: &Accounts,
     workload: Workload,
-    deadline: Instant,
+    duration: Duration,
     rate: f64,
     keep_call_ids: bool,
-) -> Result<WorkerFigures, Error> {
+) -> Result<(WorkerFigures, f64), Error> {
+    let started = Instant::now();
+    let deadline = started + duration;
     let workers = clients.len();
     let interval = if rate > 0.0 {
         Duration::from_secs_f64(workers as f64 / rate)
@@ -341,7 +336,7 @@ pub async fn drive(
         total.errors.merge(figures.errors);
         total.acknowledged.extend(figures.acknowledged);
     }
-    Ok(total)
+    Ok((total, started.elapsed().as_secs_f64()))
 }
 
 pub async fn run(target: &Target, accounts: &Accounts, run: Run) -> Result<(), Error> {
@@ -350,17 +345,15 @@ pub async fn run(target: &Target, accounts: &Accounts, run: Run) -> Result<(), E
     warm_up(target, accounts, run.concurrency, 0.0).await?;
     let clients = clients(target, run.concurrency).await?;
     let before = ProcessSample::take(&run.server_pids);
-    let started = Instant::now();
-    let mut total = drive(
+    let (mut total, elapsed) = drive(
         clients,
         &accounts.clone(),
         run.workload,
-        started + run.duration,
+        run.duration,
         run.rate,
         false,
     )
     .await?;
-    let elapsed = started.elapsed().as_secs_f64();
     let mut out = Map::new();
     let cpu = before.since(&run.server_pids, &mut out);
     let removes = total.removes.len();

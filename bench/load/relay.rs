@@ -62,17 +62,15 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     };
     let clients = load::clients(target, WRITERS).await?;
     let before = ProcessSample::take(&run.server_pids);
-    let started = Instant::now();
-    let written = load::drive(
+    let (written, elapsed) = load::drive(
         clients,
         accounts,
         Workload::RemoveOne,
-        started + run.duration,
+        run.duration,
         run.rate,
         true,
     )
     .await?;
-    let elapsed = started.elapsed().as_secs_f64();
     let all_arrived = || {
         let arrived = arrived.lock().unwrap_or_else(|e| e.into_inner());
         written
