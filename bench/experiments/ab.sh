@@ -4,6 +4,11 @@
 #
 #   bench/experiments/ab.sh A_BIN_DIR B_BIN_DIR ROUNDS "WORKLOAD:C ..."
 #
+# A run is a write workload of `connections-bench load` at concurrency C
+# (remove-one:32), or `events:N`: N subscribers reading on the same server
+# while 8 writers remove at EVENTS_RATE, reported as the events' latency to
+# the subscribers and the server's CPU per removal.
+#
 # A_BIN_DIR and B_BIN_DIR hold a `connections` and a `connections-bench`
 # (e.g. copies of target/release from two commits). Both servers start side
 # by side, each on a fresh seeded database of its own, and the load
@@ -19,6 +24,7 @@
 #                   (default postgres://postgres@127.0.0.1:5432/postgres)
 #   A_ENV, B_ENV    extra environment for server A or B (e.g. "TOKIO_WORKER_THREADS=1")
 #   SECONDS_PER_RUN default 4
+#   EVENTS_RATE     removals/s of the events runs (default 300)
 set -euo pipefail
 [ $# -eq 4 ] || { echo 'usage: ab.sh A_BIN_DIR B_BIN_DIR ROUNDS "WORKLOAD:C ..."' >&2; exit 2; }
 declare -A BIN=([a]=$1 [b]=$2)
@@ -26,6 +32,7 @@ rounds=$3 runs=$4
 database=${DATABASE:-postgres}
 admin=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 per_run=${SECONDS_PER_RUN:-4}
+events_rate=${EVENTS_RATE:-300}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ab.XXXXXX")
 declare -A URL PORT PID
 cleanup() {
@@ -74,9 +81,15 @@ for round in $(seq "$rounds"); do
     workload=${run%%:*} c=${run##*:}
     for side in $order; do
       if [ "$database" = postgres ]; then psql "${URL[$side]}" -qc "VACUUM ANALYZE" >/dev/null; fi
-      BENCH_TOKEN=$(cat "$work/$side.token") "${BIN[$side]}/connections-bench" load \
-        --grpc "http://127.0.0.1:${PORT[$side]}" --api-key 3_bench --vhost 7001 --accounts 2000 \
-        --workload "$workload" --concurrency "$c" --seconds "$per_run" --server-pid "${PID[$side]}" \
+      target=(--grpc "http://127.0.0.1:${PORT[$side]}" --api-key 3_bench --vhost 7001 --accounts 2000)
+      if [ "$workload" = events ]; then
+        command=(events "${target[@]}" --read "http://127.0.0.1:${PORT[$side]}" --subscribers "$c"
+          --rate "$events_rate" --concurrency 8)
+      else
+        command=(load "${target[@]}" --workload "$workload" --concurrency "$c")
+      fi
+      BENCH_TOKEN=$(cat "$work/$side.token") "${BIN[$side]}/connections-bench" "${command[@]}" \
+        --seconds "$per_run" --server-pid "${PID[$side]}" \
         --label "$side:$workload:$c:$round" >>"$work/results.jsonl"
     done
   done
@@ -91,14 +104,38 @@ for line in open(sys.argv[1]):
     side, workload, c, n = r["label"].split(":")
     runs.setdefault((workload, int(c)), {}).setdefault(n, {})[side] = r
 
-print("| workload | c | A removals/s | B removals/s | B/A median (range) | A p50 ms | B p50 ms | A CPU s/1k | B CPU s/1k | pairs |")
-print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
-for (workload, c), rounds in runs.items():
-    pairs = [d for d in rounds.values() if "a" in d and "b" in d]
-    med = lambda side, key: statistics.median(d[side].get(key, 0) for d in pairs)
+loads = {k: v for k, v in runs.items() if k[0] != "events"}
+events = {k: v for k, v in runs.items() if k[0] == "events"}
+
+def pairs_of(rounds):
+    return [d for d in rounds.values() if "a" in d and "b" in d]
+
+def med(pairs, side, key):
+    return statistics.median(d[side].get(key, 0) for d in pairs)
+
+if loads:
+    print("| workload | c | A removals/s | B removals/s | B/A median (range) | A p50 ms | B p50 ms | A CPU s/1k | B CPU s/1k | pairs |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+for (workload, c), rounds in loads.items():
+    pairs = pairs_of(rounds)
+    m = lambda side, key: med(pairs, side, key)
     ratios = [d["b"]["removes_per_s"] / d["a"]["removes_per_s"] for d in pairs]
-    print(f"| {workload} | {c} | {med('a', 'removes_per_s'):.0f} | {med('b', 'removes_per_s'):.0f} | "
+    print(f"| {workload} | {c} | {m('a', 'removes_per_s'):.0f} | {m('b', 'removes_per_s'):.0f} | "
           f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | "
-          f"{med('a', 'remove_p50_ms'):.3f} | {med('b', 'remove_p50_ms'):.3f} | "
-          f"{med('a', 'cpu_s_per_1000_removes'):.3f} | {med('b', 'cpu_s_per_1000_removes'):.3f} | {len(pairs)} |")
+          f"{m('a', 'remove_p50_ms'):.3f} | {m('b', 'remove_p50_ms'):.3f} | "
+          f"{m('a', 'cpu_s_per_1000_removes'):.3f} | {m('b', 'cpu_s_per_1000_removes'):.3f} | {len(pairs)} |")
+if events:
+    print()
+    print("| subscribers | A removals/s | B removals/s | A event p50 / p99 / max ms | B event p50 / p99 / max ms | A CPU s/1k | B CPU s/1k | missing A / B | pairs |")
+    print("|---:|---:|---:|---|---|---:|---:|---|---:|")
+for (_, n), rounds in events.items():
+    pairs = pairs_of(rounds)
+    m = lambda side, key: med(pairs, side, key)
+    for d in pairs:
+        for side in "ab":
+            d[side]["cpu_per_1k"] = 1000 * d[side]["server_cpu_s"] / max(1, d[side]["removes"])
+    lat = lambda side: " / ".join(f"{m(side, k):.2f}" for k in ("event_p50_ms", "event_p99_ms", "event_max_ms"))
+    missing = lambda side: sum(d[side]["missing"] for d in pairs)
+    print(f"| {n} | {m('a', 'removes_per_s'):.0f} | {m('b', 'removes_per_s'):.0f} | {lat('a')} | {lat('b')} | "
+          f"{m('a', 'cpu_per_1k'):.3f} | {m('b', 'cpu_per_1k'):.3f} | {missing('a')} / {missing('b')} | {len(pairs)} |")
 EOF

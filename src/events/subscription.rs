@@ -18,22 +18,29 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{
+    broadcast::{
+        self,
+        error::{RecvError, TryRecvError},
+    },
+    mpsc,
+};
 
 use super::EventHub;
 use crate::{
-    domain::{EventFilter, StreamItem},
+    domain::{EventFilter, SequencedEvent, StreamItem},
     storage::{Repository, StorageError},
 };
 
 /// Events read per replay query.
 const PAGE: u64 = 500;
-/// Replayed events go to the client in batches of this many: one channel
-/// hand-over (a wake-up of the client's task) per batch, not per event.
+/// Replayed events, and live events already published when the task wakes,
+/// go to the client in batches of up to this many: one channel hand-over (a
+/// wake-up of the client's task) per batch, not per event.
 const BATCH: usize = 64;
-/// Batches buffered per stream between the task and the client: live
-/// events travel one per batch, so a client may fall this many behind before
-/// the task waits.
+/// Batches buffered per stream between the task and the client: a live
+/// batch may hold a single event, so a client may fall this many behind
+/// before the task waits.
 const STREAM_BUFFER: usize = 4;
 
 pub type Item = Result<StreamItem, StorageError>;
@@ -84,6 +91,50 @@ fn seam(scanned: u64, position: u64) -> Seam {
     } else {
         Seam::Gap
     }
+}
+
+/// What a tail woken by a live event sends, and whether it must then go
+/// back to the table.
+struct LiveBatch {
+    items: Vec<Item>,
+    gap: bool,
+}
+
+/// Takes `first` and the events published after it that are already in the
+/// channel, up to [`BATCH`]: events published together (a shared commit's,
+/// a sequencer batch's) go to the client in one hand-over, so one wake-up of
+/// its response task and one write to its connection, not one per event.
+/// Stops at a gap or a lag (what was missed is in the table); advances
+/// `scanned` over every next position, matching `filter` or not.
+fn take_published(
+    first: &SequencedEvent,
+    live: &mut broadcast::Receiver<Arc<SequencedEvent>>,
+    scanned: &mut u64,
+    filter: &EventFilter,
+) -> LiveBatch {
+    let mut items = Vec::new();
+    let mut take = |event: &SequencedEvent| {
+        let seam = seam(*scanned, event.position);
+        if seam == Seam::Next {
+            *scanned = event.position;
+            if filter.matches(&event.event) {
+                items.push(Ok(StreamItem::Event(Box::new(event.clone()))));
+            }
+        }
+        seam == Seam::Gap
+    };
+    let mut gap = take(first);
+    let mut examined = 1;
+    while !gap && examined < BATCH {
+        gap = match live.try_recv() {
+            Ok(event) => take(&event),
+            Err(TryRecvError::Lagged(_)) => true,
+            // Closed: the next `recv` says so.
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        };
+        examined += 1;
+    }
+    LiveBatch { items, gap }
 }
 
 /// Why the task stopped.
@@ -190,7 +241,7 @@ impl Task {
     /// after a gap or a lag.
     async fn tail(
         &mut self,
-        mut live: tokio::sync::broadcast::Receiver<Arc<crate::domain::SequencedEvent>>,
+        mut live: broadcast::Receiver<Arc<SequencedEvent>>,
     ) -> Result<(), Stop> {
         let idle = tokio::time::sleep(self.heartbeat);
         tokio::pin!(idle);
@@ -200,18 +251,17 @@ impl Task {
                 () = self.hub.shutdown.raised() => return Err(Stop::Done),
                 () = self.tx.closed() => return Err(Stop::Done),
                 received = live.recv() => match received {
-                    Ok(event) => match seam(self.scanned, event.position) {
-                        Seam::Seen => continue,
-                        Seam::Gap => return Ok(()),
-                        Seam::Next => {
-                        self.scanned = event.position;
-                        if self.filter.matches(&event.event) {
-                            self.send(Ok(StreamItem::Event(Box::new((*event).clone()))))
-                                .await?;
+                    Ok(event) => {
+                        let live_batch =
+                            take_published(&event, &mut live, &mut self.scanned, &self.filter);
+                        if !live_batch.items.is_empty() {
+                            self.send_batch(live_batch.items).await?;
                             idle.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
                         }
+                        if live_batch.gap {
+                            return Ok(());
                         }
-                    },
+                    }
                     Err(RecvError::Lagged(missed)) => {
                         self.span.in_scope(|| {
                             tracing::debug!(missed, "subscriber lagged; reading the table");
@@ -275,5 +325,105 @@ mod tests {
         assert_eq!(seam(10, 11), Seam::Next);
         assert_eq!(seam(10, 12), Seam::Gap);
         assert_eq!(seam(0, 1), Seam::Next);
+    }
+
+    fn published(positions: &[u64]) -> broadcast::Receiver<Arc<SequencedEvent>> {
+        let (tx, rx) = broadcast::channel(16);
+        for &position in positions {
+            tx.send(Arc::new(SequencedEvent::sample(position))).ok();
+        }
+        // Dropping the sender closes the channel after what it sent.
+        rx
+    }
+
+    fn taken(
+        first: u64,
+        rest: &[u64],
+        scanned: &mut u64,
+        filter: &EventFilter,
+    ) -> (Vec<u64>, bool) {
+        let mut live = published(rest);
+        let batch = take_published(&SequencedEvent::sample(first), &mut live, scanned, filter);
+        let positions = batch
+            .items
+            .iter()
+            .map(|item| match item {
+                Ok(StreamItem::Event(event)) => event.position,
+                other => panic!("not an event: {other:?}"),
+            })
+            .collect();
+        (positions, batch.gap)
+    }
+
+    #[test]
+    fn events_already_published_go_in_one_batch_in_order() {
+        let mut scanned = 4;
+        let all = EventFilter::default();
+        assert_eq!(
+            taken(5, &[6, 7, 8], &mut scanned, &all),
+            (vec![5, 6, 7, 8], false)
+        );
+        assert_eq!(scanned, 8);
+    }
+
+    #[test]
+    fn live_events_seen_in_the_replay_are_skipped_and_a_gap_ends_the_batch() {
+        let mut scanned = 6;
+        let all = EventFilter::default();
+        // 5 and 6 were in the last table read; 9 skips 8.
+        assert_eq!(
+            taken(5, &[6, 7, 9, 10], &mut scanned, &all),
+            (vec![7], true)
+        );
+        assert_eq!(scanned, 7);
+    }
+
+    #[test]
+    fn events_the_filter_drops_still_advance_the_scan() {
+        let mut scanned = 0;
+        let other_key = EventFilter {
+            api_keys: Some(["other".to_owned()].into()),
+            ..EventFilter::default()
+        };
+        assert_eq!(taken(1, &[2, 3], &mut scanned, &other_key), (vec![], false));
+        assert_eq!(scanned, 3);
+    }
+
+    #[test]
+    fn a_lagged_receiver_sends_what_it_has_and_goes_back_to_the_table() {
+        let (tx, mut live) = broadcast::channel(2);
+        for position in 2..=5 {
+            tx.send(Arc::new(SequencedEvent::sample(position))).ok();
+        }
+        let mut scanned = 0;
+        let batch = take_published(
+            &SequencedEvent::sample(1),
+            &mut live,
+            &mut scanned,
+            &EventFilter::default(),
+        );
+        assert_eq!((batch.items.len(), batch.gap, scanned), (1, true, 1));
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_batch_events() {
+        let (tx, mut live) = broadcast::channel(2 * BATCH);
+        for position in 2..=(BATCH as u64 + 10) {
+            tx.send(Arc::new(SequencedEvent::sample(position))).ok();
+        }
+        let mut scanned = 0;
+        let batch = take_published(
+            &SequencedEvent::sample(1),
+            &mut live,
+            &mut scanned,
+            &EventFilter::default(),
+        );
+        assert_eq!((batch.items.len(), batch.gap), (BATCH, false));
+        assert_eq!(scanned, BATCH as u64);
+        // The rest wait in the channel for the next wake-up.
+        assert_eq!(
+            live.try_recv().map(|e| e.position).ok(),
+            Some(BATCH as u64 + 1)
+        );
     }
 }
