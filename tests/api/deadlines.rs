@@ -19,9 +19,8 @@ use tonic::Code;
 use crate::{
     helpers::{Backend, TestApp},
     on_both_backends,
-    remove_connection::outbox_events,
+    remove_connection::{outbox_events, remove},
 };
-use connections::proto::v1 as pb;
 
 on_both_backends!(a_deadline_shorter_than_the_database_rolls_the_removal_back);
 
@@ -179,10 +178,6 @@ pub(crate) async fn writer_killed_while_waiting_is_retried<T>(
     .await;
 }
 
-fn remove(uid: &str) -> pb::RemoveConnectionRequest {
-    crate::remove_connection::remove(uid, Some("facebook"))
-}
-
 async fn a_deadline_shorter_than_the_database_rolls_the_removal_back(backend: Backend) {
     let app = TestApp::spawn_with(&backend, |settings| {
         // Every call of the test has this deadline, not only the held one:
@@ -198,7 +193,7 @@ async fn a_deadline_shorter_than_the_database_rolls_the_removal_back(backend: Ba
     let (holder, txn) = hold_writers(&app, "u1").await;
     let status = app
         .connections()
-        .remove_connection(remove("u1"))
+        .remove_connection(remove("u1", Some("facebook")))
         .await
         .expect_err("the database did not answer in time");
     assert!(
@@ -214,7 +209,7 @@ async fn a_deadline_shorter_than_the_database_rolls_the_removal_back(backend: Ba
     // it is the only one that ever happened.
     let done = app
         .connections()
-        .remove_connection(remove("u1"))
+        .remove_connection(remove("u1", Some("facebook")))
         .await
         .expect("the account is free again")
         .into_inner();

@@ -10,9 +10,8 @@ use tonic::Code;
 
 use crate::{
     helpers::{TestApp, reason},
-    remove_connection::outbox_events,
+    remove_connection::{outbox_events, remove},
 };
-use connections::proto::v1 as pb;
 
 /// A tmpfs of `size` mounted on a temporary directory, unmounted on drop.
 struct SmallDisk {
@@ -66,10 +65,6 @@ fn fill(disk: &SmallDisk) -> PathBuf {
     ballast
 }
 
-fn remove(uid: &str) -> pb::RemoveConnectionRequest {
-    crate::remove_connection::remove(uid, Some("facebook"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
     let Some(disk) = SmallDisk::mount("8m") else {
@@ -92,7 +87,11 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
     let mut refused = Vec::new();
     for n in 0..ACCOUNTS {
         let uid = format!("u{n}");
-        match app.connections().remove_connection(remove(&uid)).await {
+        match app
+            .connections()
+            .remove_connection(remove(&uid, Some("facebook")))
+            .await
+        {
             Ok(response) => acknowledged.push((uid, response.into_inner().call_id)),
             Err(status) => {
                 match (status.code(), reason(&status).as_str()) {
@@ -132,7 +131,11 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
     // transaction's lock: a client retries UNAVAILABLE).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let first = &refused[0];
-    while let Err(status) = app.connections().remove_connection(remove(first)).await {
+    while let Err(status) = app
+        .connections()
+        .remove_connection(remove(first, Some("facebook")))
+        .await
+    {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -144,7 +147,7 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
         let account = app.account("3_a", uid).await;
         assert_eq!(account.identities.len(), 1, "{uid} was refused: unchanged");
         app.connections()
-            .remove_connection(remove(uid))
+            .remove_connection(remove(uid, Some("facebook")))
             .await
             .expect("space is back");
     }

@@ -19,6 +19,7 @@ use tonic_health::pb::{
 use crate::{
     helpers::{Backend, TestApp, reason},
     pg_cluster::PgCluster,
+    remove_connection::remove,
 };
 use connections::proto::v1 as pb;
 
@@ -55,10 +56,6 @@ async fn spawn_with_admin(accounts: usize) -> (TestApp, String, sea_orm::Databas
     (app, database, admin)
 }
 
-fn remove(uid: &str) -> pb::RemoveConnectionRequest {
-    crate::remove_connection::remove(uid, Some("facebook"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
 async fn killed_connections_are_retried_or_unavailable_never_internal() {
@@ -92,7 +89,12 @@ async fn killed_connections_are_retried_or_unavailable_never_internal() {
                 let uid = format!("u{n}");
                 // Paced so that the load spans the killing rounds.
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                outcomes.push((uid.clone(), client.remove_connection(remove(&uid)).await));
+                outcomes.push((
+                    uid.clone(),
+                    client
+                        .remove_connection(remove(&uid, Some("facebook")))
+                        .await,
+                ));
             }
             outcomes
         }
@@ -212,13 +214,20 @@ async fn idle_connections_killed_between_calls_fail_no_call() {
     let mut client = app.connections();
     for n in 0..12 {
         client
-            .remove_connection(remove(&format!("u{n}")))
+            .remove_connection(remove(&format!("u{n}"), Some("facebook")))
             .await
             .unwrap_or_else(|status| panic!("u{n}: {status:?}"));
     }
     let calls = (12..24).map(|n| {
         let mut client = app.connections();
-        async move { (n, client.remove_connection(remove(&format!("u{n}"))).await) }
+        async move {
+            (
+                n,
+                client
+                    .remove_connection(remove(&format!("u{n}"), Some("facebook")))
+                    .await,
+            )
+        }
     });
     for (n, answer) in futures::future::join_all(calls).await {
         answer.unwrap_or_else(|status| panic!("u{n}: {status:?}"));
@@ -292,7 +301,10 @@ async fn a_stopped_database_fails_fast_and_recovers_by_itself() {
     let status = refused.expect_err("the database is down");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "DATABASE_UNAVAILABLE");
-    let write = app.connections().remove_connection(remove("u1")).await;
+    let write = app
+        .connections()
+        .remove_connection(remove("u1", Some("facebook")))
+        .await;
     assert_eq!(write.expect_err("down").code(), Code::Unavailable);
 
     cluster.start_server();
@@ -308,7 +320,7 @@ async fn a_stopped_database_fails_fast_and_recovers_by_itself() {
     let account = app.account("3_a", "u1").await;
     assert_eq!(account.identities.len(), 1);
     app.connections()
-        .remove_connection(remove("u1"))
+        .remove_connection(remove("u1", Some("facebook")))
         .await
         .expect("writes work again");
     eprintln!(
@@ -348,7 +360,7 @@ async fn a_busy_pool_answers_overloaded_and_keeps_serving(backend: Backend) {
     for _ in 0..4 {
         let status = app
             .connections()
-            .remove_connection(remove("u0"))
+            .remove_connection(remove("u0", Some("facebook")))
             .await
             .expect_err("no connection to be had");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -372,7 +384,7 @@ async fn a_busy_pool_answers_overloaded_and_keeps_serving(backend: Backend) {
         "a call on the freed pool",
         || async {
             app.connections()
-                .remove_connection(remove("u0"))
+                .remove_connection(remove("u0", Some("facebook")))
                 .await
                 .is_ok()
         },
@@ -436,7 +448,10 @@ async fn write_load(
         }
         let uid = format!("u{n}");
         let started = Instant::now();
-        match client.remove_connection(remove(&uid)).await {
+        match client
+            .remove_connection(remove(&uid, Some("facebook")))
+            .await
+        {
             Ok(_) => {
                 writes.acknowledged.push(uid);
                 acknowledged.fetch_add(1, Ordering::AcqRel);
