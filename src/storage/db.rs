@@ -56,6 +56,10 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DatabaseConn
             .max_connections(pool.max_connections.unwrap_or(8))
             .min_connections(1)
             .test_before_acquire(false);
+        // The bundled SQLite is built with its query planner stability
+        // guarantee on (`.cargo/config.toml`): a plan that looked at a bound
+        // value (a `LIMIT ?`) would otherwise be compiled again on every
+        // execution.
         options.map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
@@ -407,6 +411,30 @@ mod tests {
         assert_eq!(default_postgres_pool(4), 32);
         assert_eq!(default_postgres_pool(64), 32);
         assert_eq!(default_postgres_pool(usize::MAX), 32);
+    }
+
+    #[tokio::test]
+    async fn sqlite_is_built_with_its_query_planner_stability_guarantee() {
+        // `.cargo/config.toml` sets it for the bundled SQLite; without it a
+        // statement whose plan looked at a bound value is compiled again on
+        // every execution.
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = connect("sqlite::memory:").await.expect("in-memory SQLite");
+        let options = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA compile_options",
+            ))
+            .await
+            .expect("compile options");
+        let options: Vec<String> = options
+            .iter()
+            .map(|row| row.try_get_by_index(0).expect("an option"))
+            .collect();
+        assert!(
+            options.iter().any(|option| option == "ENABLE_QPSG"),
+            "{options:?}"
+        );
     }
 
     fn message(result: Result<DatabaseConnection, DbErr>) -> String {
