@@ -327,23 +327,25 @@ mod tests {
         assert_eq!(seam(0, 1), Seam::Next);
     }
 
-    fn published(positions: &[u64]) -> broadcast::Receiver<Arc<SequencedEvent>> {
-        let (tx, rx) = broadcast::channel(16);
+    /// A live channel of `capacity` holding events at `positions`, its
+    /// sender gone (closed after what it sent).
+    fn published(capacity: usize, positions: &[u64]) -> broadcast::Receiver<Arc<SequencedEvent>> {
+        let (tx, rx) = broadcast::channel(capacity);
         for &position in positions {
             tx.send(Arc::new(SequencedEvent::sample(position))).ok();
         }
-        // Dropping the sender closes the channel after what it sent.
         rx
     }
 
-    fn taken(
+    /// What a tail woken by the event at `first` sends (its positions), and
+    /// whether it goes back to the table.
+    fn taken_from(
+        live: &mut broadcast::Receiver<Arc<SequencedEvent>>,
         first: u64,
-        rest: &[u64],
         scanned: &mut u64,
         filter: &EventFilter,
     ) -> (Vec<u64>, bool) {
-        let mut live = published(rest);
-        let batch = take_published(&SequencedEvent::sample(first), &mut live, scanned, filter);
+        let batch = take_published(&SequencedEvent::sample(first), live, scanned, filter);
         let positions = batch
             .items
             .iter()
@@ -353,6 +355,15 @@ mod tests {
             })
             .collect();
         (positions, batch.gap)
+    }
+
+    fn taken(
+        first: u64,
+        rest: &[u64],
+        scanned: &mut u64,
+        filter: &EventFilter,
+    ) -> (Vec<u64>, bool) {
+        taken_from(&mut published(16, rest), first, scanned, filter)
     }
 
     #[test]
@@ -391,39 +402,27 @@ mod tests {
 
     #[test]
     fn a_lagged_receiver_sends_what_it_has_and_goes_back_to_the_table() {
-        let (tx, mut live) = broadcast::channel(2);
-        for position in 2..=5 {
-            tx.send(Arc::new(SequencedEvent::sample(position))).ok();
-        }
+        let mut live = published(2, &[2, 3, 4, 5]);
         let mut scanned = 0;
-        let batch = take_published(
-            &SequencedEvent::sample(1),
-            &mut live,
-            &mut scanned,
-            &EventFilter::default(),
+        let all = EventFilter::default();
+        assert_eq!(
+            taken_from(&mut live, 1, &mut scanned, &all),
+            (vec![1], true)
         );
-        assert_eq!((batch.items.len(), batch.gap, scanned), (1, true, 1));
+        assert_eq!(scanned, 1);
     }
 
     #[test]
     fn a_batch_holds_at_most_batch_events() {
-        let (tx, mut live) = broadcast::channel(2 * BATCH);
-        for position in 2..=(BATCH as u64 + 10) {
-            tx.send(Arc::new(SequencedEvent::sample(position))).ok();
-        }
+        let last = BATCH as u64;
+        let rest: Vec<u64> = (2..=last + 10).collect();
+        let mut live = published(2 * BATCH, &rest);
         let mut scanned = 0;
-        let batch = take_published(
-            &SequencedEvent::sample(1),
-            &mut live,
-            &mut scanned,
-            &EventFilter::default(),
-        );
-        assert_eq!((batch.items.len(), batch.gap), (BATCH, false));
-        assert_eq!(scanned, BATCH as u64);
+        let all = EventFilter::default();
+        let (positions, gap) = taken_from(&mut live, 1, &mut scanned, &all);
+        assert_eq!((positions, gap), ((1..=last).collect(), false));
+        assert_eq!(scanned, last);
         // The rest wait in the channel for the next wake-up.
-        assert_eq!(
-            live.try_recv().map(|e| e.position).ok(),
-            Some(BATCH as u64 + 1)
-        );
+        assert_eq!(live.try_recv().map(|e| e.position).ok(), Some(last + 1));
     }
 }
