@@ -38,9 +38,10 @@ const PAGE: u64 = 500;
 /// go to the client in batches of up to this many: one channel hand-over (a
 /// wake-up of the client's task) per batch, not per event.
 const BATCH: usize = 64;
-/// Batches buffered per stream between the task and the client: a live
-/// batch may hold a single event, so a client may fall this many behind
-/// before the task waits.
+/// Batches buffered per stream between the task and the client, so at most
+/// this many times [`BATCH`] events: a live batch may hold a single event,
+/// so a client may fall as few as this many events behind before the task
+/// waits (and its broadcast receiver starts to lag).
 const STREAM_BUFFER: usize = 4;
 
 pub type Item = Result<StreamItem, StorageError>;
