@@ -68,6 +68,24 @@ async fn live_stream(
     }
 }
 
+/// Opens `count` live streams (see [`live_stream`]) over `channels` in turn.
+async fn live_streams(
+    channels: &[Channel],
+    count: usize,
+    bearer: &Bearer,
+    api_key: &str,
+) -> Result<Vec<Streaming<pb::SubscribeResponse>>, Error> {
+    let mut streams = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut client = EventServiceClient::with_interceptor(
+            channels[i % channels.len()].clone(),
+            bearer.clone(),
+        );
+        streams.push(live_stream(&mut client, api_key).await?);
+    }
+    Ok(streams)
+}
+
 /// Reads events until `stop` turns true and every expected call id has
 /// arrived (or the grace period ends); returns arrival times by call id.
 async fn read_events(
@@ -120,14 +138,13 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     // connection's HTTP/2 window, which would stall the readers beside
     // them (in the client, not the server).
     let idle_channels = channels(&run.read, target.channels).await?;
-    let mut idle = Vec::new();
-    for i in 0..run.idle_subscribers {
-        let mut client = EventServiceClient::with_interceptor(
-            idle_channels[i % idle_channels.len()].clone(),
-            bearer.clone(),
-        );
-        idle.push(live_stream(&mut client, &accounts.api_key).await?);
-    }
+    let idle = live_streams(
+        &idle_channels,
+        run.idle_subscribers,
+        &bearer,
+        &accounts.api_key,
+    )
+    .await?;
     // Until their connections' HTTP/2 windows are full (hyper's client
     // takes 5 MiB per connection), streams nobody reads still receive
     // every event, as reading ones do; the writer ratio is about the time
@@ -140,17 +157,13 @@ pub async fn latency(target: &Target, accounts: &Accounts, run: LatencyRun) -> R
     };
     // After the filling: the readers count only the measured part's events.
     let read_channels = channels(&run.read, target.channels).await?;
-    let mut readers = Vec::new();
     // usize::MAX: still writing; afterwards the number of acknowledged calls.
     let (expected_tx, expected_rx) = watch::channel(usize::MAX);
-    for i in 0..run.subscribers {
-        let mut client = EventServiceClient::with_interceptor(
-            read_channels[i % read_channels.len()].clone(),
-            bearer.clone(),
-        );
-        let stream = live_stream(&mut client, &accounts.api_key).await?;
-        readers.push(tokio::spawn(read_events(stream, expected_rx.clone())));
-    }
+    let readers: Vec<_> = live_streams(&read_channels, run.subscribers, &bearer, &accounts.api_key)
+        .await?
+        .into_iter()
+        .map(|stream| tokio::spawn(read_events(stream, expected_rx.clone())))
+        .collect();
 
     let clients = load::clients(target, run.concurrency).await?;
     let before = ProcessSample::take(&run.server_pids);
