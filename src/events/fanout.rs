@@ -3,12 +3,19 @@
 //! The broadcast never blocks: a subscriber that falls more than its capacity
 //! behind is told it lagged and re-reads the table itself, so a slow client
 //! costs neither writers nor the sequencer anything.
+//!
+//! A read that fails (the database is down, or a stored event cannot be
+//! decoded) is retried after a back-off that doubles up to the poll
+//! interval, not on every wake-up: under load every commit wakes the
+//! fan-out, and an event that cannot be read stays unreadable until
+//! someone repairs it. Live delivery waits at that position meanwhile;
+//! nothing is skipped.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     sync::{broadcast, watch},
-    time::MissedTickBehavior,
+    time::{Instant, MissedTickBehavior},
 };
 
 use super::{
@@ -19,7 +26,7 @@ use crate::{
     config::EventSettings,
     domain::{EventFilter, SequencedEvent},
     storage::{
-        Repository,
+        Repository, StorageError,
         events::{EVENTS_CHANNEL, NotificationListener},
     },
     telemetry::metrics::EventMetrics,
@@ -27,6 +34,8 @@ use crate::{
 
 /// Rows read per query.
 const PAGE: u64 = 500;
+/// The wait before the first retry of a failed read.
+const FIRST_RETRY: Duration = Duration::from_millis(20);
 
 pub async fn run(
     repo: Repository,
@@ -44,15 +53,26 @@ pub async fn run(
     let mut listener = NotificationListener::new(repo.clone(), EVENTS_CHANNEL);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut read_table = true;
+    let mut retry = Retry::new(settings.poll_interval);
+    // A table read is owed: at start, and after any wake-up that did not
+    // settle what is new.
+    let mut owed = true;
     // The highest head announced while this replica's sequencer had a
     // hand-over due: read from the table if the hand-over falls short.
     let mut announced = 0;
     loop {
-        if read_table {
-            publish_new(&repo, &live, &head, metrics, &mut published).await;
+        if owed && retry.allows_read() {
+            match publish_new(&repo, &live, &head, metrics, &mut published).await {
+                Ok(()) => {
+                    owed = false;
+                    retry.succeeded();
+                }
+                Err(err) => {
+                    retry.failed(&err);
+                }
+            }
         }
-        read_table = true;
+        let mut read_table = true;
         tokio::select! {
             () = shutdown.raised() => return,
             handed = sequenced.next() => {
@@ -75,6 +95,62 @@ pub async fn run(
                 }
             }
             _ = poll.tick() => {}
+            () = retry.elapsed(), if owed => {}
+        }
+        owed |= read_table;
+    }
+}
+
+/// Consecutive failed reads of new events, and when the next may run.
+#[derive(Debug)]
+struct Retry {
+    failures: u32,
+    not_before: Option<Instant>,
+    longest: Duration,
+}
+
+impl Retry {
+    fn new(longest: Duration) -> Self {
+        Self {
+            failures: 0,
+            not_before: None,
+            longest: longest.max(FIRST_RETRY),
+        }
+    }
+
+    fn allows_read(&self) -> bool {
+        self.not_before.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// The wait before the next read: doubling from [`FIRST_RETRY`] up to
+    /// the poll interval.
+    fn failed(&mut self, err: &StorageError) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(16);
+        let wait = FIRST_RETRY.saturating_mul(1 << doublings).min(self.longest);
+        self.not_before = Some(Instant::now() + wait);
+        tracing::warn!(
+            error = %err,
+            failures = self.failures,
+            retry_in_ms = wait.as_millis(),
+            "cannot read new events; live delivery waits at this position"
+        );
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "reading new events again");
+        }
+        self.failures = 0;
+        self.not_before = None;
+    }
+
+    /// Resolves when a held-back read may run; never while none is.
+    async fn elapsed(&self) {
+        match self.not_before {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
         }
     }
 }
@@ -105,26 +181,21 @@ fn publish_stamped(
     true
 }
 
+/// Publishes what the table holds after `published`.
 async fn publish_new(
     repo: &Repository,
     live: &broadcast::Sender<Arc<SequencedEvent>>,
     head: &watch::Sender<u64>,
     metrics: &EventMetrics,
     published: &mut u64,
-) {
+) -> Result<(), StorageError> {
     let everything = EventFilter::default();
     loop {
-        let page = match repo.events_after(*published, &everything, PAGE).await {
-            Ok(page) => page,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read new events; will retry");
-                return;
-            }
-        };
+        let page = repo.events_after(*published, &everything, PAGE).await?;
         let full = page.len() as u64 == PAGE;
         publish(page, live, head, metrics, published);
         if !full {
-            return;
+            return Ok(());
         }
     }
 }
@@ -215,6 +286,31 @@ mod tests {
         assert!(live.hand(&[6, 7]));
         assert!(live.sent().is_empty());
         assert_eq!(live.published, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_reads_wait_longer_each_time_up_to_the_poll_interval() {
+        let err = StorageError::Corrupt("event at position 5: not JSON".into());
+        let mut retry = Retry::new(Duration::from_millis(100));
+        assert!(retry.allows_read());
+        let waits: Vec<u128> = (0..5).map(|_| retry.failed(&err).as_millis()).collect();
+        assert_eq!(waits, vec![20, 40, 80, 100, 100]);
+        assert!(!retry.allows_read());
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(!retry.allows_read());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(retry.allows_read());
+        retry.elapsed().await;
+
+        retry.succeeded();
+        assert_eq!(retry.failed(&err), FIRST_RETRY, "a success starts over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_failed_read_the_retry_never_fires() {
+        let retry = Retry::new(Duration::from_secs(1));
+        let fired = tokio::time::timeout(Duration::from_secs(3600), retry.elapsed()).await;
+        assert!(fired.is_err());
     }
 
     #[test]

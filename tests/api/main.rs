@@ -28,4 +28,5 @@ mod server;
 mod startup_errors;
 mod trace_context;
 mod unlink_account;
+mod unreadable_event;
 mod write_batch;

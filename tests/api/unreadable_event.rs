@@ -1,0 +1,180 @@
+//! A stored event that cannot be decoded (written into the table by hand, or
+//! damaged) holds live delivery at its position, since nothing is ever
+//! skipped; the fan-out retries it with a back-off instead of on every
+//! commit (each of which wakes it), and delivers everything in order once
+//! the row is repaired. Read from a real server process and its log.
+
+use std::time::{Duration, Instant};
+
+use connections::proto::v1::{
+    self as pb, admin_service_client::AdminServiceClient,
+    connection_service_client::ConnectionServiceClient, event_service_client::EventServiceClient,
+    subscribe_response::Message,
+};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use tonic::{Streaming, transport::Channel};
+
+use crate::process::ServerProcess;
+
+const SITE: &str = "3_unreadable";
+/// Removals committed while the unreadable event is in the table.
+const REMOVALS: usize = 40;
+const WARNING: &str = "cannot read new events";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_event_is_retried_with_back_off_and_delivered_once_repaired() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let server = ServerProcess::start_logging(&url, &[], "info").await;
+    let channel = server.channel();
+    AdminServiceClient::new(channel.clone())
+        .upsert_site(pb::UpsertSiteRequest {
+            api_key: SITE.into(),
+            vhost: 77,
+            ..Default::default()
+        })
+        .await
+        .expect("UpsertSite");
+    for uid in 0..REMOVALS {
+        link(&channel, uid).await;
+    }
+    let mut events = EventServiceClient::new(channel.clone())
+        .subscribe(pb::SubscribeRequest {
+            start_from: pb::StartFrom::Now.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Subscribe")
+        .into_inner();
+
+    // The next position, taken by hand with a payload that is not an event.
+    let db = Database::connect(&url).await.expect("open the database");
+    let poison = run(
+        &db,
+        "UPDATE event_sequence SET last_position = last_position + 1 WHERE id = 1 \
+         RETURNING last_position",
+    )
+    .await;
+    run(
+        &db,
+        &format!(
+            "INSERT INTO events (position, event_id, occurred_at, api_key, provider, source, \
+             payload) VALUES ({poison}, 'hand-written', '2026-11-29T00:00:00Z', '{SITE}', \
+             'facebook', 'RemoveConnection', 'not an event') RETURNING position"
+        ),
+    )
+    .await;
+
+    let poisoned = Instant::now();
+    let mut connections = ConnectionServiceClient::new(channel.clone());
+    for uid in 0..REMOVALS {
+        connections
+            .remove_connection(pb::RemoveConnectionRequest {
+                api_key: SITE.into(),
+                uid: uid.to_string(),
+                provider: Some("facebook".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("RemoveConnection");
+    }
+    let log = server.log();
+    let warnings = log.lines().filter(|l| l.contains(WARNING)).count();
+    assert!(
+        warnings >= 1,
+        "the unreadable event was not reported:\n{log}"
+    );
+    // Every commit wakes the fan-out; without the back-off each one read
+    // the table again and failed again. With it: waits of 20, 40, ... ms up
+    // to the poll interval (1 s): 7 reads in the first 1.26 s, then one a
+    // second (and one for the rounding), however many commits.
+    let allowed = 8 + usize::try_from(poisoned.elapsed().as_secs()).unwrap_or(usize::MAX);
+    assert!(
+        warnings <= allowed,
+        "{warnings} failed reads for {REMOVALS} removals in {:?}:\n{log}",
+        poisoned.elapsed()
+    );
+
+    // Repaired (here: given a real event's payload), the held positions
+    // are delivered in order, the repaired one included.
+    let first_real = run(
+        &db,
+        &format!("SELECT MIN(position) FROM events WHERE position > {poison}"),
+    )
+    .await;
+    run(
+        &db,
+        &format!(
+            "UPDATE events SET payload = (SELECT payload FROM events WHERE position = \
+             {first_real}) WHERE position = {poison} RETURNING position"
+        ),
+    )
+    .await;
+    let delivered = next_events(&mut events, REMOVALS + 1).await;
+    let expected: Vec<u64> = (poison..).take(REMOVALS + 1).collect();
+    assert_eq!(delivered, expected);
+    let log = server.log();
+    assert!(
+        log.contains("reading new events again"),
+        "no recovery logged:\n{log}"
+    );
+}
+
+async fn link(channel: &Channel, uid: usize) {
+    let uid = uid.to_string();
+    AdminServiceClient::new(channel.clone())
+        .upsert_account(pb::UpsertAccountRequest {
+            api_key: SITE.into(),
+            uid: uid.clone(),
+            login_ids: vec![pb::LoginId {
+                login_id: format!("{uid}@example.com"),
+                has_password: true,
+            }],
+        })
+        .await
+        .expect("UpsertAccount");
+    ConnectionServiceClient::new(channel.clone())
+        .link_connection(pb::LinkConnectionRequest {
+            api_key: SITE.into(),
+            uid: uid.clone(),
+            provider: "facebook".into(),
+            provider_uid: format!("fb-{uid}"),
+            ..Default::default()
+        })
+        .await
+        .expect("LinkConnection");
+}
+
+/// Runs `sql` and returns the first column of its one row.
+async fn run(db: &DatabaseConnection, sql: &str) -> u64 {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|| panic!("{sql}: no row"));
+    let value: i64 = row.try_get_by_index(0).expect("an integer");
+    u64::try_from(value).expect("not negative")
+}
+
+/// The positions of the next `count` events on the stream (heartbeats and
+/// the caught-up mark skipped).
+async fn next_events(events: &mut Streaming<pb::SubscribeResponse>, count: usize) -> Vec<u64> {
+    let started = Instant::now();
+    let mut positions = Vec::new();
+    while positions.len() < count {
+        let left = PATIENCE.saturating_sub(started.elapsed());
+        let next = tokio::time::timeout(left, events.message())
+            .await
+            .unwrap_or_else(|_| panic!("only {positions:?} within {PATIENCE:?}"))
+            .expect("the stream")
+            .expect("an open stream");
+        if let Some(Message::Event(event)) = next.message {
+            positions.push(event.position);
+        }
+    }
+    positions
+}
