@@ -99,6 +99,9 @@ fn seam(scanned: u64, position: u64) -> Seam {
 struct LiveBatch {
     items: Vec<Item>,
     gap: bool,
+    /// Set when the channel had dropped events for this receiver (a lag,
+    /// which is also a gap): how many.
+    missed: Option<u64>,
 }
 
 /// Takes `first` and the events published after it that are already in the
@@ -125,17 +128,21 @@ fn take_published(
         seam == Seam::Gap
     };
     let mut gap = take(first);
+    let mut missed = None;
     let mut examined = 1;
     while !gap && examined < BATCH {
         gap = match live.try_recv() {
             Ok(event) => take(&event),
-            Err(TryRecvError::Lagged(_)) => true,
+            Err(TryRecvError::Lagged(count)) => {
+                missed = Some(count);
+                true
+            }
             // Closed: the next `recv` says so.
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         };
         examined += 1;
     }
-    LiveBatch { items, gap }
+    LiveBatch { items, gap, missed }
 }
 
 /// Why the task stopped.
@@ -259,14 +266,15 @@ impl Task {
                             self.send_batch(live_batch.items).await?;
                             idle.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
                         }
+                        if let Some(missed) = live_batch.missed {
+                            self.lagged(missed);
+                        }
                         if live_batch.gap {
                             return Ok(());
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
-                        self.span.in_scope(|| {
-                            tracing::debug!(missed, "subscriber lagged; reading the table");
-                        });
+                        self.lagged(missed);
                         return Ok(());
                     }
                     Err(RecvError::Closed) => return Err(Stop::Done),
@@ -289,6 +297,12 @@ impl Task {
                 }
             }
         }
+    }
+
+    fn lagged(&self, missed: u64) {
+        self.span.in_scope(|| {
+            tracing::debug!(missed, "subscriber lagged; reading the table");
+        });
     }
 
     /// Waits for room in the channel, unless the client leaves or the
@@ -406,10 +420,9 @@ mod tests {
         let mut live = published(2, &[2, 3, 4, 5]);
         let mut scanned = 0;
         let all = EventFilter::default();
-        assert_eq!(
-            taken_from(&mut live, 1, &mut scanned, &all),
-            (vec![1], true)
-        );
+        let batch = take_published(&SequencedEvent::sample(1), &mut live, &mut scanned, &all);
+        assert_eq!((batch.items.len(), batch.gap), (1, true));
+        assert_eq!(batch.missed, Some(2), "the two oldest were dropped");
         assert_eq!(scanned, 1);
     }
 

@@ -401,6 +401,8 @@ fn sqlite_path_problem(path: &Path, may_create: bool) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::{ConnectionTrait, Statement};
+
     use super::*;
 
     #[test]
@@ -418,7 +420,6 @@ mod tests {
         // `.cargo/config.toml` sets it for the bundled SQLite; without it a
         // statement whose plan looked at a bound value is compiled again on
         // every execution.
-        use sea_orm::{ConnectionTrait, Statement};
         let db = connect("sqlite::memory:").await.expect("in-memory SQLite");
         let options = db
             .query_all_raw(Statement::from_string(
