@@ -79,9 +79,8 @@ fi
 CONNECTIONS="$bin_dir/connections"
 BENCH="$bin_dir/connections-bench"
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/serve.sh
+. bench/serve.sh
 
 NATS=${CONNECTIONS_BENCH_NATS_URL:-${CONNECTIONS_TEST_NATS_URL:-}}
 
@@ -90,9 +89,7 @@ start_server() {
   local url=$1 name=$2
   shift 2
   port=$(free_port)
-  RUST_LOG=warn "$CONNECTIONS" serve --database-url "$url" --listen "127.0.0.1:$port" \
-    --http-listen off --rate-limit 0 --max-streams-per-caller 1000 "$@" \
-    >"$work/$name.log" 2>&1 &
+  spawn_server "$CONNECTIONS" "$url" "$port" "$work/$name.log" "$@"
   pid=$!
   servers+=("$pid")
   "$BENCH" ready --grpc "http://127.0.0.1:$port" --seconds 120 \

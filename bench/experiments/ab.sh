@@ -49,9 +49,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/serve.sh
+. "$(dirname "$0")/../serve.sh"
 
 for side in a b; do
   if [ "$database" = sqlite ]; then
@@ -64,10 +63,8 @@ for side in a b; do
     --permissions admin,connections.write,connections.read,events.subscribe >"$work/$side.token" 2>/dev/null
   PORT[$side]=$(free_port)
   env_var=${side^^}_ENV
-  # shellcheck disable=SC2086
-  env ${!env_var:-} RUST_LOG=warn "${BIN[$side]}/connections" serve --database-url "${URL[$side]}" \
-    --listen "127.0.0.1:${PORT[$side]}" --http-listen off --rate-limit 0 \
-    --max-streams-per-caller 1000 >"$work/$side.log" 2>&1 &
+  SERVER_ENV=${!env_var:-} spawn_server "${BIN[$side]}/connections" "${URL[$side]}" \
+    "${PORT[$side]}" "$work/$side.log"
   PID[$side]=$!
   "${BIN[$side]}/connections-bench" ready --grpc "http://127.0.0.1:${PORT[$side]}" --seconds 60
   BENCH_TOKEN=$(cat "$work/$side.token") "${BIN[$side]}/connections-bench" seed \
