@@ -68,7 +68,7 @@ pub async fn run(
                     retry.succeeded();
                 }
                 Err(err) => {
-                    retry.failed(&err);
+                    retry.failed(&err, published);
                 }
             }
         }
@@ -123,14 +123,15 @@ impl Retry {
     }
 
     /// The wait before the next read: doubling from [`FIRST_RETRY`] up to
-    /// the poll interval.
-    fn failed(&mut self, err: &StorageError) -> Duration {
+    /// the poll interval. `published`: where live delivery waits.
+    fn failed(&mut self, err: &StorageError, published: u64) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let doublings = (self.failures - 1).min(16);
         let wait = FIRST_RETRY.saturating_mul(1 << doublings).min(self.longest);
         self.not_before = Some(Instant::now() + wait);
         tracing::warn!(
             error = %err,
+            published,
             failures = self.failures,
             retry_in_ms = wait.as_millis(),
             "cannot read new events; live delivery waits at this position"
@@ -293,7 +294,7 @@ mod tests {
         let err = StorageError::Corrupt("event at position 5: not JSON".into());
         let mut retry = Retry::new(Duration::from_millis(100));
         assert!(retry.allows_read());
-        let waits: Vec<u128> = (0..5).map(|_| retry.failed(&err).as_millis()).collect();
+        let waits: Vec<u128> = (0..5).map(|_| retry.failed(&err, 4).as_millis()).collect();
         assert_eq!(waits, vec![20, 40, 80, 100, 100]);
         assert!(!retry.allows_read());
         tokio::time::advance(Duration::from_millis(99)).await;
@@ -303,7 +304,7 @@ mod tests {
         retry.elapsed().await;
 
         retry.succeeded();
-        assert_eq!(retry.failed(&err), FIRST_RETRY, "a success starts over");
+        assert_eq!(retry.failed(&err, 4), FIRST_RETRY, "a success starts over");
     }
 
     #[tokio::test(start_paused = true)]
