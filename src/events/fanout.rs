@@ -5,21 +5,20 @@
 //! costs neither writers nor the sequencer anything.
 //!
 //! A read that fails (the database is down, or a stored event cannot be
-//! decoded) is retried after a back-off that doubles up to the poll
-//! interval, not on every wake-up: under load every commit wakes the
-//! fan-out, and an event that cannot be read stays unreadable until
-//! someone repairs it. Live delivery waits at that position meanwhile;
-//! nothing is skipped.
+//! decoded) is retried after a back-off ([`Retry`]), not on every wake-up:
+//! an event that cannot be read stays unreadable until someone repairs it.
+//! Live delivery waits at that position meanwhile; nothing is skipped.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::{
     sync::{broadcast, watch},
-    time::{Instant, MissedTickBehavior},
+    time::MissedTickBehavior,
 };
 
 use super::{
     Shutdown,
+    retry::Retry,
     stamped::{Handed, Stamped},
 };
 use crate::{
@@ -34,8 +33,6 @@ use crate::{
 
 /// Rows read per query.
 const PAGE: u64 = 500;
-/// The wait before the first retry of a failed read.
-const FIRST_RETRY: Duration = Duration::from_millis(20);
 
 pub async fn run(
     repo: Repository,
@@ -61,14 +58,24 @@ pub async fn run(
     // hand-over due: read from the table if the hand-over falls short.
     let mut announced = 0;
     loop {
-        if owed && retry.allows_read() {
+        if owed && retry.allows() {
             match publish_new(&repo, &live, &head, metrics, &mut published).await {
                 Ok(()) => {
                     owed = false;
-                    retry.succeeded();
+                    let failures = retry.succeeded();
+                    if failures > 0 {
+                        tracing::info!(failures, "reading new events again");
+                    }
                 }
                 Err(err) => {
-                    retry.failed(&err, published);
+                    let wait = retry.failed();
+                    tracing::warn!(
+                        error = %err,
+                        published,
+                        failures = retry.failures(),
+                        retry_in_ms = wait.as_millis(),
+                        "cannot read new events; live delivery waits at this position"
+                    );
                 }
             }
         }
@@ -98,61 +105,6 @@ pub async fn run(
             () = retry.elapsed(), if owed => {}
         }
         owed |= read_table;
-    }
-}
-
-/// Consecutive failed reads of new events, and when the next may run.
-#[derive(Debug)]
-struct Retry {
-    failures: u32,
-    not_before: Option<Instant>,
-    longest: Duration,
-}
-
-impl Retry {
-    fn new(longest: Duration) -> Self {
-        Self {
-            failures: 0,
-            not_before: None,
-            longest: longest.max(FIRST_RETRY),
-        }
-    }
-
-    fn allows_read(&self) -> bool {
-        self.not_before.is_none_or(|at| Instant::now() >= at)
-    }
-
-    /// The wait before the next read: doubling from [`FIRST_RETRY`] up to
-    /// the poll interval. `published`: where live delivery waits.
-    fn failed(&mut self, err: &StorageError, published: u64) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let doublings = (self.failures - 1).min(16);
-        let wait = FIRST_RETRY.saturating_mul(1 << doublings).min(self.longest);
-        self.not_before = Some(Instant::now() + wait);
-        tracing::warn!(
-            error = %err,
-            published,
-            failures = self.failures,
-            retry_in_ms = wait.as_millis(),
-            "cannot read new events; live delivery waits at this position"
-        );
-        wait
-    }
-
-    fn succeeded(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "reading new events again");
-        }
-        self.failures = 0;
-        self.not_before = None;
-    }
-
-    /// Resolves when a held-back read may run; never while none is.
-    async fn elapsed(&self) {
-        match self.not_before {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
     }
 }
 
@@ -287,31 +239,6 @@ mod tests {
         assert!(live.hand(&[6, 7]));
         assert!(live.sent().is_empty());
         assert_eq!(live.published, 7);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failed_reads_wait_longer_each_time_up_to_the_poll_interval() {
-        let err = StorageError::Corrupt("event at position 5: not JSON".into());
-        let mut retry = Retry::new(Duration::from_millis(100));
-        assert!(retry.allows_read());
-        let waits: Vec<u128> = (0..5).map(|_| retry.failed(&err, 4).as_millis()).collect();
-        assert_eq!(waits, vec![20, 40, 80, 100, 100]);
-        assert!(!retry.allows_read());
-        tokio::time::advance(Duration::from_millis(99)).await;
-        assert!(!retry.allows_read());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(retry.allows_read());
-        retry.elapsed().await;
-
-        retry.succeeded();
-        assert_eq!(retry.failed(&err, 4), FIRST_RETRY, "a success starts over");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn with_no_failed_read_the_retry_never_fires() {
-        let retry = Retry::new(Duration::from_secs(1));
-        let fired = tokio::time::timeout(Duration::from_secs(3600), retry.elapsed()).await;
-        assert!(fired.is_err());
     }
 
     #[test]

@@ -29,6 +29,7 @@
 
 pub mod fanout;
 pub mod retention;
+mod retry;
 pub mod sequencer;
 pub mod stamped;
 pub mod subscription;

@@ -8,16 +8,19 @@
 //! holds a session advisory lock leads; the others retry now and then, so
 //! leadership moves when the leader dies. The stamping transaction also locks
 //! the `event_sequence` row, so even two sequencers could not double-stamp.
+//!
+//! A stamp that fails is retried after a back-off ([`Retry`]), not on every
+//! writer's wake-up.
 
 use std::sync::Arc;
 
 use tokio::time::MissedTickBehavior;
 
-use super::{Shutdown, pause, stamped::Stamped};
+use super::{Shutdown, pause, retry::Retry, stamped::Stamped};
 use crate::{
     config::EventSettings,
     storage::{
-        Repository,
+        Repository, StorageResult,
         events::{NotificationListener, OUTBOX_CHANNEL, SequencerLease},
     },
     telemetry::metrics::EventMetrics,
@@ -81,17 +84,37 @@ async fn lead(
     // Marked before the first stamp: a commit after it is either stamped
     // there or wakes this loop.
     let _leading = Leading::mark(repo);
-    let mut stamp = true;
+    let mut retry = Retry::new(settings.poll_interval);
+    // A stamp is owed: at start, and after any wake-up that did not settle it.
+    let mut owed = true;
     loop {
-        if stamp
-            && !stamp_all(repo, lease.as_mut(), sequenced, metrics).await
-            && let Some(held) = &mut lease
-            && !held.is_alive().await
-        {
-            tracing::warn!("lost the sequencer lock's connection");
-            return;
+        if owed && retry.allows() {
+            match stamp_all(repo, lease.as_mut(), sequenced, metrics).await {
+                Ok(()) => {
+                    owed = false;
+                    let failures = retry.succeeded();
+                    if failures > 0 {
+                        tracing::info!(failures, "sequencing again");
+                    }
+                }
+                Err(err) => {
+                    let wait = retry.failed();
+                    tracing::warn!(
+                        error = %err,
+                        failures = retry.failures(),
+                        retry_in_ms = wait.as_millis(),
+                        "sequencing failed; will retry"
+                    );
+                    if let Some(held) = &mut lease
+                        && !held.is_alive().await
+                    {
+                        tracing::warn!("lost the sequencer lock's connection");
+                        return;
+                    }
+                }
+            }
         }
-        stamp = true;
+        let mut stamp = true;
         tokio::select! {
             () = shutdown.raised() => break,
             () = written.notified() => {
@@ -115,7 +138,9 @@ async fn lead(
                     Err(err) => tracing::debug!(error = %err, "cannot count unsequenced events"),
                 }
             }
+            () = retry.elapsed(), if owed => {}
         }
+        owed |= stamp;
     }
     if let Some(held) = lease {
         held.release().await;
@@ -139,7 +164,7 @@ impl Drop for Leading<'_> {
     }
 }
 
-/// Stamps until nothing is pending; returns false after a failure. The
+/// Stamps until nothing is pending, or the first failure. The
 /// leader on PostgreSQL stamps on its lock's connection, which returns the
 /// rows for the fan-out; elsewhere the fan-out reads them from the table.
 ///
@@ -151,7 +176,7 @@ async fn stamp_all(
     mut lease: Option<&mut SequencerLease>,
     sequenced: &Stamped,
     metrics: &EventMetrics,
-) -> bool {
+) -> StorageResult<()> {
     loop {
         let stamped = match lease.as_deref_mut() {
             Some(held) => {
@@ -187,20 +212,13 @@ async fn stamp_all(
                 })
                 .map(|head| head.map(|head| (head, true))),
         };
-        match stamped {
-            Ok(Some((head, full))) => {
-                tracing::debug!(head, "sequenced events");
-                if full {
-                    continue;
-                }
-            }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "sequencing failed; will retry");
-                return false;
+        if let Some((head, full)) = stamped? {
+            tracing::debug!(head, "sequenced events");
+            if full {
+                continue;
             }
         }
         metrics.set_unsequenced(0);
-        return true;
+        return Ok(());
     }
 }

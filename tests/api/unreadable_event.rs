@@ -1,8 +1,10 @@
-//! A stored event that cannot be decoded (written into the table by hand, or
-//! damaged) holds live delivery at its position, since nothing is ever
-//! skipped; the fan-out retries it with a back-off instead of on every
-//! commit (each of which wakes it), and delivers everything in order once
-//! the row is repaired. Read from a real server process and its log.
+//! Events that cannot be read or stamped hold live delivery at their
+//! position, since nothing is ever skipped: a stored event that does not
+//! decode (written into the table by hand, or damaged) stops the fan-out; on
+//! PostgreSQL a row that took the next position by hand stops the
+//! sequencer. Each retries with a back-off instead of on every commit (each
+//! of which wakes them), and everything is delivered in order once the
+//! table is repaired. Read from a real server process and its log.
 
 use std::time::{Duration, Instant};
 
@@ -14,12 +16,13 @@ use connections::proto::v1::{
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use tonic::{Streaming, transport::Channel};
 
-use crate::process::ServerProcess;
+use crate::{helpers::Backend, process::ServerProcess};
 
 const SITE: &str = "3_unreadable";
 /// Removals committed while the unreadable event is in the table.
 const REMOVALS: usize = 40;
 const WARNING: &str = "cannot read new events";
+const STAMP_WARNING: &str = "sequencing failed";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,32 +72,11 @@ async fn an_unreadable_event_is_retried_with_back_off_and_delivered_once_repaire
     let poisoned = Instant::now();
     let mut connections = ConnectionServiceClient::new(channel.clone());
     for uid in 0..REMOVALS {
-        connections
-            .remove_connection(pb::RemoveConnectionRequest {
-                api_key: SITE.into(),
-                uid: uid.to_string(),
-                provider: Some("facebook".into()),
-                ..Default::default()
-            })
-            .await
-            .expect("RemoveConnection");
+        remove(&mut connections, uid).await;
     }
-    let log = server.log();
-    let warnings = log.lines().filter(|l| l.contains(WARNING)).count();
-    assert!(
-        warnings >= 1,
-        "the unreadable event was not reported:\n{log}"
-    );
     // Every commit wakes the fan-out; without the back-off each one read
-    // the table again and failed again. With it: waits of 20, 40, ... ms up
-    // to the poll interval (1 s): 7 reads in the first 1.26 s, then one a
-    // second (and one for the rounding), however many commits.
-    let allowed = 8 + usize::try_from(poisoned.elapsed().as_secs()).unwrap_or(usize::MAX);
-    assert!(
-        warnings <= allowed,
-        "{warnings} failed reads for {REMOVALS} removals in {:?}:\n{log}",
-        poisoned.elapsed()
-    );
+    // the table again and failed again.
+    retried_with_back_off(&server, WARNING, poisoned);
 
     // Repaired (here: given a real event's payload), the held positions
     // are delivered in order, the repaired one included.
@@ -119,6 +101,96 @@ async fn an_unreadable_event_is_retried_with_back_off_and_delivered_once_repaire
         log.contains("reading new events again"),
         "no recovery logged:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
+async fn a_stamp_that_keeps_failing_is_retried_with_back_off_and_resumes_once_repaired() {
+    let (url, _database) = Backend::postgres().fresh_database().await;
+    let server = ServerProcess::start_logging(&url, &[], "info").await;
+    let channel = server.channel();
+    AdminServiceClient::new(channel.clone())
+        .upsert_site(pb::UpsertSiteRequest {
+            api_key: SITE.into(),
+            vhost: 77,
+            ..Default::default()
+        })
+        .await
+        .expect("UpsertSite");
+    for uid in 0..=REMOVALS {
+        link(&channel, uid).await;
+    }
+    let mut events = EventServiceClient::new(channel.clone())
+        .subscribe(pb::SubscribeRequest {
+            start_from: pb::StartFrom::Now.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Subscribe")
+        .into_inner();
+    let mut connections = ConnectionServiceClient::new(channel.clone());
+    remove(&mut connections, 0).await;
+    assert_eq!(next_events(&mut events, 1).await, vec![1]);
+
+    // The position the sequencer gives next, taken by hand (a copy of the
+    // first event) without moving the sequence: every stamp now collides.
+    let db = Database::connect(&url).await.expect("open the database");
+    let taken = run(
+        &db,
+        "INSERT INTO events (position, event_id, occurred_at, api_key, provider, source, \
+         payload) SELECT q.last_position + 1, 'hand-written', e.occurred_at, e.api_key, \
+         e.provider, e.source, e.payload FROM events e, event_sequence q \
+         WHERE e.position = 1 AND q.id = 1 RETURNING position",
+    )
+    .await;
+    let poisoned = Instant::now();
+    for uid in 1..=REMOVALS {
+        remove(&mut connections, uid).await;
+    }
+    retried_with_back_off(&server, STAMP_WARNING, poisoned);
+
+    run(
+        &db,
+        "UPDATE event_sequence SET last_position = last_position + 1 WHERE id = 1 \
+         RETURNING last_position",
+    )
+    .await;
+    let delivered = next_events(&mut events, REMOVALS + 1).await;
+    let expected: Vec<u64> = (taken..).take(REMOVALS + 1).collect();
+    assert_eq!(delivered, expected);
+    let log = server.log();
+    assert!(
+        log.contains("sequencing again"),
+        "no recovery logged:\n{log}"
+    );
+}
+
+/// At least one `warning` in the server's log since `since`, and no more
+/// than the back-off allows: waits of 20, 40, ... ms up to the poll
+/// interval (1 s), so 7 attempts in the first 1.26 s, then one a second (and
+/// one for the rounding), however many commits woke the task.
+fn retried_with_back_off(server: &ServerProcess, warning: &str, since: Instant) {
+    let log = server.log();
+    let warnings = log.lines().filter(|l| l.contains(warning)).count();
+    assert!(warnings >= 1, "no {warning:?} in the log:\n{log}");
+    let allowed = 8 + usize::try_from(since.elapsed().as_secs()).unwrap_or(usize::MAX);
+    assert!(
+        warnings <= allowed,
+        "{warnings} failures for {REMOVALS} removals in {:?}:\n{log}",
+        since.elapsed()
+    );
+}
+
+async fn remove(connections: &mut ConnectionServiceClient<Channel>, uid: usize) {
+    connections
+        .remove_connection(pb::RemoveConnectionRequest {
+            api_key: SITE.into(),
+            uid: uid.to_string(),
+            provider: Some("facebook".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("RemoveConnection");
 }
 
 async fn link(channel: &Channel, uid: usize) {

@@ -1,0 +1,94 @@
+//! A back-off for a task that reads or writes on every wake-up (the fan-out,
+//! the sequencer): under load every commit wakes it, so a failure that
+//! persists (the database is down, a row it cannot read or stamp) would be
+//! retried, and logged, once per commit. After a failure the next attempt
+//! waits 20 ms, doubling up to the poll interval, whatever wakes the task.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The wait before the first retry.
+pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(20);
+
+/// Consecutive failures, and when the next attempt may run.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    failures: u32,
+    not_before: Option<Instant>,
+    longest: Duration,
+}
+
+impl Retry {
+    pub(crate) fn new(longest: Duration) -> Self {
+        Self {
+            failures: 0,
+            not_before: None,
+            longest: longest.max(FIRST_RETRY),
+        }
+    }
+
+    pub(crate) fn allows(&self) -> bool {
+        self.not_before.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Failures in a row so far.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Records a failure; returns the wait before the next attempt:
+    /// doubling from [`FIRST_RETRY`] up to the longest.
+    pub(crate) fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(16);
+        let wait = FIRST_RETRY.saturating_mul(1 << doublings).min(self.longest);
+        self.not_before = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// Records a success; returns the failures it ended (0: none).
+    pub(crate) fn succeeded(&mut self) -> u32 {
+        self.not_before = None;
+        std::mem::take(&mut self.failures)
+    }
+
+    /// Resolves when a held-back attempt may run; never while none is.
+    pub(crate) async fn elapsed(&self) {
+        match self.not_before {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_wait_longer_each_time_up_to_the_longest() {
+        let mut retry = Retry::new(Duration::from_millis(100));
+        assert!(retry.allows());
+        let waits: Vec<u128> = (0..5).map(|_| retry.failed().as_millis()).collect();
+        assert_eq!(waits, vec![20, 40, 80, 100, 100]);
+        assert_eq!(retry.failures(), 5);
+        assert!(!retry.allows());
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(!retry.allows());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(retry.allows());
+        retry.elapsed().await;
+
+        assert_eq!(retry.succeeded(), 5);
+        assert_eq!(retry.succeeded(), 0);
+        assert_eq!(retry.failed(), FIRST_RETRY, "a success starts over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_failure_the_retry_never_fires() {
+        let retry = Retry::new(Duration::from_secs(1));
+        let fired = tokio::time::timeout(Duration::from_secs(3600), retry.elapsed()).await;
+        assert!(fired.is_err());
+    }
+}
