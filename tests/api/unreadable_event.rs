@@ -29,27 +29,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 async fn an_unreadable_event_is_retried_with_back_off_and_delivered_once_repaired() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
-    let server = ServerProcess::start_logging(&url, &[], "info").await;
-    let channel = server.channel();
-    AdminServiceClient::new(channel.clone())
-        .upsert_site(pb::UpsertSiteRequest {
-            api_key: SITE.into(),
-            vhost: 77,
-            ..Default::default()
-        })
-        .await
-        .expect("UpsertSite");
-    for uid in 0..REMOVALS {
-        link(&channel, uid).await;
-    }
-    let mut events = EventServiceClient::new(channel.clone())
-        .subscribe(pb::SubscribeRequest {
-            start_from: pb::StartFrom::Now.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("Subscribe")
-        .into_inner();
+    let (server, channel, mut events) = serve_with_subscriber(&url, REMOVALS).await;
 
     // The next position, taken by hand with a payload that is not an event.
     let db = Database::connect(&url).await.expect("open the database");
@@ -107,27 +87,7 @@ async fn an_unreadable_event_is_retried_with_back_off_and_delivered_once_repaire
 #[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
 async fn a_stamp_that_keeps_failing_is_retried_with_back_off_and_resumes_once_repaired() {
     let (url, _database) = Backend::postgres().fresh_database().await;
-    let server = ServerProcess::start_logging(&url, &[], "info").await;
-    let channel = server.channel();
-    AdminServiceClient::new(channel.clone())
-        .upsert_site(pb::UpsertSiteRequest {
-            api_key: SITE.into(),
-            vhost: 77,
-            ..Default::default()
-        })
-        .await
-        .expect("UpsertSite");
-    for uid in 0..=REMOVALS {
-        link(&channel, uid).await;
-    }
-    let mut events = EventServiceClient::new(channel.clone())
-        .subscribe(pb::SubscribeRequest {
-            start_from: pb::StartFrom::Now.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("Subscribe")
-        .into_inner();
+    let (server, channel, mut events) = serve_with_subscriber(&url, REMOVALS + 1).await;
     let mut connections = ConnectionServiceClient::new(channel.clone());
     remove(&mut connections, 0).await;
     assert_eq!(next_events(&mut events, 1).await, vec![1]);
@@ -163,6 +123,36 @@ async fn a_stamp_that_keeps_failing_is_retried_with_back_off_and_resumes_once_re
         log.contains("sequencing again"),
         "no recovery logged:\n{log}"
     );
+}
+
+/// A server on `url` with the site, `accounts` accounts (uids 0..) each with
+/// a facebook identity, and a subscription to live events.
+async fn serve_with_subscriber(
+    url: &str,
+    accounts: usize,
+) -> (ServerProcess, Channel, Streaming<pb::SubscribeResponse>) {
+    let server = ServerProcess::start_logging(url, &[], "info").await;
+    let channel = server.channel();
+    AdminServiceClient::new(channel.clone())
+        .upsert_site(pb::UpsertSiteRequest {
+            api_key: SITE.into(),
+            vhost: 77,
+            ..Default::default()
+        })
+        .await
+        .expect("UpsertSite");
+    for uid in 0..accounts {
+        link(&channel, uid).await;
+    }
+    let events = EventServiceClient::new(channel.clone())
+        .subscribe(pb::SubscribeRequest {
+            start_from: pb::StartFrom::Now.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Subscribe")
+        .into_inner();
+    (server, channel, events)
 }
 
 /// At least one `warning` in the server's log since `since`, and no more
