@@ -50,22 +50,17 @@ pub async fn run(
     let mut listener = NotificationListener::new(repo.clone(), EVENTS_CHANNEL);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut retry = Retry::new(settings.poll_interval);
-    // A table read is owed: at start, and after any wake-up that did not
+    // A table read is owed at start, and after any wake-up that did not
     // settle what is new.
-    let mut owed = true;
+    let mut retry = Retry::new(settings.poll_interval, "reading new events");
     // The highest head announced while this replica's sequencer had a
     // hand-over due: read from the table if the hand-over falls short.
     let mut announced = 0;
     loop {
-        if owed && retry.allows() {
+        if retry.ready() {
             match publish_new(&repo, &live, &head, metrics, &mut published).await {
                 Ok(()) => {
-                    owed = false;
-                    let failures = retry.succeeded();
-                    if failures > 0 {
-                        tracing::info!(failures, "reading new events again");
-                    }
+                    retry.succeeded();
                 }
                 Err(err) => {
                     let wait = retry.failed();
@@ -102,9 +97,9 @@ pub async fn run(
                 }
             }
             _ = poll.tick() => {}
-            () = retry.elapsed(), if owed => {}
+            () = retry.elapsed() => {}
         }
-        owed |= read_table;
+        retry.owe(read_table);
     }
 }
 

@@ -1,8 +1,9 @@
-//! A back-off for a task that reads or writes on every wake-up (the fan-out,
-//! the sequencer): under load every commit wakes it, so a failure that
-//! persists (the database is down, a row it cannot read or stamp) would be
-//! retried, and logged, once per commit. After a failure the next attempt
-//! waits 20 ms, doubling up to the poll interval, whatever wakes the task.
+//! The attempt a task owes after a wake-up, with a back-off for a task that
+//! reads or writes on every wake-up (the fan-out, the sequencer): under load
+//! every commit wakes it, so a failure that persists (the database is down,
+//! a row it cannot read or stamp) would be retried, and logged, once per
+//! commit. After a failure the next attempt waits 20 ms, doubling up to the
+//! poll interval, whatever wakes the task.
 
 use std::time::Duration;
 
@@ -11,24 +12,42 @@ use tokio::time::Instant;
 /// The wait before the first retry.
 pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(20);
 
-/// Consecutive failures, and when the next attempt may run.
+/// Whether an attempt is owed, consecutive failures, and when the next
+/// attempt may run.
 #[derive(Debug)]
 pub(crate) struct Retry {
+    /// What the task does, for the log line of its recovery
+    /// (`"<doing> again"`).
+    doing: &'static str,
+    owed: bool,
     failures: u32,
     not_before: Option<Instant>,
     longest: Duration,
 }
 
 impl Retry {
-    pub(crate) fn new(longest: Duration) -> Self {
+    /// Owes a first attempt.
+    pub(crate) fn new(longest: Duration, doing: &'static str) -> Self {
         Self {
+            doing,
+            owed: true,
             failures: 0,
             not_before: None,
             longest: longest.max(FIRST_RETRY),
         }
     }
 
-    pub(crate) fn allows(&self) -> bool {
+    /// Marks an attempt owed (a wake-up that did not settle what is new).
+    pub(crate) fn owe(&mut self, owed: bool) {
+        self.owed |= owed;
+    }
+
+    /// An attempt is owed and no back-off holds it.
+    pub(crate) fn ready(&self) -> bool {
+        self.owed && self.allows()
+    }
+
+    fn allows(&self) -> bool {
         self.not_before.is_none_or(|at| Instant::now() >= at)
     }
 
@@ -37,8 +56,8 @@ impl Retry {
         self.failures
     }
 
-    /// Records a failure; returns the wait before the next attempt:
-    /// doubling from [`FIRST_RETRY`] up to the longest.
+    /// Records a failure (the attempt stays owed); returns the wait before
+    /// the next attempt: doubling from [`FIRST_RETRY`] up to the longest.
     pub(crate) fn failed(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let doublings = (self.failures - 1).min(16);
@@ -47,17 +66,23 @@ impl Retry {
         wait
     }
 
-    /// Records a success; returns the failures it ended (0: none).
+    /// Records a success (nothing owed); logs the recovery after failures
+    /// and returns how many it ended (0: none).
     pub(crate) fn succeeded(&mut self) -> u32 {
+        self.owed = false;
         self.not_before = None;
-        std::mem::take(&mut self.failures)
+        let failures = std::mem::take(&mut self.failures);
+        if failures > 0 {
+            tracing::info!(failures, "{} again", self.doing);
+        }
+        failures
     }
 
-    /// Resolves when a held-back attempt may run; never while none is.
+    /// Resolves when an owed, held-back attempt may run; never otherwise.
     pub(crate) async fn elapsed(&self) {
-        match self.not_before {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+        match (self.owed, self.not_before) {
+            (true, Some(at)) => tokio::time::sleep_until(at).await,
+            _ => std::future::pending().await,
         }
     }
 }
@@ -68,7 +93,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_wait_longer_each_time_up_to_the_longest() {
-        let mut retry = Retry::new(Duration::from_millis(100));
+        let mut retry = Retry::new(Duration::from_millis(100), "testing");
         assert!(retry.allows());
         let waits: Vec<u128> = (0..5).map(|_| retry.failed().as_millis()).collect();
         assert_eq!(waits, vec![20, 40, 80, 100, 100]);
@@ -87,7 +112,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn with_no_failure_the_retry_never_fires() {
-        let retry = Retry::new(Duration::from_secs(1));
+        let retry = Retry::new(Duration::from_secs(1), "testing");
         let fired = tokio::time::timeout(Duration::from_secs(3600), retry.elapsed()).await;
         assert!(fired.is_err());
     }

@@ -84,18 +84,13 @@ async fn lead(
     // Marked before the first stamp: a commit after it is either stamped
     // there or wakes this loop.
     let _leading = Leading::mark(repo);
-    let mut retry = Retry::new(settings.poll_interval);
-    // A stamp is owed: at start, and after any wake-up that did not settle it.
-    let mut owed = true;
+    // A stamp is owed at start, and after any wake-up that did not settle it.
+    let mut retry = Retry::new(settings.poll_interval, "sequencing");
     loop {
-        if owed && retry.allows() {
+        if retry.ready() {
             match stamp_all(repo, lease.as_mut(), sequenced, metrics).await {
                 Ok(()) => {
-                    owed = false;
-                    let failures = retry.succeeded();
-                    if failures > 0 {
-                        tracing::info!(failures, "sequencing again");
-                    }
+                    retry.succeeded();
                 }
                 Err(err) => {
                     let wait = retry.failed();
@@ -138,9 +133,9 @@ async fn lead(
                     Err(err) => tracing::debug!(error = %err, "cannot count unsequenced events"),
                 }
             }
-            () = retry.elapsed(), if owed => {}
+            () = retry.elapsed() => {}
         }
-        owed |= stamp;
+        retry.owe(stamp);
     }
     if let Some(held) = lease {
         held.release().await;

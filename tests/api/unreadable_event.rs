@@ -73,14 +73,7 @@ async fn an_unreadable_event_is_retried_with_back_off_and_delivered_once_repaire
         ),
     )
     .await;
-    let delivered = next_events(&mut events, REMOVALS + 1).await;
-    let expected: Vec<u64> = (poison..).take(REMOVALS + 1).collect();
-    assert_eq!(delivered, expected);
-    let log = server.log();
-    assert!(
-        log.contains("reading new events again"),
-        "no recovery logged:\n{log}"
-    );
+    delivered_in_order(&server, &mut events, poison, "reading new events again").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,14 +108,7 @@ async fn a_stamp_that_keeps_failing_is_retried_with_back_off_and_resumes_once_re
          RETURNING last_position",
     )
     .await;
-    let delivered = next_events(&mut events, REMOVALS + 1).await;
-    let expected: Vec<u64> = (taken..).take(REMOVALS + 1).collect();
-    assert_eq!(delivered, expected);
-    let log = server.log();
-    assert!(
-        log.contains("sequencing again"),
-        "no recovery logged:\n{log}"
-    );
+    delivered_in_order(&server, &mut events, taken, "sequencing again").await;
 }
 
 /// A server on `url` with the site, `accounts` accounts (uids 0..) each with
@@ -153,6 +139,22 @@ async fn serve_with_subscriber(
         .expect("Subscribe")
         .into_inner();
     (server, channel, events)
+}
+
+/// The held events, once repaired: the next `REMOVALS + 1` on the stream are
+/// the positions from `first` on, in order, and the server logged
+/// `recovery`.
+async fn delivered_in_order(
+    server: &ServerProcess,
+    events: &mut Streaming<pb::SubscribeResponse>,
+    first: u64,
+    recovery: &str,
+) {
+    let delivered = next_events(events, REMOVALS + 1).await;
+    let expected: Vec<u64> = (first..).take(REMOVALS + 1).collect();
+    assert_eq!(delivered, expected);
+    let log = server.log();
+    assert!(log.contains(recovery), "no recovery logged:\n{log}");
 }
 
 /// At least one `warning` in the server's log since `since`, and no more
