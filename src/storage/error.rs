@@ -145,7 +145,7 @@ impl StorageError {
         matches!(
             err.sql_err(),
             Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-        )
+        ) || super::direct::is_unique_violation(err)
     }
 
     /// Whether PostgreSQL gave up waiting for a lock (`lock_timeout`,

@@ -18,6 +18,13 @@
 //! away (a cancelled request) never strands its neighbours' work. A queued
 //! writer that is cancelled, leaving nobody queued, flushes the batch too.
 //!
+//! A batch runs on one of two connections: a pooled sqlx connection (any
+//! write, through SeaORM), or the direct connection (`direct`: the hot
+//! writes, on the calling thread, without a hand-off to sqlx's thread per
+//! statement). A writer that finds the other kind's batch open commits it
+//! first; on the direct connection a commit, a savepoint's release and a
+//! rollback run inline, with nothing to cancel half-way.
+//!
 //! On PostgreSQL every write is a transaction of its own: row locks let
 //! writers run side by side and the database groups their commits itself.
 
@@ -30,12 +37,15 @@ use std::{
 };
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use super::error::{StorageError, StorageResult};
+use super::{
+    direct::{DirectConn, DirectRow, NotBegun},
+    error::{StorageError, StorageResult},
+};
 use crate::telemetry::metrics;
 
 /// A batch commits once it has this many members, even with more queued.
@@ -76,11 +86,24 @@ pub struct GroupCommitStats {
 #[derive(Debug, Default)]
 struct Slot {
     open: Option<Batch>,
+    direct: Direct,
+}
+
+/// The direct connection, opened by the first writer that asks for it.
+#[derive(Debug, Default)]
+enum Direct {
+    #[default]
+    Unopened,
+    Open(DirectConn),
+    /// An in-memory database (another connection would be another
+    /// database), or one that could not be opened: every write goes through
+    /// the pool.
+    Unavailable,
 }
 
 #[derive(Debug)]
 struct Batch {
-    txn: DatabaseTransaction,
+    txn: BatchTxn,
     /// Members whose work the batch holds (released savepoints).
     kept: usize,
     opened: Instant,
@@ -111,35 +134,83 @@ impl GroupCommit {
         self.shared.queued.load(Ordering::Relaxed)
     }
 
-    /// Waits for the write turn, then joins the open batch or opens one.
+    /// Waits for the write turn, then joins the open batch or opens one,
+    /// on the pool's connection.
     pub(crate) async fn join(&self, writes: Writes) -> Result<WriteTxn, DbErr> {
-        let guard = {
-            let queued = Queued::new(self.shared.clone(), self.turn.clone());
-            let guard = self.turn.clone().lock_owned().await;
-            queued.admitted();
-            guard
-        };
-        let mut turn = Turn {
+        Ok(WriteTxn(Inner::Member(self.join_as(writes, false).await?)))
+    }
+
+    /// [`Self::join`] on the direct connection, where it can be opened: for
+    /// writes whose statements all go through [`FastTxn::raw`].
+    pub(crate) async fn join_direct(&self, writes: Writes) -> Result<FastTxn, DbErr> {
+        Ok(FastTxn(Inner::Member(self.join_as(writes, true).await?)))
+    }
+
+    async fn take_turn(&self) -> Turn {
+        let queued = Queued::new(self.shared.clone(), self.turn.clone());
+        let guard = self.turn.clone().lock_owned().await;
+        queued.admitted();
+        Turn {
             guard: Some(guard),
             shared: self.shared.clone(),
+        }
+    }
+
+    async fn join_as(&self, writes: Writes, direct: bool) -> Result<Member, DbErr> {
+        let mut turn = loop {
+            let mut turn = self.take_turn().await;
+            let direct = direct && self.direct_ready(&mut turn).await;
+            match turn.slot().open.as_ref() {
+                Some(batch) if batch.txn.is_direct() != direct => {}
+                _ => break turn,
+            }
+            // The other connection's batch is open: it commits first (a
+            // batch waits in the slot only with kept work, and only one
+            // connection can hold SQLite's write lock).
+            let Some(batch) = turn.slot().open.take() else {
+                break turn;
+            };
+            if batch.txn.is_direct() {
+                let result = commit_direct(turn.slot(), batch.kept);
+                settle(batch, result, &turn.shared);
+                break turn;
+            }
+            // Committed in a task of its own holding the turn, as any
+            // pooled commit; then this writer queues again.
+            let mut outcome = batch.outcome.subscribe();
+            let guard = turn.guard.take();
+            tokio::spawn(commit_batch(batch, guard, turn.shared.clone()));
+            let _ = wait_for(&mut outcome).await;
         };
         // The batch stays in the slot across every await below: a caller
         // cancelled there leaves it to the turn's drop, never drops it.
-        let savepoint = match turn.slot().open.as_ref() {
+        let savepoint = match turn.slot().open.as_ref().map(|b| &b.txn) {
             // Only a neighbour's kept work needs a savepoint to protect it
             // (a batch waits in the slot only with kept work), and only from
             // writes that could fail half-done.
-            Some(batch) if writes == Writes::Several => Some(batch.txn.begin().await?),
+            Some(BatchTxn::Orm(txn)) if writes == Writes::Several => {
+                Some(Savepoint::Orm(txn.begin().await?))
+            }
+            Some(BatchTxn::Direct) if writes == Writes::Several => {
+                direct_conn(turn.slot())?.exec(MEMBER_SAVEPOINT_SQL)?;
+                Some(Savepoint::Direct)
+            }
             Some(_) => None,
             None => {
-                let txn = self
-                    .db
-                    .begin_with_options(TransactionOptions {
-                        isolation_level: None,
-                        access_mode: None,
-                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                    })
-                    .await?;
+                let txn = if direct {
+                    self.begin_direct(&mut turn).await?;
+                    BatchTxn::Direct
+                } else {
+                    BatchTxn::Orm(
+                        self.db
+                            .begin_with_options(TransactionOptions {
+                                isolation_level: None,
+                                access_mode: None,
+                                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                            })
+                            .await?,
+                    )
+                };
                 turn.slot().open = Some(Batch {
                     txn,
                     kept: 0,
@@ -151,13 +222,142 @@ impl GroupCommit {
         };
         let batch = turn.slot().open.take();
         let alone = batch.as_ref().is_some_and(|b| b.kept == 0);
-        Ok(WriteTxn(Inner::Member(Member {
+        Ok(Member {
             turn: Some(turn),
             batch,
             savepoint,
             alone,
-        })))
+        })
     }
+
+    /// Whether the direct connection is open, opening it on first use.
+    async fn direct_ready(&self, turn: &mut Turn) -> bool {
+        if matches!(turn.slot().direct, Direct::Unopened) {
+            turn.slot().direct = match self.database_file().await {
+                Ok(Some(path)) => match DirectConn::open(&path) {
+                    Ok(conn) => Direct::Open(conn),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "SQLite: no direct write connection; writes go through the pool");
+                        Direct::Unavailable
+                    }
+                },
+                Ok(None) => Direct::Unavailable,
+                // Asked again by the next writer.
+                Err(_) => Direct::Unopened,
+            };
+        }
+        matches!(turn.slot().direct, Direct::Open(_))
+    }
+
+    /// The main database's file, None in memory.
+    async fn database_file(&self) -> Result<Option<String>, DbErr> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT file FROM pragma_database_list WHERE name = 'main'",
+            ))
+            .await?;
+        let file: Option<String> = match row {
+            Some(row) => row.try_get("", "file")?,
+            None => None,
+        };
+        Ok(file.filter(|f| !f.is_empty()))
+    }
+
+    /// `BEGIN IMMEDIATE` on the direct connection; while another process's
+    /// writer holds SQLite's lock, waited for off the runtime's threads.
+    async fn begin_direct(&self, turn: &mut Turn) -> Result<(), DbErr> {
+        match direct_conn(turn.slot())?.begin_immediate() {
+            Ok(()) => return Ok(()),
+            Err(NotBegun::Failed(err)) => return Err(err),
+            Err(NotBegun::Busy) => {}
+        }
+        let Direct::Open(mut conn) = std::mem::replace(&mut turn.slot().direct, Direct::Unopened)
+        else {
+            return Err(not_open());
+        };
+        // The connection is out of the slot meanwhile; the next writer
+        // cannot come before this one gives the turn back.
+        let waited = tokio::task::spawn_blocking(move || {
+            let begun = conn.begin_waiting(BUSY_TIMEOUT);
+            (conn, begun)
+        })
+        .await;
+        match waited {
+            Ok((conn, begun)) => {
+                turn.slot().direct = Direct::Open(conn);
+                begun
+            }
+            Err(err) => Err(DbErr::Custom(format!("waiting for SQLite's lock: {err}"))),
+        }
+    }
+}
+
+/// How long a direct write waits for another process's writer: the pool's
+/// busy timeout (`db::connect_with`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A direct member's savepoint, when it shares the batch with neighbours.
+const MEMBER_SAVEPOINT_SQL: &str = "SAVEPOINT member";
+const MEMBER_RELEASE_SQL: &str = "RELEASE member";
+const MEMBER_UNDO_SQL: &str = "ROLLBACK TO member; RELEASE member";
+
+/// The batch's transaction: on a pooled connection, or on the direct
+/// connection (which lives in the slot, with the turn).
+#[derive(Debug)]
+enum BatchTxn {
+    Orm(DatabaseTransaction),
+    Direct,
+}
+
+impl BatchTxn {
+    fn is_direct(&self) -> bool {
+        matches!(self, BatchTxn::Direct)
+    }
+}
+
+/// A member's savepoint, when it has one.
+enum Savepoint {
+    Orm(DatabaseTransaction),
+    /// `SAVEPOINT member` on the direct connection.
+    Direct,
+}
+
+fn direct_conn(slot: &mut Slot) -> Result<&mut DirectConn, DbErr> {
+    match &mut slot.direct {
+        Direct::Open(conn) => Ok(conn),
+        _ => Err(not_open()),
+    }
+}
+
+fn not_open() -> DbErr {
+    DbErr::Custom("the direct SQLite connection is not open".into())
+}
+
+/// Ends a direct batch: COMMIT if it holds kept work, else ROLLBACK.
+/// A failed COMMIT can leave SQLite's transaction open: it is rolled back,
+/// so the next batch begins afresh.
+fn commit_direct(slot: &mut Slot, kept: usize) -> Result<(), DbErr> {
+    direct_conn(slot).and_then(|conn| {
+        let ended = conn.exec(if kept == 0 { "ROLLBACK" } else { "COMMIT" });
+        if ended.is_err() && conn.in_transaction() {
+            let _ = conn.exec("ROLLBACK");
+        }
+        ended
+    })
+}
+
+/// Counts a committed batch and answers its members.
+fn settle(batch: Batch, result: Result<(), DbErr>, shared: &Shared) {
+    let kept = batch.kept;
+    if result.is_ok() && kept > 0 {
+        let kept = u64::try_from(kept).unwrap_or(u64::MAX);
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        shared.members.fetch_add(kept, Ordering::Relaxed);
+        metrics::storage().group_committed(kept);
+    }
+    let _ = batch.outcome.send(Some(result));
 }
 
 /// What a write transaction's caller promises about its writes.
@@ -229,9 +429,15 @@ impl Turn {
     }
 
     /// Commits `batch` while holding the turn, so the next batch begins
-    /// after it; in a spawned task, so the caller's cancellation cannot cut
-    /// it short. Returns the commit's outcome.
+    /// after it. A pooled batch commits in a spawned task, so the caller's
+    /// cancellation cannot cut it short; a direct one here, at once.
+    /// Returns the commit's outcome.
     async fn commit_now(mut self, batch: Batch) -> Result<(), DbErr> {
+        if batch.txn.is_direct() {
+            let result = commit_direct(self.slot(), batch.kept);
+            settle(batch, result.clone(), &self.shared);
+            return result;
+        }
         let guard = self.guard.take();
         let shared = self.shared.clone();
         let mut outcome = batch.outcome.subscribe();
@@ -249,28 +455,39 @@ impl Drop for Turn {
             // The next writer in line takes the batch over.
             return;
         }
-        if let Some(batch) = guard.open.take() {
-            spawn(commit_batch(batch, Some(guard), self.shared.clone()));
+        match guard.open.take() {
+            Some(batch) if batch.txn.is_direct() => {
+                let result = commit_direct(&mut guard, batch.kept);
+                settle(batch, result, &self.shared);
+            }
+            Some(batch) => spawn(commit_batch(batch, Some(guard), self.shared.clone())),
+            None => {}
         }
     }
 }
 
-async fn commit_batch(batch: Batch, guard: Option<OwnedMutexGuard<Slot>>, shared: Arc<Shared>) {
+async fn commit_batch(batch: Batch, mut guard: Option<OwnedMutexGuard<Slot>>, shared: Arc<Shared>) {
     let Batch {
-        txn, kept, outcome, ..
+        txn,
+        kept,
+        opened,
+        outcome,
     } = batch;
-    let result = if kept == 0 {
-        txn.rollback().await
-    } else {
-        txn.commit().await
+    let result = match txn {
+        BatchTxn::Orm(txn) if kept == 0 => txn.rollback().await,
+        BatchTxn::Orm(txn) => txn.commit().await,
+        BatchTxn::Direct => match guard.as_deref_mut() {
+            Some(slot) => commit_direct(slot, kept),
+            None => Err(not_open()),
+        },
     };
-    if result.is_ok() && kept > 0 {
-        let kept = u64::try_from(kept).unwrap_or(u64::MAX);
-        shared.batches.fetch_add(1, Ordering::Relaxed);
-        shared.members.fetch_add(kept, Ordering::Relaxed);
-        metrics::storage().group_committed(kept);
-    }
-    let _ = outcome.send(Some(result));
+    let ended = Batch {
+        txn: BatchTxn::Direct,
+        kept,
+        opened,
+        outcome,
+    };
+    settle(ended, result, &shared);
     drop(guard);
 }
 
@@ -284,9 +501,15 @@ async fn wait_for(outcome: &mut watch::Receiver<Option<Result<(), DbErr>>>) -> R
     }
 }
 
-/// A write transaction: on SQLite a member of the open batch (it holds the
-/// write turn until it commits or rolls back), on PostgreSQL its own.
+/// A write transaction: on SQLite a member of the open batch on a pooled
+/// connection (it holds the write turn until it commits or rolls back), on
+/// PostgreSQL its own.
 pub struct WriteTxn(Inner);
+
+/// A write transaction whose statements all go through [`FastTxn::raw`]: on
+/// SQLite a member of a batch on the direct connection (where it could be
+/// opened), on PostgreSQL its own.
+pub(crate) struct FastTxn(Inner);
 
 enum Inner {
     Own(DatabaseTransaction),
@@ -298,9 +521,19 @@ struct Member {
     turn: Option<Turn>,
     batch: Option<Batch>,
     /// The member's savepoint; None when it runs on the transaction itself.
-    savepoint: Option<DatabaseTransaction>,
+    savepoint: Option<Savepoint>,
     /// No neighbour's work in the transaction: it is this member's alone.
     alone: bool,
+}
+
+impl Inner {
+    async fn finish(self, keep: bool) -> Result<(), DbErr> {
+        match self {
+            Inner::Own(txn) if keep => txn.commit().await,
+            Inner::Own(txn) => txn.rollback().await,
+            Inner::Member(member) => member.finish(keep).await,
+        }
+    }
 }
 
 impl WriteTxn {
@@ -311,21 +544,111 @@ impl WriteTxn {
     /// Keeps this write. Returns once it is committed (with its batch, on
     /// SQLite), or the commit's error.
     pub async fn commit(self) -> Result<(), DbErr> {
-        match self.0 {
-            Inner::Own(txn) => txn.commit().await,
-            Inner::Member(member) => member.finish(true).await,
-        }
+        self.0.finish(true).await
     }
 
     /// Discards this write (only this one: its batch goes on). Returns once
     /// the batch it saw is settled, since what it read may be that batch's
     /// work.
     pub async fn rollback(self) -> Result<(), DbErr> {
-        match self.0 {
-            Inner::Own(txn) => txn.rollback().await,
-            Inner::Member(member) => member.finish(false).await,
+        self.0.finish(false).await
+    }
+}
+
+impl From<WriteTxn> for FastTxn {
+    fn from(txn: WriteTxn) -> Self {
+        Self(txn.0)
+    }
+}
+
+impl FastTxn {
+    /// See [`WriteTxn::commit`].
+    pub(crate) async fn commit(self) -> Result<(), DbErr> {
+        self.0.finish(true).await
+    }
+
+    /// See [`WriteTxn::rollback`].
+    pub(crate) async fn rollback(self) -> Result<(), DbErr> {
+        self.0.finish(false).await
+    }
+
+    /// The connection its statements go to.
+    pub(crate) fn raw(&mut self) -> Raw<'_> {
+        match &mut self.0 {
+            Inner::Own(txn) => Raw::Orm(txn),
+            Inner::Member(member) => match (&member.savepoint, &member.batch, &mut member.turn) {
+                (Some(Savepoint::Orm(savepoint)), _, _) => Raw::Orm(savepoint),
+                (
+                    _,
+                    Some(Batch {
+                        txn: BatchTxn::Orm(txn),
+                        ..
+                    }),
+                    _,
+                ) => Raw::Orm(txn),
+                (_, Some(_), Some(turn)) => match direct_conn(turn.slot()) {
+                    Ok(conn) => Raw::Direct(conn),
+                    Err(_) => Raw::Gone,
+                },
+                // Only `finish` takes them, consuming the member.
+                _ => Raw::Gone,
+            },
         }
     }
+}
+
+/// Where a write's statements go: a SeaORM transaction (or savepoint), or
+/// the direct SQLite connection.
+pub(crate) enum Raw<'a> {
+    Orm(&'a DatabaseTransaction),
+    Direct(&'a mut DirectConn),
+    /// The transaction already ended (never while its owner holds it).
+    Gone,
+}
+
+impl Raw<'_> {
+    pub(crate) fn backend(&self) -> DbBackend {
+        match self {
+            Raw::Orm(txn) => txn.get_database_backend(),
+            Raw::Direct(_) | Raw::Gone => DbBackend::Sqlite,
+        }
+    }
+
+    /// The SeaORM transaction, if the write runs on one.
+    pub(crate) fn orm(&self) -> Option<&DatabaseTransaction> {
+        match self {
+            Raw::Orm(txn) => Some(txn),
+            _ => None,
+        }
+    }
+
+    /// Runs `statement`, returning its rows.
+    pub(crate) async fn query_all(&mut self, statement: Statement) -> Result<Rows, DbErr> {
+        match self {
+            Raw::Orm(txn) => txn.query_all_raw(statement).await.map(Rows::Orm),
+            Raw::Direct(conn) => conn.query_statement(&statement).map(Rows::Direct),
+            Raw::Gone => Err(ended()),
+        }
+    }
+
+    pub(crate) async fn execute_unprepared(&mut self, sql: &str) -> Result<(), DbErr> {
+        match self {
+            Raw::Orm(txn) => txn.execute_unprepared(sql).await.map(|_| ()),
+            Raw::Direct(conn) => conn.exec(sql),
+            Raw::Gone => Err(ended()),
+        }
+    }
+}
+
+/// The rows of [`Raw::query_all`], as the connection returned them (both
+/// are [`super::sql::ReadRow`]s).
+pub(crate) enum Rows {
+    Orm(Vec<QueryResult>),
+    Direct(Vec<DirectRow>),
+}
+
+fn ended() -> DbErr {
+    DbErr::Custom("the write transaction already ended".into())
 }
 
 impl Member {
@@ -341,11 +664,43 @@ impl Member {
             None => {
                 // Rolled back before the turn passes on, so the next writer
                 // does not find SQLite's write lock still taken.
-                let result = batch.txn.rollback().await;
+                let result = match batch.txn {
+                    BatchTxn::Orm(txn) => txn.rollback().await,
+                    BatchTxn::Direct => direct_conn(turn.slot()).and_then(|c| c.exec("ROLLBACK")),
+                };
                 drop(turn);
                 return result;
             }
-            Some(savepoint) => {
+            Some(Savepoint::Direct) => {
+                // Inline: nothing here can be cancelled half-way.
+                let conn = direct_conn(turn.slot());
+                let ended = conn.and_then(|c| {
+                    c.exec(if keep {
+                        MEMBER_RELEASE_SQL
+                    } else {
+                        MEMBER_UNDO_SQL
+                    })
+                });
+                if let Err(err) = ended {
+                    // This member's work could not be kept or undone on its
+                    // own: the batch ends with it, and nobody is told it
+                    // committed.
+                    if let Ok(conn) = direct_conn(turn.slot())
+                        && conn.in_transaction()
+                    {
+                        let _ = conn.exec("ROLLBACK");
+                    }
+                    settle(batch, Err(err.clone()), &turn.shared);
+                    return Err(err);
+                }
+                if keep {
+                    batch.kept += 1;
+                } else {
+                    turn.shared.rolled_back.fetch_add(1, Ordering::Relaxed);
+                    metrics::storage().group_commit_rolled_back();
+                }
+            }
+            Some(Savepoint::Orm(savepoint)) => {
                 // Back in the slot while the savepoint ends: if this caller
                 // is cancelled or the savepoint fails, the turn's drop
                 // settles the neighbours' work.
@@ -381,30 +736,50 @@ impl Member {
 impl Drop for Member {
     /// Dropped without `commit` or `rollback` (an early return with `?`, a
     /// cancelled request): the savepoint's drop queues its rollback ahead of
-    /// the batch's next statement; the batch, with whatever neighbours' work
-    /// it holds, goes back to the slot for the next writer, or is committed
-    /// by the turn's drop.
+    /// the batch's next statement (on the direct connection it rolls back
+    /// here); the batch, with whatever neighbours' work it holds, goes back
+    /// to the slot for the next writer, or is committed by the turn's drop.
     fn drop(&mut self) {
         let savepoint = self.savepoint.take();
         let (Some(mut turn), Some(batch)) = (self.turn.take(), self.batch.take()) else {
             return;
         };
-        if savepoint.is_some() {
+        if let Some(savepoint) = savepoint {
             turn.shared.rolled_back.fetch_add(1, Ordering::Relaxed);
             metrics::storage().group_commit_rolled_back();
+            if let Savepoint::Direct = savepoint
+                && let Ok(conn) = direct_conn(turn.slot())
+                && conn.exec(MEMBER_UNDO_SQL).is_err()
+            {
+                // The member's work could not be undone: nothing of the
+                // batch may be committed with it.
+                let _ = conn.exec("ROLLBACK");
+                settle(batch, Err(undo_failed()), &turn.shared);
+                return;
+            }
         }
-        drop(savepoint);
         if batch.kept > 0 {
             turn.slot().open = Some(batch);
             return;
         }
         // Only this member's work: rolled back before the turn passes on, so
         // the next writer does not find SQLite's write lock still taken.
-        spawn(async move {
-            let _ = batch.txn.rollback().await;
-            drop(turn);
-        });
+        match batch.txn {
+            BatchTxn::Orm(txn) => spawn(async move {
+                let _ = txn.rollback().await;
+                drop(turn);
+            }),
+            BatchTxn::Direct => {
+                if let Ok(conn) = direct_conn(turn.slot()) {
+                    let _ = conn.exec("ROLLBACK");
+                }
+            }
+        }
     }
+}
+
+fn undo_failed() -> DbErr {
+    DbErr::Custom("a cancelled write could not be undone; its batch was rolled back".into())
 }
 
 /// One write statement as a write of its own, returning its rows: on SQLite
@@ -448,10 +823,18 @@ impl std::ops::Deref for WriteTxn {
         match &self.0 {
             Inner::Own(txn) => txn,
             Inner::Member(member) => match (&member.savepoint, &member.batch) {
-                (Some(savepoint), _) => savepoint,
-                (None, Some(batch)) => &batch.txn,
-                // `batch` is only taken by `finish`, which consumes the member.
-                (None, None) => unreachable!(),
+                (Some(Savepoint::Orm(savepoint)), _) => savepoint,
+                (
+                    _,
+                    Some(Batch {
+                        txn: BatchTxn::Orm(txn),
+                        ..
+                    }),
+                ) => txn,
+                // `batch` is only taken by `finish`, which consumes the
+                // member, and `join` (the only maker of a `WriteTxn`)
+                // opens pooled batches only.
+                _ => unreachable!(),
             },
         }
     }

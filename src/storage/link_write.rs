@@ -4,12 +4,12 @@
 //! calls' guarded writes may share a statement, `write_batch`).
 
 use chrono::{DateTime, Utc};
-use sea_orm::ConnectionTrait;
 
 use super::{
     error::{StorageError, StorageResult},
+    group_commit::{Raw, Rows},
     removal::Applied,
-    sql::{WriteSteps, answered},
+    sql::{ReadRow, WriteSteps, answered},
 };
 use crate::domain::{DomainError, IdentityState};
 
@@ -139,8 +139,8 @@ const LINKED_ANSWER: &str = "'linked' AS kind, id";
 /// What `write`'s statement answered (the rows of `member`, when it was
 /// one of several): [`Applied::Conflict`] if its guard did not match, else
 /// [`Applied::Linked`] with the identity's id.
-pub(crate) fn check_linked(
-    rows: &[sea_orm::QueryResult],
+pub(crate) fn check_linked<R: ReadRow>(
+    rows: &[R],
     member: Option<i32>,
     guarded: bool,
 ) -> StorageResult<Applied> {
@@ -168,15 +168,12 @@ pub(crate) fn check_linked(
 /// another account linked meanwhile is [`DomainError::IdentityLinkedElsewhere`].
 /// (Outside a transaction, guarded by the account row's version, a link's
 /// write is a member of a shared statement: `write_batch`.)
-pub(crate) async fn apply_link<C: ConnectionTrait>(
-    conn: &C,
-    write: &LinkWrite,
-) -> StorageResult<Applied> {
-    let mut steps = WriteSteps::new(conn.get_database_backend());
+pub(crate) async fn apply_link(conn: &mut Raw<'_>, write: &LinkWrite) -> StorageResult<Applied> {
+    let mut steps = WriteSteps::new(conn.backend());
     push_link(&mut steps, write, None);
     let failed = steps.failure();
     let rows = conn
-        .query_all_raw(steps.into_statement())
+        .query_all(steps.into_statement())
         .await
         .map_err(|err| {
             if StorageError::is_unique_violation(&err) {
@@ -185,5 +182,8 @@ pub(crate) async fn apply_link<C: ConnectionTrait>(
                 failed(err)
             }
         })?;
-    check_linked(&rows, None, false)
+    match rows {
+        Rows::Orm(rows) => check_linked(&rows, None, false),
+        Rows::Direct(rows) => check_linked(&rows, None, false),
+    }
 }

@@ -11,20 +11,20 @@
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QuerySelect,
 };
 
 use super::{
     entities::{context_id, idempotency_key, site},
     error::{StorageError, StorageResult},
-    group_commit::Writes,
+    group_commit::{FastTxn, Raw, Rows, Writes},
     link_write::GUARD_ANSWER,
     outbox,
     repository::{
         Loaded, RecordKey, Repository, SiteKey, StoredRecord, find_record, site_from_model,
     },
-    sql::{WriteSteps, answered},
+    sql::{ReadRow, WriteSteps, answered},
     write_batch::Guarded,
 };
 use crate::domain::{
@@ -74,8 +74,15 @@ impl Repository {
                 return Ok(outcome);
             }
         }
-        let txn = self.begin_write_of(writes).await?;
-        let step = self.remove_in(&txn, registry, ctx, &request, &scope).await;
+        // A cid is counted through SeaORM: the pool's connection; any other
+        // removal runs on the direct one.
+        let mut txn = match request.cid() {
+            Some(_) => FastTxn::from(self.begin_write_of(writes).await?),
+            None => self.begin_write_fast(writes).await?,
+        };
+        let step = self
+            .remove_in(&mut txn.raw(), registry, ctx, &request, &scope)
+            .await;
         match step {
             Ok(Step::Done(outcome, wrote_events)) => {
                 txn.commit().await.map_err(StorageError::from_commit)?;
@@ -110,7 +117,7 @@ impl Repository {
 
     async fn remove_in(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &mut Raw<'_>,
         registry: &ProviderRegistry,
         ctx: &CallOrigin,
         request: &RemovalRequest,
@@ -144,7 +151,12 @@ impl Repository {
             return Ok(Step::RollBack(stored_answer(request, &record)?));
         }
         let plan = request.plan(&account, registry)?;
-        self.count_context_id(txn, &site_row, request).await?;
+        if request.cid().is_some() {
+            let orm = txn
+                .orm()
+                .ok_or_else(|| StorageError::Corrupt("a cid counted off SeaORM".into()))?;
+            self.count_context_id(orm, &site_row, request).await?;
+        }
 
         if request.dry_run() {
             return Ok(Step::RollBack(answer(
@@ -465,11 +477,11 @@ impl Write {
 /// under the lock. Nothing is written unless [`Applied::Written`]. (Outside
 /// a transaction, guarded by the account row's version, a removal's write
 /// is a member of a shared statement: `write_batch`.)
-pub(crate) async fn apply<C: ConnectionTrait>(conn: &C, write: &Write) -> StorageResult<Applied> {
+pub(crate) async fn apply(conn: &mut Raw<'_>, write: &Write) -> StorageResult<Applied> {
     if write.is_empty() {
         return Ok(Applied::Written);
     }
-    let mut steps = WriteSteps::new(conn.get_database_backend());
+    let mut steps = WriteSteps::new(conn.backend());
     let postgres = steps.postgres();
     if !postgres {
         // Several statements: atomic only inside a savepoint, rolled back
@@ -479,13 +491,13 @@ pub(crate) async fn apply<C: ConnectionTrait>(conn: &C, write: &Write) -> Storag
     }
     push_write(&mut steps, write, None)?;
     let failed = steps.failure();
-    let checked = match conn.query_all_raw(steps.into_statement()).await {
+    let checked = match conn.query_all(steps.into_statement()).await {
         Err(err) if write.key.is_some() && StorageError::is_unique_violation(&err) => {
             Ok(Applied::KeyTaken)
         }
-        written => written
-            .map_err(failed)
-            .and_then(|rows| check_written(&rows, None, write, false)),
+        Err(err) => Err(failed(err)),
+        Ok(Rows::Orm(rows)) => check_written(&rows, None, write, false),
+        Ok(Rows::Direct(rows)) => check_written(&rows, None, write, false),
     };
     if !postgres && !matches!(checked, Ok(Applied::Written)) {
         // Undo whatever part of the step ran. ROLLBACK TO fails only with
@@ -580,8 +592,8 @@ pub(crate) fn push_write(
 /// What `write`'s statement answered (the rows of `member`, when it was
 /// one of several): [`Applied::Conflict`] if its guard did not match,
 /// else every write the plan names happened exactly once.
-pub(crate) fn check_written(
-    rows: &[sea_orm::QueryResult],
+pub(crate) fn check_written<R: ReadRow>(
+    rows: &[R],
     member: Option<i32>,
     write: &Write,
     guarded: bool,

@@ -10,8 +10,8 @@ use std::{
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, IdenStatic, Iterable, QueryFilter,
-    QuerySelect, RuntimeErr, TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter, QuerySelect,
+    RuntimeErr, TransactionTrait,
 };
 use tokio::sync::Notify;
 
@@ -19,12 +19,12 @@ use super::{
     action_secrets::{self, ActionSecret},
     entities::{account, idempotency_key, login_id, site},
     error::{StorageError, StorageResult},
-    group_commit::{self, GroupCommit, GroupCommitStats, WriteTxn, Writes},
+    group_commit::{self, FastTxn, GroupCommit, GroupCommitStats, Raw, Rows, WriteTxn, Writes},
     health::DbHealth,
     link_write::{LinkTarget, LinkWrite, apply_link},
     removal::Applied,
     secrets::SessionSealer,
-    sql::Sql,
+    sql::{ReadRow, Sql},
     write_batch::{Guarded, WriteBatches},
 };
 use crate::domain::{
@@ -33,6 +33,25 @@ use crate::domain::{
     account::{check_dropped_login_ids, distinct_login_ids},
     link::{self, ExistingMapping, LinkAction, LinkOutcome},
 };
+
+/// A write of raw statements (see [`Repository::begin_raw_write`]).
+pub struct RawWrite(FastTxn);
+
+impl RawWrite {
+    /// Runs statements that take no values.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), DbErr> {
+        self.0.raw().execute_unprepared(sql).await
+    }
+
+    /// Keeps the write; returns once it is committed (with its batch).
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.0.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.0.rollback().await
+    }
+}
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -169,6 +188,22 @@ impl Repository {
                 self.unless_unavailable(self.db.begin()).await?,
             )),
         }
+    }
+
+    /// [`Self::begin_write_of`] for a write whose statements all go through
+    /// [`FastTxn::raw`]: on SQLite on the direct connection (see `direct`).
+    pub(crate) async fn begin_write_fast(&self, writes: Writes) -> Result<FastTxn, DbErr> {
+        match &self.group {
+            Some(group) => group.join_direct(writes).await,
+            None => self.begin_write_of(writes).await.map(FastTxn::from),
+        }
+    }
+
+    /// A write transaction of raw statements on the path the hot writes
+    /// take (on SQLite the direct connection, in the write turn's batch):
+    /// for tools and tests that must hold that path's write turn.
+    pub async fn begin_raw_write(&self) -> Result<RawWrite, DbErr> {
+        self.begin_write_fast(Writes::Several).await.map(RawWrite)
     }
 
     /// `work` (which has written nothing yet when dropped: a BEGIN, a read),
@@ -346,7 +381,14 @@ impl Repository {
             .exec(&*txn)
             .await?;
         for new in &login_ids {
-            insert_login_id(&*txn, site.id, row.id, new.value.as_str(), new.has_password).await?;
+            insert_login_id(
+                &mut Raw::Orm(&txn),
+                site.id,
+                row.id,
+                new.value.as_str(),
+                new.has_password,
+            )
+            .await?;
         }
         let mut active: account::ActiveModel = row.into();
         active.updated_at = Set(now);
@@ -393,23 +435,32 @@ impl Repository {
             let loaded = self
                 .load_unlocked(site_key, uid, Some(&new), login, None)
                 .await?;
-            if let Some(outcome) = self
-                .link_in(&self.db, loaded, &new, sealed.as_ref())
-                .await?
-            {
+            if let Some(outcome) = self.link_in(None, loaded, &new, sealed.as_ref()).await? {
                 return Ok(outcome);
             }
         }
-        let txn = self.begin_write().await?;
-        let loaded = self
-            .lock_and_load(&txn, site_key, uid, Some(&new), login, None)
-            .await?;
-        let outcome = self
-            .link_in(&*txn, loaded, &new, sealed.as_ref())
-            .await?
-            .ok_or_else(|| StorageError::Corrupt("a link under the lock did not write".into()))?;
-        txn.commit().await.map_err(StorageError::from_commit)?;
-        Ok(outcome)
+        let mut txn = self.begin_write_fast(Writes::Several).await?;
+        let linked = async {
+            let mut raw = txn.raw();
+            let loaded = self
+                .lock_and_load(&mut raw, site_key, uid, Some(&new), login, None)
+                .await?;
+            self.link_in(Some(&mut raw), loaded, &new, sealed.as_ref())
+                .await?
+                .ok_or_else(|| StorageError::Corrupt("a link under the lock did not write".into()))
+        }
+        .await;
+        match linked {
+            Ok(outcome) => {
+                txn.commit().await.map_err(StorageError::from_commit)?;
+                Ok(outcome)
+            }
+            Err(err) => {
+                // A refusal changes nothing; its rollback error matters less.
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        }
     }
 
     /// LinkConnection's plan and write, on what `loaded` read: under the
@@ -419,9 +470,9 @@ impl Repository {
     /// written, for the caller to run again under the lock: the account
     /// changed or was held, or the link adds a login ID (a write of its
     /// own, which needs the lock).
-    async fn link_in<C: ConnectionTrait>(
+    async fn link_in(
         &self,
-        conn: &C,
+        mut conn: Option<&mut Raw<'_>>,
         loaded: Loaded,
         new: &NewIdentity,
         sealed: Option<&Vec<u8>>,
@@ -445,7 +496,10 @@ impl Repository {
             if version.is_some() {
                 return Ok(None);
             }
-            insert_login_id(conn, site.id, account.id, login, false).await?;
+            let raw = conn
+                .as_deref_mut()
+                .ok_or_else(|| StorageError::Corrupt("a locked link without its write".into()))?;
+            insert_login_id(raw, site.id, account.id, login, false).await?;
             account.login_ids.push(LoginId {
                 value: login.to_owned(),
                 has_password: false,
@@ -478,7 +532,12 @@ impl Repository {
                     .apply(Guarded::Link(write), version)
                     .await?
             }
-            None => apply_link(conn, &write).await?,
+            None => {
+                let raw = conn.ok_or_else(|| {
+                    StorageError::Corrupt("a locked link without its write".into())
+                })?;
+                apply_link(raw, &write).await?
+            }
         };
         let identity_id = match applied {
             Applied::Linked(id) => id,
@@ -627,14 +686,14 @@ impl Repository {
     /// the same statement; PostgreSQL: in one more, after the lock).
     pub(crate) async fn lock_and_load(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &mut Raw<'_>,
         site_key: SiteKey<'_>,
         uid: &Uid,
         identity: Option<&NewIdentity>,
         login: Option<&str>,
         record: Option<RecordKey<'_>>,
     ) -> StorageResult<Loaded> {
-        let mut sql = Sql::new(txn.get_database_backend());
+        let mut sql = Sql::new(txn.backend());
         let postgres = self.is_postgres();
         // SQLite's one statement reads the record too; the function does not.
         let read = ReadAs {
@@ -664,12 +723,25 @@ impl Repository {
         } else {
             push_load(&mut sql, site_key, uid, identity, login, read);
         }
-        let rows = txn.query_all_raw(sql.into_statement()).await?;
-        let mut loaded = collect_loaded(txn, site_key, &rows, read).await?;
+        // A missing site is told apart in the transaction, or on the pool
+        // beside the direct connection (sites are written through SeaORM,
+        // whose batches commit before a direct one begins).
+        let mut loaded = match txn.query_all(sql.into_statement()).await? {
+            Rows::Orm(rows) => {
+                let orm = txn
+                    .orm()
+                    .ok_or_else(|| StorageError::Corrupt("SeaORM rows off SeaORM".into()))?;
+                collect_loaded(orm, site_key, &rows, read).await?
+            }
+            Rows::Direct(rows) => collect_loaded(&self.db, site_key, &rows, read).await?,
+        };
         if postgres && let (Some(key), Some(_)) = (record, &loaded.account) {
             // A statement after the lock, so it sees any first call that
             // committed before the lock was granted.
-            loaded.record = find_record(txn, key).await?;
+            let orm = txn
+                .orm()
+                .ok_or_else(|| StorageError::Corrupt("PostgreSQL off SeaORM".into()))?;
+            loaded.record = find_record(orm, key).await?;
         }
         Ok(loaded)
     }
@@ -744,10 +816,10 @@ fn push_load(
 
 /// The site and account from the rows of [`push_load`] or
 /// `connections_lock_and_load`, with what [`push_load`] read as `read`.
-async fn collect_loaded<C: ConnectionTrait>(
+async fn collect_loaded<C: ConnectionTrait, R: ReadRow>(
     conn: &C,
     site_key: SiteKey<'_>,
-    rows: &[sea_orm::QueryResult],
+    rows: &[R],
     read: ReadAs<'_>,
 ) -> StorageResult<Loaded> {
     let Some(first) = rows.first() else {
@@ -756,30 +828,44 @@ async fn collect_loaded<C: ConnectionTrait>(
         let site = find_site(conn, site_key).await?;
         return Ok(Loaded::without_account(site));
     };
-    let site = site::Model::from_query_result(first, "s_")?;
-    let account_id: Option<i64> = first.try_get("", "a_id")?;
-    if account_id.is_none() {
+    let site = site::Model {
+        id: first.read("s_id")?,
+        api_key: first.read("s_api_key")?,
+        vhost: first.read("s_vhost")?,
+        name: first.read("s_name")?,
+        unlink_action_enabled: first.read("s_unlink_action_enabled")?,
+        allowed_redirect_origins: first.read("s_allowed_redirect_origins")?,
+        allowed_browser_origins: first.read("s_allowed_browser_origins")?,
+        created_at: first.read("s_created_at")?,
+        updated_at: first.read("s_updated_at")?,
+    };
+    let account_id: Option<i64> = first.read("a_id")?;
+    let Some(account_id) = account_id else {
         return Ok(Loaded::without_account(site));
-    }
+    };
     let version = match read.version {
-        true => Some(first.try_get("", "row_version")?),
+        true => Some(first.read("row_version")?),
         false => None,
     };
     let fingerprint: Option<String> = match read.record {
-        Some(_) => first.try_get("", "k_fingerprint")?,
+        Some(_) => first.read("k_fingerprint")?,
         None => None,
     };
     let record = fingerprint
         .map(|fingerprint| {
-            first
-                .try_get("", "k_response")
-                .map(|response| StoredRecord {
-                    fingerprint,
-                    response,
-                })
+            first.read("k_response").map(|response| StoredRecord {
+                fingerprint,
+                response,
+            })
         })
         .transpose()?;
-    let row = account::Model::from_query_result(first, "a_")?;
+    let row = account::Model {
+        id: account_id,
+        site_id: first.read("a_site_id")?,
+        uid: first.read("a_uid")?,
+        created_at: first.read("a_created_at")?,
+        updated_at: first.read("a_updated_at")?,
+    };
     let account = collect_account(rows, &site, row)?;
     Ok(Loaded {
         site,
@@ -930,8 +1016,8 @@ fn push_account_rows(
 
 /// Builds the account and the lookups from the rows of [`push_account_rows`]
 /// (rows with no kind, from an outer join that found none, are skipped).
-fn collect_account(
-    rows: &[sea_orm::QueryResult],
+fn collect_account<R: ReadRow>(
+    rows: &[R],
     site: &site::Model,
     row: account::Model,
 ) -> StorageResult<(Account, LinkLookups)> {
@@ -939,19 +1025,19 @@ fn collect_account(
     let mut identities = Vec::new();
     let mut lookups = LinkLookups::default();
     for found in rows {
-        let Some(kind): Option<i32> = found.try_get("", "kind")? else {
+        let Some(kind): Option<i32> = found.read("kind")? else {
             continue;
         };
-        let owner: i64 = found.try_get("", "owner")?;
+        let owner: i64 = found.read("owner")?;
         match kind {
             1 => login_ids.push(LoginId {
-                value: found.try_get("", "login_id")?,
-                has_password: found.try_get("", "has_password")?,
+                value: found.read("login_id")?,
+                has_password: found.read("has_password")?,
             }),
             3 => lookups.login_owner = Some(owner),
             _ => {
-                let id: i64 = found.try_get("", "id")?;
-                let state: String = found.try_get("", "state")?;
+                let id: i64 = found.read("id")?;
+                let state: String = found.read("state")?;
                 let state = IdentityState::parse(&state).ok_or_else(|| {
                     StorageError::Corrupt(format!("identity {id} state {state:?}"))
                 })?;
@@ -965,14 +1051,14 @@ fn collect_account(
                 }
                 identities.push(Identity {
                     id,
-                    provider: found.try_get("", "provider")?,
-                    sub_provider: found.try_get("", "sub_provider")?,
-                    provider_uid: found.try_get("", "provider_uid")?,
-                    login_id: found.try_get("", "login_id")?,
+                    provider: found.read("provider")?,
+                    sub_provider: found.read("sub_provider")?,
+                    provider_uid: found.read("provider_uid")?,
+                    login_id: found.read("login_id")?,
                     state,
-                    has_session: found.try_get("", "has_session")?,
-                    linked_at: found.try_get("", "linked_at")?,
-                    updated_at: found.try_get("", "updated_at")?,
+                    has_session: found.read("has_session")?,
+                    linked_at: found.read("linked_at")?,
+                    updated_at: found.read("updated_at")?,
                 });
             }
         }
@@ -990,24 +1076,29 @@ fn collect_account(
     Ok((account, lookups))
 }
 
-async fn insert_login_id<C: ConnectionTrait>(
-    conn: &C,
+async fn insert_login_id(
+    conn: &mut Raw<'_>,
     site_id: i64,
     account_id: i64,
     value: &str,
     has_password: bool,
 ) -> StorageResult<()> {
-    login_id::ActiveModel {
-        site_id: Set(site_id),
-        account_id: Set(account_id),
-        login_id: Set(value.to_owned()),
-        has_password: Set(has_password),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    }
-    .insert(conn)
-    .await
-    .map_err(|err| {
+    let mut sql = Sql::new(conn.backend());
+    sql.push(
+        "INSERT INTO login_ids (site_id, account_id, login_id, has_password, created_at) \
+         VALUES (",
+    )
+    .bind(site_id)
+    .push(", ")
+    .bind(account_id)
+    .push(", ")
+    .bind(value)
+    .push(", ")
+    .bind(has_password)
+    .push(", ")
+    .bind(Utc::now())
+    .push(")");
+    conn.query_all(sql.into_statement()).await.map_err(|err| {
         if StorageError::is_unique_violation(&err) {
             StorageError::Rule(DomainError::LoginIdTaken {
                 login_id: value.to_owned(),

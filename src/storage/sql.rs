@@ -236,6 +236,24 @@ impl WriteSteps {
     }
 }
 
+/// A result row, read column by column: sqlx's through SeaORM, or the
+/// direct SQLite connection's (`direct`).
+pub(crate) trait ReadRow {
+    fn read<T: sea_orm::TryGetable + sea_orm::sea_query::ValueType>(
+        &self,
+        column: &str,
+    ) -> Result<T, DbErr>;
+}
+
+impl ReadRow for sea_orm::QueryResult {
+    fn read<T: sea_orm::TryGetable + sea_orm::sea_query::ValueType>(
+        &self,
+        column: &str,
+    ) -> Result<T, DbErr> {
+        self.try_get("", column)
+    }
+}
+
 /// One row a write step answered: its kind and the id of the row it
 /// changed (see [`WriteSteps::close`]'s `answer`).
 pub(crate) struct Answered {
@@ -245,21 +263,21 @@ pub(crate) struct Answered {
 
 /// The rows `member` answered (all of them for a statement of one call's
 /// writes).
-pub(crate) fn answered(
-    rows: &[sea_orm::QueryResult],
+pub(crate) fn answered<R: ReadRow>(
+    rows: &[R],
     member: Option<i32>,
 ) -> Result<Vec<Answered>, DbErr> {
     let mut answered = Vec::new();
     for row in rows {
         if let Some(member) = member {
-            let of: i32 = row.try_get("", "m")?;
+            let of: i32 = row.read("m")?;
             if of != member {
                 continue;
             }
         }
         answered.push(Answered {
-            kind: row.try_get("", "kind")?,
-            id: row.try_get("", "id")?,
+            kind: row.read("kind")?,
+            id: row.read("id")?,
         });
     }
     Ok(answered)

@@ -68,6 +68,19 @@ async fn site_name(app: &TestApp) -> String {
     row.try_get("", "name").expect("name")
 }
 
+/// Opens a batch on the connection removals and links use, with a write of
+/// its own (the site's name becomes "held"), and keeps the write turn.
+async fn hold_the_turn(app: &TestApp) -> connections::storage::RawWrite {
+    let mut holder = app.repo.begin_raw_write().await.expect("begin");
+    holder
+        .execute(&format!(
+            "UPDATE sites SET name = 'held' WHERE api_key = '{KEY}'"
+        ))
+        .await
+        .expect("holder's write");
+    holder
+}
+
 async fn setup(app: &TestApp, uids: &[&str]) {
     app.create_site(KEY, 4711).await;
     for uid in uids {
@@ -93,14 +106,9 @@ async fn a_write_failing_inside_a_batch_changes_nothing_and_its_neighbours_commi
         .await;
     let before = stats(&app);
 
-    // The holder opens the batch and keeps the turn while three calls queue.
-    let holder = app.repo.begin_write().await.expect("begin");
-    holder
-        .execute_unprepared(&format!(
-            "UPDATE sites SET name = 'held' WHERE api_key = '{KEY}'"
-        ))
-        .await
-        .expect("holder's write");
+    // The holder opens the batch (on the connection the removals and links
+    // use) and keeps the turn while four calls queue.
+    let holder = hold_the_turn(&app).await;
     let mut client = app.connections();
     let first =
         tokio::spawn(async move { client.remove_connection(remove("u1", "facebook")).await });
@@ -199,7 +207,7 @@ async fn removals_with_a_request_id_share_a_batch_without_savepoints() {
         ..remove(uid, "facebook")
     };
 
-    let holder = app.repo.begin_write().await.expect("begin");
+    let holder = app.repo.begin_raw_write().await.expect("begin");
     let mut calls = Vec::new();
     for (n, request) in [
         with_id("u1"),
@@ -293,19 +301,34 @@ async fn a_batch_whose_next_writer_goes_away_still_commits() {
 
 #[tokio::test]
 async fn concurrent_removals_share_commits_and_keep_positions_dense() {
-    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let app = TestApp::spawn_with(&Backend::Sqlite, |settings| {
+        settings.pool.group_commit_max_age = Duration::from_secs(60);
+    })
+    .await;
     let uids: Vec<String> = (0..32).map(|n| format!("c{n}")).collect();
     let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
     setup(&app, &refs).await;
     let before = stats(&app);
 
-    let calls = uids.iter().map(|uid| {
-        let mut client = app.connections();
-        let request = remove(uid, "facebook");
-        async move { client.remove_connection(request).await }
-    });
-    for result in futures::future::join_all(calls).await {
-        let response = result.expect("removal").into_inner();
+    // A removal on the direct connection runs its statements without
+    // yielding, so on an idle machine concurrent ones rarely overlap: a
+    // holder keeps the turn until all 32 queue.
+    let holder = hold_the_turn(&app).await;
+    let calls: Vec<_> = uids
+        .iter()
+        .map(|uid| {
+            let mut client = app.connections();
+            let request = remove(uid, "facebook");
+            tokio::spawn(async move { client.remove_connection(request).await })
+        })
+        .collect();
+    queued(&app, 32).await;
+    holder
+        .commit()
+        .await
+        .expect("holder committed with its batch");
+    for call in calls {
+        let response = call.await.expect("join").expect("removal").into_inner();
         assert_eq!(response.removed.len(), 1);
     }
 
