@@ -12,7 +12,8 @@
 # 32, each headline run followed by the same removal as the database's
 # ceiling at the same concurrency (pgbench with
 # bench/reference/remove_connection.sql; for SQLite the reference program
-# `connections-bench sqlite-reference`), the event figures, and prints one
+# `connections-bench sqlite-reference`, through sqlx and, with --direct,
+# through SQLite's C API), the event figures, and prints one
 # table. Everything it creates is removed on exit.
 #
 # Settings (environment):
@@ -228,6 +229,10 @@ ceiling() {
     local file=${url#sqlite://}
     "$BENCH" sqlite-reference --db "${file%%\?*}" --api-key "$API_KEY" --accounts "$ACCOUNTS" \
       --concurrency "$c" --seconds "$SECONDS_HEADLINE" --label "$db:reference" >>"$results"
+    # The same through SQLite's C API, as the service's write path runs.
+    "$BENCH" sqlite-reference --direct --db "${file%%\?*}" --api-key "$API_KEY" \
+      --accounts "$ACCOUNTS" --concurrency "$c" --seconds "$SECONDS_HEADLINE" \
+      --label "$db:reference-direct" >>"$results"
   else
     settle "$db" "$url"
     pgbench_reference "$url" "$c"

@@ -21,15 +21,23 @@ def main() -> None:
         print("bench/run.sh --quick: reduced sizes, numbers are a smoke test, not a measurement\n")
 
     print("## Writes (removals/s and latency of the removal calls; each removal is followed by its re-link)\n")
-    print("| database | workload | c | removals/s | ceiling/s | ratio | p50 ms | p99 ms | p99.9 ms | ceiling p50 ms | p50 / ceiling | links/s | errors | CPU s per 1k removals |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| database | workload | c | removals/s | ceiling/s | ratio | p50 ms | p99 ms | p99.9 ms | ceiling p50 ms | p50 / ceiling | direct ceiling/s, ratio, p50 ms, p50 ratio | links/s | errors | CPU s per 1k removals |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for db in databases:
         references = {r["concurrency"]: r for r in by("reference", f"{db}:reference")}
+        # SQLite: the same program through SQLite's C API (no sqlx).
+        directs = {r["concurrency"]: r for r in by("reference", f"{db}:reference-direct")}
         for label in ("headline", "remove-one-request-id", "remove-all", "unlink", "mixed"):
             for r in by("load", f"{db}:{label}"):
                 c = r["concurrency"]
                 ref = references.get(c) if label == "headline" else None
-                ceiling = ratio = ref_p50 = p50_ratio = ""
+                ceiling = ratio = ref_p50 = p50_ratio = direct = ""
+                d = directs.get(c) if label == "headline" else None
+                if d:
+                    direct = (
+                        f"{d['removes_per_s']:.0f}, {r['removes_per_s'] / d['removes_per_s']:.2f}x, "
+                        f"{d['remove_p50_ms']:.2f}, {r['remove_p50_ms'] / d['remove_p50_ms']:.1f}x"
+                    )
                 if ref:
                     ceiling = f"{ref['removes_per_s']:.0f}"
                     ratio = f"{r['removes_per_s'] / ref['removes_per_s']:.2f}x"
@@ -48,7 +56,7 @@ def main() -> None:
                 print(
                     f"| {db} | {name} | {c} | {r['removes_per_s']:.0f} | {ceiling} | {ratio} | "
                     f"{r['remove_p50_ms']:.2f} | {r['remove_p99_ms']:.2f} | {r['remove_p999_ms']:.2f} | "
-                    f"{ref_p50} | {p50_ratio} | {r['links_per_s']:.0f} | {error_text(r)} | "
+                    f"{ref_p50} | {p50_ratio} | {direct} | {r['links_per_s']:.0f} | {error_text(r)} | "
                     f"{r.get('cpu_s_per_1000_removes', '')} |"
                 )
 

@@ -193,6 +193,9 @@ enum Command {
         seconds: f64,
         #[arg(long, default_value = "")]
         label: String,
+        /// Through SQLite's C API on the calling thread instead of sqlx.
+        #[arg(long)]
+        direct: bool,
     },
 }
 
@@ -314,15 +317,10 @@ async fn main() {
             concurrency,
             seconds,
             label,
+            direct,
         } => {
-            reference::sqlite(
-                &db,
-                &accounts,
-                concurrency,
-                Duration::from_secs_f64(seconds),
-                &label,
-            )
-            .await
+            let duration = Duration::from_secs_f64(seconds);
+            reference::sqlite(&db, &accounts, concurrency, duration, &label, direct).await
         }
     };
     if let Err(err) = result {

@@ -262,26 +262,63 @@ async fn removals_with_a_request_id_share_a_batch_without_savepoints() {
 
 #[tokio::test]
 async fn a_batch_whose_next_writer_goes_away_still_commits() {
+    next_writer_goes_away(false).await;
+}
+
+/// The same on the direct connection (removals and links), whose savepoint
+/// and rollback run inline: the next writer goes away after writing, or
+/// queued, and the batch commits without its work.
+#[tokio::test]
+async fn a_direct_batch_whose_next_writer_goes_away_still_commits() {
+    next_writer_goes_away(true).await;
+}
+
+/// A writer holds a batch with a write; the next one queues (and, `direct`,
+/// writes once it has the turn), then goes away, queued or in the middle of
+/// its turn: the holder is still answered, its write committed, the
+/// other's not, and the turn is free again.
+async fn next_writer_goes_away(direct: bool) {
     let app = TestApp::spawn(&Backend::Sqlite).await;
     app.create_site(KEY, 4711).await;
 
-    let holder = app.repo.begin_write().await.expect("begin");
-    holder
-        .execute_unprepared(&format!(
-            "UPDATE sites SET name = 'kept' WHERE api_key = '{KEY}'"
-        ))
-        .await
-        .expect("holder's write");
+    let holder = if direct {
+        Holder::Direct(hold_the_turn(&app).await)
+    } else {
+        let holder = app.repo.begin_write().await.expect("begin");
+        holder
+            .execute_unprepared(&format!(
+                "UPDATE sites SET name = 'held' WHERE api_key = '{KEY}'"
+            ))
+            .await
+            .expect("holder's write");
+        Holder::Pooled(holder)
+    };
     let repo = app.repo.clone();
     let waiter = tokio::spawn(async move {
-        let txn = repo.begin_write().await;
+        let txn = if direct {
+            let mut txn = repo.begin_raw_write().await.expect("begin");
+            txn.execute(&format!(
+                "UPDATE sites SET name = 'abandoned' WHERE api_key = '{KEY}'"
+            ))
+            .await
+            .expect("the waiter's write");
+            Some(txn)
+        } else {
+            let _txn = repo.begin_write().await;
+            None
+        };
         // Never finishes: it is cancelled queued, or holding the turn.
         std::future::pending::<()>().await;
         drop(txn);
     });
     queued(&app, 1).await;
     // The holder sees a writer queued and hands the batch on to it ...
-    let commit = tokio::spawn(async move { holder.commit().await });
+    let commit = tokio::spawn(async move {
+        match holder {
+            Holder::Pooled(txn) => txn.commit().await,
+            Holder::Direct(txn) => txn.commit().await,
+        }
+    });
     tokio::time::sleep(Duration::from_millis(1)).await;
     // ... which goes away, queued or in the middle of its turn.
     waiter.abort();
@@ -290,13 +327,18 @@ async fn a_batch_whose_next_writer_goes_away_still_commits() {
         .expect("the holder is answered")
         .expect("join");
     committed.expect("the batch committed");
-    assert_eq!(site_name(&app).await, "kept");
+    assert_eq!(site_name(&app).await, "held");
     // The turn is free again.
     let next = tokio::time::timeout(PATIENCE, app.repo.begin_write())
         .await
         .expect("the turn came free")
         .expect("begin");
     next.rollback().await.expect("rollback");
+}
+
+enum Holder {
+    Pooled(connections::storage::WriteTxn),
+    Direct(connections::storage::RawWrite),
 }
 
 #[tokio::test]
