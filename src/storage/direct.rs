@@ -17,7 +17,10 @@ use std::{
     collections::HashMap,
     ffi::{CStr, CString, c_char, c_int},
     ptr::{self, NonNull},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI32, Ordering},
+    },
 };
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
@@ -111,6 +114,9 @@ pub(crate) struct DirectConn {
     db: NonNull<ffi::sqlite3>,
     /// Each text's statements, prepared once.
     cache: HashMap<String, Vec<Prepared>>,
+    /// Pages in the write-ahead log after this connection's last commit
+    /// (SQLite's WAL hook writes it; boxed, so its address stays put).
+    wal_pages: Box<AtomicI32>,
 }
 
 // SAFETY: the connection is opened with SQLITE_OPEN_NOMUTEX and used by one
@@ -152,12 +158,25 @@ impl DirectConn {
         let mut conn = Self {
             db,
             cache: HashMap::new(),
+            wal_pages: Box::new(AtomicI32::new(0)),
         };
         if rc != ffi::SQLITE_OK {
             return Err(conn.error(rc));
         }
-        // SAFETY: an open handle.
-        unsafe { ffi::sqlite3_extended_result_codes(conn.db.as_ptr(), 1) };
+        // SAFETY: an open handle; the hook's argument is the boxed counter,
+        // which lives as long as the connection (dropped after the close).
+        // The hook replaces SQLite's automatic checkpoint on this
+        // connection: a checkpoint writes and syncs the database file, which
+        // must not hold a runtime thread (see `wal_pages`).
+        unsafe {
+            ffi::sqlite3_extended_result_codes(conn.db.as_ptr(), 1);
+            let counter: *const AtomicI32 = &*conn.wal_pages;
+            ffi::sqlite3_wal_hook(
+                conn.db.as_ptr(),
+                Some(record_wal_pages),
+                counter.cast_mut().cast(),
+            );
+        }
         conn.exec(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
         )?;
@@ -187,6 +206,14 @@ impl DirectConn {
         // SAFETY: as above.
         unsafe { ffi::sqlite3_busy_timeout(self.db.as_ptr(), 0) };
         begun
+    }
+
+    /// Pages in the write-ahead log after the last commit on this
+    /// connection: past SQLite's own threshold, the caller has the log
+    /// checkpointed elsewhere (`group_commit`), as SQLite would have done
+    /// inside the commit.
+    pub(crate) fn wal_pages(&self) -> i32 {
+        self.wal_pages.load(Ordering::Relaxed)
     }
 
     /// Whether a transaction is open (SQLite ends one itself after some
@@ -293,6 +320,20 @@ impl Drop for DirectConn {
         // the close cannot be refused); a transaction left open rolls back.
         unsafe { ffi::sqlite3_close(self.db.as_ptr()) };
     }
+}
+
+/// SQLite's WAL hook: called after each commit with the log's size.
+unsafe extern "C" fn record_wal_pages(
+    counter: *mut std::ffi::c_void,
+    _db: *mut ffi::sqlite3,
+    _name: *const c_char,
+    pages: c_int,
+) -> c_int {
+    // SAFETY: the argument registered with the hook: the connection's boxed
+    // counter, alive while the connection is open.
+    let counter = unsafe { &*counter.cast::<AtomicI32>() };
+    counter.store(pages, Ordering::Relaxed);
+    ffi::SQLITE_OK
 }
 
 /// Binds the next values to `stmt`, steps it to the end and collects its

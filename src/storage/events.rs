@@ -253,10 +253,7 @@ impl Repository {
                 ],
             ))
             .await?;
-        rows.first()
-            .map(|r| r.try_get::<i64>("", "position").map(to_u64))
-            .transpose()
-            .map_err(Into::into)
+        Ok(rows.first::<i64>("position")?.map(to_u64))
     }
 
     /// Deletes up to `batch` of the oldest sequenced events, as long as each

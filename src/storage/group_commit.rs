@@ -31,7 +31,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -45,6 +45,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use super::{
     direct::{DirectConn, DirectRow, NotBegun},
     error::{StorageError, StorageResult},
+    sql::ReadRow,
 };
 use crate::telemetry::metrics;
 
@@ -67,6 +68,11 @@ pub(crate) struct GroupCommit {
 struct Shared {
     /// A batch commits once it has been open this long.
     max_age: Duration,
+    /// The pool, for checkpoints of the write-ahead log (None: none run).
+    pool: Option<DatabaseConnection>,
+    /// A checkpoint is running.
+    checkpointing: Arc<AtomicBool>,
+    checkpoints: Arc<AtomicU64>,
     /// Writers waiting for the turn.
     queued: AtomicUsize,
     batches: AtomicU64,
@@ -81,6 +87,8 @@ pub struct GroupCommitStats {
     pub batches: u64,
     pub members: u64,
     pub rolled_back: u64,
+    /// Checkpoints of the write-ahead log run for the direct connection.
+    pub checkpoints: u64,
 }
 
 #[derive(Debug, Default)]
@@ -113,12 +121,13 @@ struct Batch {
 impl GroupCommit {
     pub(crate) fn new(db: DatabaseConnection, max_age: Duration) -> Self {
         Self {
-            db,
             turn: Arc::new(Mutex::new(Slot::default())),
             shared: Arc::new(Shared {
                 max_age,
+                pool: Some(db.clone()),
                 ..Shared::default()
             }),
+            db,
         }
     }
 
@@ -127,6 +136,7 @@ impl GroupCommit {
             batches: self.shared.batches.load(Ordering::Relaxed),
             members: self.shared.members.load(Ordering::Relaxed),
             rolled_back: self.shared.rolled_back.load(Ordering::Relaxed),
+            checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -171,7 +181,8 @@ impl GroupCommit {
                 break turn;
             };
             if batch.txn.is_direct() {
-                let result = commit_direct(turn.slot(), batch.kept);
+                let shared = turn.shared.clone();
+                let result = commit_direct(turn.slot(), batch.kept, &shared);
                 settle(batch, result, &turn.shared);
                 break turn;
             }
@@ -338,14 +349,52 @@ fn not_open() -> DbErr {
 /// Ends a direct batch: COMMIT if it holds kept work, else ROLLBACK.
 /// A failed COMMIT can leave SQLite's transaction open: it is rolled back,
 /// so the next batch begins afresh.
-fn commit_direct(slot: &mut Slot, kept: usize) -> Result<(), DbErr> {
-    direct_conn(slot).and_then(|conn| {
-        let ended = conn.exec(if kept == 0 { "ROLLBACK" } else { "COMMIT" });
-        if ended.is_err() && conn.in_transaction() {
-            let _ = conn.exec("ROLLBACK");
+fn commit_direct(slot: &mut Slot, kept: usize, shared: &Shared) -> Result<(), DbErr> {
+    let conn = direct_conn(slot)?;
+    let ended = conn.exec(if kept == 0 { "ROLLBACK" } else { "COMMIT" });
+    if ended.is_err() && conn.in_transaction() {
+        let _ = conn.exec("ROLLBACK");
+    }
+    if conn.wal_pages() >= CHECKPOINT_PAGES {
+        shared.checkpoint();
+    }
+    ended
+}
+
+/// The write-ahead log's size (pages) past which a commit on the direct
+/// connection has it checkpointed: SQLite's own default.
+const CHECKPOINT_PAGES: i32 = 1000;
+
+impl Shared {
+    /// Checkpoints the write-ahead log on a pooled connection, in a task of
+    /// its own (one at a time): SQLite would do it inside the commit that
+    /// crossed the threshold, which on the direct connection would hold a
+    /// runtime thread for the copy and the file syncs. PASSIVE: it waits
+    /// for no reader or writer.
+    fn checkpoint(&self) {
+        let Some(pool) = self.pool.clone() else {
+            return;
+        };
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
         }
-        ended
-    })
+        let running = self.checkpointing.clone();
+        let done = self.checkpoints.clone();
+        spawn(async move {
+            match pool
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+            {
+                Ok(_) => {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "SQLite: checkpoint of the write-ahead log failed");
+                }
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// Counts a committed batch and answers its members.
@@ -434,7 +483,8 @@ impl Turn {
     /// Returns the commit's outcome.
     async fn commit_now(mut self, batch: Batch) -> Result<(), DbErr> {
         if batch.txn.is_direct() {
-            let result = commit_direct(self.slot(), batch.kept);
+            let shared = self.shared.clone();
+            let result = commit_direct(self.slot(), batch.kept, &shared);
             settle(batch, result.clone(), &self.shared);
             return result;
         }
@@ -457,7 +507,7 @@ impl Drop for Turn {
         }
         match guard.open.take() {
             Some(batch) if batch.txn.is_direct() => {
-                let result = commit_direct(&mut guard, batch.kept);
+                let result = commit_direct(&mut guard, batch.kept, &self.shared);
                 settle(batch, result, &self.shared);
             }
             Some(batch) => spawn(commit_batch(batch, Some(guard), self.shared.clone())),
@@ -477,7 +527,7 @@ async fn commit_batch(batch: Batch, mut guard: Option<OwnedMutexGuard<Slot>>, sh
         BatchTxn::Orm(txn) if kept == 0 => txn.rollback().await,
         BatchTxn::Orm(txn) => txn.commit().await,
         BatchTxn::Direct => match guard.as_deref_mut() {
-            Some(slot) => commit_direct(slot, kept),
+            Some(slot) => commit_direct(slot, kept, &shared),
             None => Err(not_open()),
         },
     };
@@ -641,10 +691,23 @@ impl Raw<'_> {
 }
 
 /// The rows of [`Raw::query_all`], as the connection returned them (both
-/// are [`super::sql::ReadRow`]s).
+/// are [`ReadRow`]s).
 pub(crate) enum Rows {
     Orm(Vec<QueryResult>),
     Direct(Vec<DirectRow>),
+}
+
+impl Rows {
+    /// `column` of the first row, if there is a row.
+    pub(crate) fn first<T: sea_orm::TryGetable + sea_orm::sea_query::ValueType>(
+        &self,
+        column: &str,
+    ) -> Result<Option<T>, DbErr> {
+        match self {
+            Rows::Orm(rows) => rows.first().map(|r| r.read(column)).transpose(),
+            Rows::Direct(rows) => rows.first().map(|r| r.read(column)).transpose(),
+        }
+    }
 }
 
 fn ended() -> DbErr {
@@ -783,20 +846,20 @@ fn undo_failed() -> DbErr {
 }
 
 /// One write statement as a write of its own, returning its rows: on SQLite
-/// in the write turn (in the open batch, as one atomic step), since a
-/// statement in autocommit beside the turn's open transaction would find the
-/// database locked and sleep in SQLite's busy handler, up to 100 ms at a
-/// time; on PostgreSQL (no `group`) its own implicit transaction.
+/// in the write turn (in the open batch, on the direct connection, as one
+/// atomic step), since a statement in autocommit beside the turn's open
+/// transaction would find the database locked and wait in SQLite's busy
+/// handler; on PostgreSQL (no `group`) its own implicit transaction.
 pub(crate) async fn write_one(
     db: &DatabaseConnection,
     group: Option<&GroupCommit>,
     statement: Statement,
-) -> StorageResult<Vec<QueryResult>> {
+) -> StorageResult<Rows> {
     let Some(group) = group else {
-        return Ok(db.query_all_raw(statement).await?);
+        return Ok(Rows::Orm(db.query_all_raw(statement).await?));
     };
-    let txn = group.join(Writes::Atomic).await?;
-    match txn.query_all_raw(statement).await {
+    let mut txn = group.join_direct(Writes::Atomic).await?;
+    match txn.raw().query_all(statement).await {
         Ok(rows) => {
             txn.commit().await.map_err(StorageError::from_commit)?;
             Ok(rows)

@@ -223,10 +223,7 @@ impl Repository {
 
     /// One write statement as a write of its own, returning its rows (see
     /// [`group_commit::write_one`]).
-    pub(crate) async fn write_one(
-        &self,
-        statement: sea_orm::Statement,
-    ) -> StorageResult<Vec<sea_orm::QueryResult>> {
+    pub(crate) async fn write_one(&self, statement: sea_orm::Statement) -> StorageResult<Rows> {
         group_commit::write_one(&self.db, self.group.as_deref(), statement).await
     }
 

@@ -389,3 +389,31 @@ async fn concurrent_removals_share_commits_and_keep_positions_dense() {
         32
     );
 }
+
+/// The direct connection does not checkpoint the write-ahead log inside
+/// its commits (that would hold a runtime thread for the copy and the file
+/// syncs): a commit that finds the log past SQLite's threshold has it
+/// checkpointed on the pool.
+#[tokio::test]
+async fn the_write_ahead_log_is_checkpointed_off_the_write_path() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    setup(&app, &["w1"]).await;
+    let before = stats(&app);
+    let mut client = app.connections();
+    let deadline = Instant::now() + PATIENCE;
+    // Each removal and re-link writes a few pages; a thousand pages is some
+    // hundreds of them.
+    while stats(&app).checkpoints == before.checkpoints {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint: {before:?} -> {:?}",
+            stats(&app)
+        );
+        client
+            .remove_connection(remove("w1", "facebook"))
+            .await
+            .expect("removal");
+        app.link(KEY, "w1", "facebook", "", "facebook-w1", None)
+            .await;
+    }
+}
