@@ -10,21 +10,17 @@
 //! answers.
 
 use chrono::{SubsecRound, Utc};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QuerySelect,
-};
 
 use super::{
-    entities::{context_id, idempotency_key, site},
+    entities::{idempotency_key, site},
     error::{StorageError, StorageResult},
-    group_commit::{FastTxn, Raw, Rows, Writes},
+    group_commit::{Raw, Rows, Writes},
     link_write::GUARD_ANSWER,
     outbox,
     repository::{
         Loaded, RecordKey, Repository, SiteKey, StoredRecord, find_record, site_from_model,
     },
-    sql::{ReadRow, WriteSteps, answered},
+    sql::{ReadRow, Sql, WriteSteps, answered},
     write_batch::Guarded,
 };
 use crate::domain::{
@@ -74,12 +70,7 @@ impl Repository {
                 return Ok(outcome);
             }
         }
-        // A cid is counted through SeaORM: the pool's connection; any other
-        // removal runs on the direct one.
-        let mut txn = match request.cid() {
-            Some(_) => FastTxn::from(self.begin_write_of(writes).await?),
-            None => self.begin_write_fast(writes).await?,
-        };
+        let mut txn = self.begin_write_fast(writes).await?;
         let step = self
             .remove_in(&mut txn.raw(), registry, ctx, &request, &scope)
             .await;
@@ -151,12 +142,7 @@ impl Repository {
             return Ok(Step::RollBack(stored_answer(request, &record)?));
         }
         let plan = request.plan(&account, registry)?;
-        if request.cid().is_some() {
-            let orm = txn
-                .orm()
-                .ok_or_else(|| StorageError::Corrupt("a cid counted off SeaORM".into()))?;
-            self.count_context_id(orm, &site_row, request).await?;
-        }
+        self.count_context_id(txn, &site_row, request).await?;
 
         if request.dry_run() {
             return Ok(Step::RollBack(answer(
@@ -241,55 +227,79 @@ impl Repository {
     /// request that succeeds counts it; a dry run checks but does not count.
     async fn count_context_id(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &mut Raw<'_>,
         site_row: &site::Model,
         request: &RemovalRequest,
     ) -> StorageResult<()> {
         let Some(cid) = request.cid() else {
             return Ok(());
         };
-        let known = || async {
-            context_id::Entity::find_by_id((site_row.id, cid.as_str().to_owned()))
-                .one(txn)
-                .await
-        };
-        if known().await?.is_some() {
-            return Ok(());
-        }
-        if self.is_postgres() {
+        let mut counted = context_ids_known(txn, site_row.id, cid.as_str()).await?;
+        if !counted.known && self.is_postgres() {
             // Two transactions adding different new cids at 99 would both
             // count 99 without this: the site row lock serialises them. It is
             // taken after the account lock, as everywhere, so no cycle forms.
-            site::Entity::find_by_id(site_row.id)
-                .lock_exclusive()
-                .one(txn)
-                .await?;
+            let mut lock = Sql::new(txn.backend());
+            lock.push("SELECT id FROM sites WHERE id = ")
+                .bind(site_row.id)
+                .push(" FOR UPDATE");
+            txn.query_all(lock.into_statement()).await?;
             // Another transaction may have added this very cid meanwhile.
-            if known().await?.is_some() {
-                return Ok(());
-            }
+            counted = context_ids_known(txn, site_row.id, cid.as_str()).await?;
         }
-        let used = context_id::Entity::find()
-            .filter(context_id::Column::SiteId.eq(site_row.id))
-            .count(txn)
-            .await?;
-        if usize::try_from(used).unwrap_or(usize::MAX) >= MAX_CONTEXT_IDS {
+        if counted.known {
+            return Ok(());
+        }
+        if usize::try_from(counted.used).unwrap_or(usize::MAX) >= MAX_CONTEXT_IDS {
             return Err(DomainError::TooManyContextIds {
                 limit: MAX_CONTEXT_IDS,
             }
             .into());
         }
         if !request.dry_run() {
-            context_id::ActiveModel {
-                site_id: Set(site_row.id),
-                cid: Set(cid.as_str().to_owned()),
-                created_at: Set(Utc::now()),
-            }
-            .insert(txn)
-            .await?;
+            let mut insert = Sql::new(txn.backend());
+            insert
+                .push("INSERT INTO context_ids (site_id, cid, created_at) VALUES (")
+                .bind(site_row.id)
+                .push(", ")
+                .bind(cid.as_str())
+                .push(", ")
+                .bind(Utc::now())
+                .push(")");
+            txn.query_all(insert.into_statement()).await?;
         }
         Ok(())
     }
+}
+
+/// Whether a site already uses a cid, and how many distinct cids it uses.
+struct ContextIds {
+    known: bool,
+    used: i64,
+}
+
+/// [`ContextIds`] in one statement.
+async fn context_ids_known(
+    txn: &mut Raw<'_>,
+    site_id: i64,
+    cid: &str,
+) -> StorageResult<ContextIds> {
+    let mut sql = Sql::new(txn.backend());
+    sql.push("SELECT EXISTS (SELECT 1 FROM context_ids WHERE site_id = ")
+        .bind(site_id)
+        .push(" AND cid = ")
+        .bind(cid)
+        .push(") AS known, (SELECT COUNT(*) FROM context_ids WHERE site_id = ")
+        .bind(site_id)
+        .push(") AS used");
+    let rows = txn.query_all(sql.into_statement()).await?;
+    let read = |known: Option<bool>, used: Option<i64>| match (known, used) {
+        (Some(known), Some(used)) => Ok(ContextIds { known, used }),
+        _ => Err(StorageError::Corrupt(
+            "the cid count answered no row".into(),
+        )),
+    };
+    read(rows.first("known")?, rows.first("used")?)
 }
 
 /// How the request names its site.
