@@ -3,11 +3,14 @@
 //! sqlx runs each SQLite connection on a thread of its own, and every
 //! statement is a round trip to it: about 60 µs of hand-offs between
 //! threads on this project's machine, four of them for a lone removal (BEGIN,
-//! read, write, COMMIT), where SQLite itself needs 10-20 µs per statement
+//! read, write, COMMIT), where SQLite itself needs about 10 µs per statement
 //! (`bench/experiments/sqlite_hand_offs.rs`: 7-8x). The hot writes
-//! (removals without a cid, links without a new login ID) therefore run on a
-//! connection of their own, driven through SQLite's C API by whoever holds
-//! the write turn (`group_commit`), with its statements prepared once.
+//! (removals, links, and one-statement writes such as the relay's progress)
+//! therefore run on a connection of their own, driven through SQLite's C API
+//! by whoever holds the write turn (`group_commit`), with their statements
+//! prepared once. They run on the runtime's threads: SQLite's work for a
+//! removal is tens of microseconds, and the one slow part, checkpointing
+//! the write-ahead log, is left to the pool (`wal_pages`).
 //!
 //! Its rows are read through the same trait as sqlx's (`sql::ReadRow`), each
 //! column converted to the Rust type asked for, so the code that plans and
@@ -185,9 +188,9 @@ impl DirectConn {
 
     /// `BEGIN IMMEDIATE`. In this process the write turn already orders
     /// writers; another process's writer (a command-line tool) can still
-    /// hold SQLite's lock, and then it waits with the pool's busy timeout
-    /// off this thread ([`Self::begin_waiting`]), since a wait here would hold a runtime
-    /// worker.
+    /// hold SQLite's lock, and then the caller waits with the pool's busy
+    /// timeout off this thread ([`Self::begin_waiting`]), since a wait here
+    /// would hold a runtime thread.
     pub(crate) fn begin_immediate(&mut self) -> Result<(), NotBegun> {
         match self.exec("BEGIN IMMEDIATE") {
             Ok(()) => Ok(()),

@@ -417,3 +417,62 @@ async fn the_write_ahead_log_is_checkpointed_off_the_write_path() {
             .await;
     }
 }
+
+/// Another process's writer (a command-line tool on the same file) holds
+/// SQLite's write lock: a removal on the direct connection waits for it,
+/// off the runtime's threads (the server keeps answering meanwhile), and
+/// succeeds once it is released.
+#[tokio::test]
+async fn a_direct_write_waits_for_another_processs_writer() {
+    use sea_orm::TransactionTrait;
+
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    setup(&app, &["p1"]).await;
+    let file: String = app
+        .repo
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+        ))
+        .await
+        .expect("database list")
+        .expect("main database")
+        .try_get("", "file")
+        .expect("file");
+    let other = sea_orm::Database::connect(format!("sqlite://{file}"))
+        .await
+        .expect("another connection");
+    let holder = other
+        .begin_with_options(sea_orm::TransactionOptions {
+            isolation_level: None,
+            access_mode: None,
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        })
+        .await
+        .expect("the other writer takes the lock");
+
+    let mut client = app.connections();
+    let mut removal =
+        tokio::spawn(async move { client.remove_connection(remove("p1", "facebook")).await });
+    // Held back while the lock is taken ...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut removal)
+            .await
+            .is_err(),
+        "the removal did not wait for SQLite's lock"
+    );
+    // ... while reads are answered.
+    let account = app.account(KEY, "p1").await;
+    assert_eq!(account.identities.len(), 2);
+
+    holder.commit().await.expect("the other writer lets go");
+    let removed = tokio::time::timeout(PATIENCE, removal)
+        .await
+        .expect("the removal went on")
+        .expect("join")
+        .expect("removal");
+    assert_eq!(removed.into_inner().removed.len(), 1);
+    let account = app.account(KEY, "p1").await;
+    assert_eq!(account.identities.len(), 1);
+}
