@@ -16,7 +16,7 @@ spawn_server() {
   local bin=$1 url=$2 port=$3 log=$4
   shift 4
   # shellcheck disable=SC2086 # SERVER_ENV is a list of NAME=value words
-  env ${SERVER_ENV:-} RUST_LOG=warn "$bin" serve --database-url "$url" \
+  env -u SERVER_ENV ${SERVER_ENV:-} RUST_LOG=warn "$bin" serve --database-url "$url" \
     --listen "127.0.0.1:$port" --http-listen off --rate-limit 0 \
     --max-streams-per-caller 1000 "$@" >"$log" 2>&1 &
 }

@@ -66,16 +66,14 @@ impl Retry {
         wait
     }
 
-    /// Records a success (nothing owed); logs the recovery after failures
-    /// and returns how many it ended (0: none).
-    pub(crate) fn succeeded(&mut self) -> u32 {
+    /// Records a success (nothing owed); logs the recovery after failures.
+    pub(crate) fn succeeded(&mut self) {
         self.owed = false;
         self.not_before = None;
         let failures = std::mem::take(&mut self.failures);
         if failures > 0 {
             tracing::info!(failures, "{} again", self.doing);
         }
-        failures
     }
 
     /// Resolves when an owed, held-back attempt may run; never otherwise.
@@ -105,8 +103,8 @@ mod tests {
         assert!(retry.allows());
         retry.elapsed().await;
 
-        assert_eq!(retry.succeeded(), 5);
-        assert_eq!(retry.succeeded(), 0);
+        retry.succeeded();
+        assert_eq!(retry.failures(), 0);
         assert_eq!(retry.failed(), FIRST_RETRY, "a success starts over");
     }
 
