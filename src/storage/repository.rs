@@ -48,6 +48,7 @@ impl RawWrite {
         self.0.commit().await
     }
 
+    /// Discards the write (only this one: its batch goes on).
     pub async fn rollback(self) -> Result<(), DbErr> {
         self.0.rollback().await
     }
