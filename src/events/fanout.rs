@@ -57,22 +57,17 @@ pub async fn run(
     // hand-over due: read from the table if the hand-over falls short.
     let mut announced = 0;
     loop {
-        if retry.ready() {
-            match publish_new(&repo, &live, &head, metrics, &mut published).await {
-                Ok(()) => {
-                    retry.succeeded();
-                }
-                Err(err) => {
-                    let wait = retry.failed();
-                    tracing::warn!(
-                        error = %err,
-                        published,
-                        failures = retry.failures(),
-                        retry_in_ms = wait.as_millis(),
-                        "cannot read new events; live delivery waits at this position"
-                    );
-                }
-            }
+        if retry.ready()
+            && let Some((err, wait)) =
+                retry.record(publish_new(&repo, &live, &head, metrics, &mut published).await)
+        {
+            tracing::warn!(
+                error = %err,
+                published,
+                failures = retry.failures(),
+                retry_in_ms = wait.as_millis(),
+                "cannot read new events; live delivery waits at this position"
+            );
         }
         let mut read_table = true;
         tokio::select! {

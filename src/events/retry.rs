@@ -56,9 +56,22 @@ impl Retry {
         self.failures
     }
 
+    /// Records an attempt's outcome: a success (see [`Self::succeeded`]),
+    /// or a failure, returned with the wait before the next attempt (see
+    /// [`Self::failed`]) for the caller's warning.
+    pub(crate) fn record<E>(&mut self, outcome: Result<(), E>) -> Option<(E, Duration)> {
+        match outcome {
+            Ok(()) => {
+                self.succeeded();
+                None
+            }
+            Err(err) => Some((err, self.failed())),
+        }
+    }
+
     /// Records a failure (the attempt stays owed); returns the wait before
     /// the next attempt: doubling from [`FIRST_RETRY`] up to the longest.
-    pub(crate) fn failed(&mut self) -> Duration {
+    fn failed(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let doublings = (self.failures - 1).min(16);
         let wait = FIRST_RETRY.saturating_mul(1 << doublings).min(self.longest);
@@ -67,7 +80,7 @@ impl Retry {
     }
 
     /// Records a success (nothing owed); logs the recovery after failures.
-    pub(crate) fn succeeded(&mut self) {
+    fn succeeded(&mut self) {
         self.owed = false;
         self.not_before = None;
         let failures = std::mem::take(&mut self.failures);

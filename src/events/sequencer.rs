@@ -87,26 +87,21 @@ async fn lead(
     // A stamp is owed at start, and after any wake-up that did not settle it.
     let mut retry = Retry::new(settings.poll_interval, "sequencing");
     loop {
-        if retry.ready() {
-            match stamp_all(repo, lease.as_mut(), sequenced, metrics).await {
-                Ok(()) => {
-                    retry.succeeded();
-                }
-                Err(err) => {
-                    let wait = retry.failed();
-                    tracing::warn!(
-                        error = %err,
-                        failures = retry.failures(),
-                        retry_in_ms = wait.as_millis(),
-                        "sequencing failed; will retry"
-                    );
-                    if let Some(held) = &mut lease
-                        && !held.is_alive().await
-                    {
-                        tracing::warn!("lost the sequencer lock's connection");
-                        return;
-                    }
-                }
+        if retry.ready()
+            && let Some((err, wait)) =
+                retry.record(stamp_all(repo, lease.as_mut(), sequenced, metrics).await)
+        {
+            tracing::warn!(
+                error = %err,
+                failures = retry.failures(),
+                retry_in_ms = wait.as_millis(),
+                "sequencing failed; will retry"
+            );
+            if let Some(held) = &mut lease
+                && !held.is_alive().await
+            {
+                tracing::warn!("lost the sequencer lock's connection");
+                return;
             }
         }
         let mut stamp = true;

@@ -182,8 +182,7 @@ impl GroupCommit {
             };
             if batch.txn.is_direct() {
                 let shared = turn.shared.clone();
-                let result = commit_direct(turn.slot(), batch.kept, &shared);
-                settle(batch, result, &turn.shared);
+                let _ = end_direct(turn.slot(), batch, &shared);
                 break turn;
             }
             // Committed in a task of its own holding the turn, as any
@@ -346,18 +345,26 @@ fn not_open() -> DbErr {
     DbErr::Custom("the direct SQLite connection is not open".into())
 }
 
-/// Ends a direct batch: COMMIT if it holds kept work, else ROLLBACK.
-/// A failed COMMIT can leave SQLite's transaction open: it is rolled back,
-/// so the next batch begins afresh.
-fn commit_direct(slot: &mut Slot, kept: usize, shared: &Shared) -> Result<(), DbErr> {
-    let conn = direct_conn(slot)?;
-    let ended = conn.exec(if kept == 0 { "ROLLBACK" } else { "COMMIT" });
-    if ended.is_err() && conn.in_transaction() {
-        let _ = conn.exec("ROLLBACK");
-    }
-    if conn.wal_pages() >= CHECKPOINT_PAGES {
-        shared.checkpoint();
-    }
+/// Ends a direct batch, here and now: COMMIT if it holds kept work, else
+/// ROLLBACK, and answers its members. A failed COMMIT can leave SQLite's
+/// transaction open: it is rolled back, so the next batch begins afresh.
+/// Returns the outcome.
+fn end_direct(slot: &mut Slot, batch: Batch, shared: &Shared) -> Result<(), DbErr> {
+    let ended = direct_conn(slot).and_then(|conn| {
+        let ended = conn.exec(if batch.kept == 0 {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        });
+        if ended.is_err() && conn.in_transaction() {
+            let _ = conn.exec("ROLLBACK");
+        }
+        if conn.wal_pages() >= CHECKPOINT_PAGES {
+            shared.checkpoint();
+        }
+        ended
+    });
+    settle(&batch.outcome, batch.kept, ended.clone(), shared);
     ended
 }
 
@@ -398,15 +405,19 @@ impl Shared {
 }
 
 /// Counts a committed batch and answers its members.
-fn settle(batch: Batch, result: Result<(), DbErr>, shared: &Shared) {
-    let kept = batch.kept;
+fn settle(
+    outcome: &watch::Sender<Option<Result<(), DbErr>>>,
+    kept: usize,
+    result: Result<(), DbErr>,
+    shared: &Shared,
+) {
     if result.is_ok() && kept > 0 {
         let kept = u64::try_from(kept).unwrap_or(u64::MAX);
         shared.batches.fetch_add(1, Ordering::Relaxed);
         shared.members.fetch_add(kept, Ordering::Relaxed);
         metrics::storage().group_committed(kept);
     }
-    let _ = batch.outcome.send(Some(result));
+    let _ = outcome.send(Some(result));
 }
 
 /// What a write transaction's caller promises about its writes.
@@ -484,9 +495,7 @@ impl Turn {
     async fn commit_now(mut self, batch: Batch) -> Result<(), DbErr> {
         if batch.txn.is_direct() {
             let shared = self.shared.clone();
-            let result = commit_direct(self.slot(), batch.kept, &shared);
-            settle(batch, result.clone(), &self.shared);
-            return result;
+            return end_direct(self.slot(), batch, &shared);
         }
         let guard = self.guard.take();
         let shared = self.shared.clone();
@@ -507,8 +516,7 @@ impl Drop for Turn {
         }
         match guard.open.take() {
             Some(batch) if batch.txn.is_direct() => {
-                let result = commit_direct(&mut guard, batch.kept, &self.shared);
-                settle(batch, result, &self.shared);
+                let _ = end_direct(&mut guard, batch, &self.shared);
             }
             Some(batch) => spawn(commit_batch(batch, Some(guard), self.shared.clone())),
             None => {}
@@ -516,28 +524,27 @@ impl Drop for Turn {
     }
 }
 
+/// Ends a batch and answers its members, then gives the turn back. A
+/// pooled batch awaits its COMMIT here (in a task of its own, so no caller's
+/// cancellation cuts it short); the callers end a direct one inline
+/// (`end_direct`), and it ends the same way here.
 async fn commit_batch(batch: Batch, mut guard: Option<OwnedMutexGuard<Slot>>, shared: Arc<Shared>) {
-    let Batch {
-        txn,
-        kept,
-        opened,
-        outcome,
-    } = batch;
-    let result = match txn {
-        BatchTxn::Orm(txn) if kept == 0 => txn.rollback().await,
-        BatchTxn::Orm(txn) => txn.commit().await,
+    match batch.txn {
+        BatchTxn::Orm(txn) => {
+            let result = if batch.kept == 0 {
+                txn.rollback().await
+            } else {
+                txn.commit().await
+            };
+            settle(&batch.outcome, batch.kept, result, &shared);
+        }
         BatchTxn::Direct => match guard.as_deref_mut() {
-            Some(slot) => commit_direct(slot, kept, &shared),
-            None => Err(not_open()),
+            Some(slot) => {
+                let _ = end_direct(slot, batch, &shared);
+            }
+            None => settle(&batch.outcome, batch.kept, Err(not_open()), &shared),
         },
-    };
-    let ended = Batch {
-        txn: BatchTxn::Direct,
-        kept,
-        opened,
-        outcome,
-    };
-    settle(ended, result, &shared);
+    }
     drop(guard);
 }
 
@@ -753,7 +760,7 @@ impl Member {
                     {
                         let _ = conn.exec("ROLLBACK");
                     }
-                    settle(batch, Err(err.clone()), &turn.shared);
+                    settle(&batch.outcome, batch.kept, Err(err.clone()), &turn.shared);
                     return Err(err);
                 }
                 if keep {
@@ -817,7 +824,7 @@ impl Drop for Member {
                 // The member's work could not be undone: nothing of the
                 // batch may be committed with it.
                 let _ = conn.exec("ROLLBACK");
-                settle(batch, Err(undo_failed()), &turn.shared);
+                settle(&batch.outcome, batch.kept, Err(undo_failed()), &turn.shared);
                 return;
             }
         }
