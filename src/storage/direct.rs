@@ -12,6 +12,9 @@
 //! removal is tens of microseconds, and the one slow part, checkpointing
 //! the write-ahead log, is left to the pool (`wal_pages`).
 //!
+//! Pages of events are read through the same C API, on read-only
+//! connections and blocking threads (`direct_reads`).
+//!
 //! Its rows are read through the same trait as sqlx's (`sql::ReadRow`), each
 //! column converted to the Rust type asked for, so the code that plans and
 //! checks a write is the same on both connections.
@@ -28,13 +31,19 @@ use std::{
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use libsqlite3_sys as ffi;
-use sea_orm::{DbErr, RuntimeErr, Statement, Value, sea_query::ArrayType, sqlx};
+use sea_orm::{
+    ConnectionTrait, DbBackend, DbErr, RuntimeErr, Statement, Value, sea_query::ArrayType, sqlx,
+};
 
 use super::sql::ReadRow;
 
 /// Prepared statement lists kept per connection; past this many distinct
 /// texts (which the write path's shapes never reach) the cache starts over.
 const CACHED_TEXTS: usize = 512;
+
+/// How long a direct connection waits for another's lock: the pool's busy
+/// timeout (`db::connect_with`).
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A row as SQLite returned it, converted column by column on reading
 /// ([`ReadRow`]): SQLite stores integers, booleans and timestamps as
@@ -150,29 +159,13 @@ impl DirectConn {
     /// mode), `synchronous = NORMAL`, foreign keys, no busy wait (see
     /// [`Self::begin_immediate`]).
     pub(crate) fn open(path: &str) -> Result<Self, DbErr> {
-        let c_path = CString::new(path).map_err(|_| custom("a database path with a NUL byte"))?;
-        let mut db = ptr::null_mut();
-        let flags = ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX;
-        // SAFETY: a valid C string and out pointer; a handle comes back even
-        // on failure, and is closed by `DirectConn`'s drop.
-        let rc = unsafe { ffi::sqlite3_open_v2(c_path.as_ptr(), &mut db, flags, ptr::null()) };
-        let db =
-            NonNull::new(db).ok_or_else(|| custom("SQLite could not allocate a connection"))?;
-        let mut conn = Self {
-            db,
-            cache: HashMap::new(),
-            wal_pages: Box::new(AtomicI32::new(0)),
-        };
-        if rc != ffi::SQLITE_OK {
-            return Err(conn.error(rc));
-        }
+        let mut conn = Self::open_with(path, ffi::SQLITE_OPEN_READWRITE)?;
         // SAFETY: an open handle; the hook's argument is the boxed counter,
         // which lives as long as the connection (dropped after the close).
         // The hook replaces SQLite's automatic checkpoint on this
         // connection: a checkpoint writes and syncs the database file, which
         // must not hold a runtime thread (see `wal_pages`).
         unsafe {
-            ffi::sqlite3_extended_result_codes(conn.db.as_ptr(), 1);
             let counter: *const AtomicI32 = &*conn.wal_pages;
             ffi::sqlite3_wal_hook(
                 conn.db.as_ptr(),
@@ -183,6 +176,48 @@ impl DirectConn {
         conn.exec(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
         )?;
+        Ok(conn)
+    }
+
+    /// Opens `path` read-only, for reads off the runtime's threads
+    /// (`direct_reads`): no WAL hook (it never commits), and a busy wait
+    /// for the rare moments a reader of a WAL database must wait (recovery
+    /// after a crash, a checkpoint restarting the log).
+    pub(crate) fn open_reader(path: &str) -> Result<Self, DbErr> {
+        let conn = Self::open_with(path, ffi::SQLITE_OPEN_READONLY)?;
+        let millis = c_int::try_from(BUSY_TIMEOUT.as_millis()).unwrap_or(c_int::MAX);
+        // SAFETY: an open handle.
+        unsafe { ffi::sqlite3_busy_timeout(conn.db.as_ptr(), millis) };
+        Ok(conn)
+    }
+
+    /// `path` opened with `flags` (one thread at a time), extended result
+    /// codes on.
+    fn open_with(path: &str, flags: c_int) -> Result<Self, DbErr> {
+        let c_path = CString::new(path).map_err(|_| custom("a database path with a NUL byte"))?;
+        let mut db = ptr::null_mut();
+        // SAFETY: a valid C string and out pointer; a handle comes back even
+        // on failure, and is closed by `DirectConn`'s drop.
+        let rc = unsafe {
+            ffi::sqlite3_open_v2(
+                c_path.as_ptr(),
+                &mut db,
+                flags | ffi::SQLITE_OPEN_NOMUTEX,
+                ptr::null(),
+            )
+        };
+        let db =
+            NonNull::new(db).ok_or_else(|| custom("SQLite could not allocate a connection"))?;
+        let conn = Self {
+            db,
+            cache: HashMap::new(),
+            wal_pages: Box::new(AtomicI32::new(0)),
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(conn.error(rc));
+        }
+        // SAFETY: an open handle.
+        unsafe { ffi::sqlite3_extended_result_codes(conn.db.as_ptr(), 1) };
         Ok(conn)
     }
 
@@ -400,6 +435,10 @@ fn bind(
         Value::TinyUnsigned(Some(v)) => int(i64::from(*v)),
         Value::SmallUnsigned(Some(v)) => int(i64::from(*v)),
         Value::Unsigned(Some(v)) => int(i64::from(*v)),
+        // SQLite's integers are 64-bit signed (a LIMIT is bound as one).
+        Value::BigUnsigned(Some(v)) => {
+            int(i64::try_from(*v).map_err(|_| custom(format!("{v} is past SQLite's integers")))?)
+        }
         Value::String(Some(v)) => text(v),
         // sqlx's text for a timestamp, so both connections write the same.
         Value::ChronoDateTimeUtc(Some(v)) => text(&v.to_rfc3339_opts(SecondsFormat::AutoSi, false)),
@@ -418,6 +457,7 @@ fn bind(
         | Value::TinyUnsigned(None)
         | Value::SmallUnsigned(None)
         | Value::Unsigned(None)
+        | Value::BigUnsigned(None)
         | Value::String(None)
         | Value::ChronoDateTimeUtc(None)
         | Value::Bytes(None) => null(),
@@ -573,6 +613,21 @@ impl sqlx::error::DatabaseError for DirectError {
     }
 }
 
+/// The main database's file, None in memory.
+pub(crate) async fn database_file(db: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+        ))
+        .await?;
+    let file: Option<String> = match row {
+        Some(row) => row.try_get("", "file")?,
+        None => None,
+    };
+    Ok(file.filter(|f| !f.is_empty()))
+}
+
 fn error_of(db: NonNull<ffi::sqlite3>, rc: c_int) -> DbErr {
     // SAFETY: an open handle; the message is copied before the next call.
     let (code, message) = unsafe {
@@ -662,6 +717,39 @@ mod tests {
             [Value::from("only one")],
         );
         assert!(conn.query_statement(&statement).is_err());
+    }
+
+    #[test]
+    fn unsigned_values_bind_as_integers_while_they_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = conn(&dir);
+        let limit = |v: u64| {
+            Statement::from_sql_and_values(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT value AS n FROM (SELECT 1 AS value UNION ALL SELECT 2) LIMIT ?",
+                [Value::from(v)],
+            )
+        };
+        assert_eq!(conn.query_statement(&limit(1)).unwrap().len(), 1);
+        let err = conn.query_statement(&limit(u64::MAX)).unwrap_err();
+        assert!(err.to_string().contains("past SQLite's integers"), "{err}");
+    }
+
+    #[test]
+    fn a_reader_reads_what_the_writer_committed_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = conn(&dir);
+        writer
+            .exec("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .unwrap();
+        writer.exec("INSERT INTO t (id) VALUES (7)").unwrap();
+        let path = dir.path().join("direct.db");
+        let mut reader = DirectConn::open_reader(path.to_str().unwrap()).unwrap();
+        let read = Statement::from_string(sea_orm::DbBackend::Sqlite, "SELECT id FROM t");
+        let rows = reader.query_statement(&read).unwrap();
+        assert_eq!(rows[0].read::<i64>("id").unwrap(), 7);
+        let err = reader.exec("INSERT INTO t (id) VALUES (8)").unwrap_err();
+        assert_eq!(direct_code(&err), Some(ffi::SQLITE_READONLY));
     }
 
     use chrono::SubsecRound;

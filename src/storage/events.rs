@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, Value,
+    QueryOrder, QuerySelect, QueryTrait, Statement, Value,
     sqlx::{Connection as _, PgConnection, Row as _, postgres::PgListener},
 };
 
@@ -19,6 +19,7 @@ use super::{
     entities::event,
     error::{StorageError, StorageResult},
     outbox,
+    sql::ReadRow,
 };
 use crate::domain::{DomainError, EventFilter, SequencedEvent};
 
@@ -165,23 +166,27 @@ impl Repository {
         }
         // The payload is the whole event: the other columns only serve the
         // filter, and decoding them per row cost replay a third of its time.
-        let rows: Vec<(i64, String)> = query
+        let query = query
             .select_only()
             .column(event::Column::Position)
             .column(event::Column::Payload)
             .order_by_asc(event::Column::Position)
-            .limit(limit)
-            .into_tuple()
-            .all(self.connection())
-            .await?;
+            .limit(limit);
+        if let Some(reads) = self.direct_reads() {
+            let statement = query.build(DbBackend::Sqlite);
+            let page = reads.read(move |conn| {
+                conn.query_statement(&statement)?
+                    .iter()
+                    .map(|row| sequenced(row.read("position")?, &row.read::<String>("payload")?))
+                    .collect()
+            });
+            if let Some(page) = page.await {
+                return page;
+            }
+        }
+        let rows: Vec<(i64, String)> = query.into_tuple().all(self.connection()).await?;
         rows.into_iter()
-            .map(|(position, payload)| {
-                let position = to_u64(position);
-                Ok(SequencedEvent {
-                    position,
-                    event: outbox::decode_payload(position, &payload)?,
-                })
-            })
+            .map(|(position, payload)| sequenced(position, &payload))
             .collect()
     }
 
@@ -486,6 +491,15 @@ impl NotificationListener {
             }
         }
     }
+}
+
+/// A stored event at `position`.
+fn sequenced(position: i64, payload: &str) -> StorageResult<SequencedEvent> {
+    let position = to_u64(position);
+    Ok(SequencedEvent {
+        position,
+        event: outbox::decode_payload(position, payload)?,
+    })
 }
 
 fn sqlx_err(err: sea_orm::sqlx::Error) -> DbErr {

@@ -43,7 +43,7 @@ use sea_orm::{
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::{
-    direct::{DirectConn, DirectRow, NotBegun},
+    direct::{BUSY_TIMEOUT, DirectConn, DirectRow, NotBegun, database_file},
     error::{StorageError, StorageResult},
     sql::ReadRow,
 };
@@ -243,7 +243,7 @@ impl GroupCommit {
     /// Whether the direct connection is open, opening it on first use.
     async fn direct_ready(&self, turn: &mut Turn) -> bool {
         if matches!(turn.slot().direct, Direct::Unopened) {
-            turn.slot().direct = match self.database_file().await {
+            turn.slot().direct = match database_file(&self.db).await {
                 Ok(Some(path)) => match DirectConn::open(&path) {
                     Ok(conn) => Direct::Open(conn),
                     Err(err) => {
@@ -257,22 +257,6 @@ impl GroupCommit {
             };
         }
         matches!(turn.slot().direct, Direct::Open(_))
-    }
-
-    /// The main database's file, None in memory.
-    async fn database_file(&self) -> Result<Option<String>, DbErr> {
-        let row = self
-            .db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Sqlite,
-                "SELECT file FROM pragma_database_list WHERE name = 'main'",
-            ))
-            .await?;
-        let file: Option<String> = match row {
-            Some(row) => row.try_get("", "file")?,
-            None => None,
-        };
-        Ok(file.filter(|f| !f.is_empty()))
     }
 
     /// `BEGIN IMMEDIATE` on the direct connection; while another process's
@@ -303,10 +287,6 @@ impl GroupCommit {
         }
     }
 }
-
-/// How long a direct write waits for another process's writer: the pool's
-/// busy timeout (`db::connect_with`).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A direct member's savepoint, when it shares the batch with neighbours.
 const MEMBER_SAVEPOINT_SQL: &str = "SAVEPOINT member";

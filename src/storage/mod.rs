@@ -6,6 +6,7 @@ pub mod app_keys;
 mod batch;
 pub mod db;
 mod direct;
+mod direct_reads;
 pub mod entities;
 pub mod error;
 pub mod events;

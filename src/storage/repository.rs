@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::{
     action_secrets::{self, ActionSecret},
+    direct_reads::DirectReads,
     entities::{account, idempotency_key, login_id, site},
     error::{StorageError, StorageResult},
     group_commit::{self, FastTxn, GroupCommit, GroupCommitStats, Raw, Rows, WriteTxn, Writes},
@@ -73,6 +74,9 @@ pub struct Repository {
     /// links share their guarded write statement (see `write_batch`). None
     /// on SQLite.
     guarded_writes: Option<Arc<WriteBatches>>,
+    /// SQLite: event pages read off the runtime's threads (see
+    /// `direct_reads`). None on PostgreSQL.
+    direct_reads: Option<DirectReads>,
 }
 
 // Database spans (`db.*`, children of the call's span) use `skip_all`:
@@ -92,6 +96,7 @@ impl Repository {
         let postgres = super::db::is_postgres(&db);
         let group = (!postgres).then(|| Arc::new(GroupCommit::new(db.clone(), max_age)));
         let guarded_writes = postgres.then(|| Arc::new(WriteBatches::new(db.clone())));
+        let direct_reads = (!postgres).then(|| DirectReads::new(db.clone()));
         Self {
             health: DbHealth::new(db.clone()),
             outbox_wake: Arc::new(super::outbox::OutboxWake::new(&db)),
@@ -99,6 +104,7 @@ impl Repository {
             sealer,
             group,
             guarded_writes,
+            direct_reads,
         }
     }
 
@@ -127,6 +133,11 @@ impl Repository {
     /// leader (see `outbox::OutboxWake`).
     pub fn set_sequencer_leading(&self, leading: bool) {
         self.outbox_wake.set_leading(leading);
+    }
+
+    /// SQLite's readers off the runtime's threads; None on PostgreSQL.
+    pub(super) fn direct_reads(&self) -> Option<&DirectReads> {
+        self.direct_reads.as_ref()
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

@@ -106,7 +106,7 @@ async fn write_n(app: &TestApp, n: usize) -> Vec<ConnectionRemoved> {
     events
 }
 
-async fn subscribe(
+pub(crate) async fn subscribe(
     app: &TestApp,
     request: pb::SubscribeRequest,
 ) -> Streaming<pb::SubscribeResponse> {
@@ -117,7 +117,7 @@ async fn subscribe(
         .into_inner()
 }
 
-fn from(start: pb::StartFrom) -> pb::SubscribeRequest {
+pub(crate) fn from(start: pb::StartFrom) -> pb::SubscribeRequest {
     pb::SubscribeRequest {
         start_from: start.into(),
         ..Default::default()
@@ -151,7 +151,7 @@ async fn next_event(stream: &mut Streaming<pb::SubscribeResponse>) -> pb::Connec
     }
 }
 
-async fn events(
+pub(crate) async fn events(
     stream: &mut Streaming<pb::SubscribeResponse>,
     n: usize,
 ) -> Vec<pb::ConnectionRemoved> {
@@ -162,7 +162,7 @@ async fn events(
     out
 }
 
-async fn caught_up(stream: &mut Streaming<pb::SubscribeResponse>) -> u64 {
+pub(crate) async fn caught_up(stream: &mut Streaming<pb::SubscribeResponse>) -> u64 {
     match next_non_heartbeat(stream).await {
         Message::CaughtUp(c) => c.head_position,
         other => panic!("expected CaughtUp, got {other:?}"),

@@ -9,6 +9,8 @@
 //!   commits: nobody is left waiting for an answer that never comes.
 //! - Concurrent removals form batches, and every event is there once, at
 //!   dense positions.
+//! - A replay reads what is committed while a writer holds SQLite's lock
+//!   (event pages are read on read-only connections of their own).
 //!
 //! That a crash mid-batch loses no acknowledged call is `crash.rs`: its
 //! eight concurrent writers share batches on SQLite, and the server is
@@ -21,6 +23,7 @@ use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 use crate::{
+    events,
     helpers::{Backend, TestApp, reason},
     remove_connection::outbox_events,
 };
@@ -475,4 +478,37 @@ async fn a_direct_write_waits_for_another_processs_writer() {
     assert_eq!(removed.into_inner().removed.len(), 1);
     let account = app.account(KEY, "p1").await;
     assert_eq!(account.identities.len(), 1);
+}
+
+/// Event pages are read on read-only connections of their own, off the
+/// runtime's threads: a writer holding SQLite's write lock (an open batch
+/// on the direct connection) does not keep a subscriber from replaying
+/// what is committed, nor does the subscriber see the uncommitted write.
+#[tokio::test]
+async fn a_replay_reads_committed_events_while_a_writer_holds_the_lock() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    setup(&app, &["u1"]).await;
+    app.connections()
+        .remove_connection(remove("u1", "facebook"))
+        .await
+        .expect("removal");
+    let holder = hold_the_turn(&app).await;
+
+    let mut stream = events::subscribe(&app, events::from(pb::StartFrom::Beginning)).await;
+    let replayed = events::events(&mut stream, 1).await;
+    assert_eq!(
+        (
+            replayed[0].position,
+            replayed[0].uid.as_str(),
+            replayed[0].provider.as_str()
+        ),
+        (1, "u1", "facebook")
+    );
+    assert_eq!(events::caught_up(&mut stream).await, 1);
+    assert_ne!(
+        site_name(&app).await,
+        "held",
+        "the holder's write is not committed"
+    );
+    holder.rollback().await.expect("rollback");
 }
