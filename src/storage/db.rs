@@ -122,14 +122,15 @@ pub fn is_postgres(db: &DatabaseConnection) -> bool {
 
 /// The PostgreSQL pool's default size: 8 connections per core, between 8
 /// and 32. Every connection is a backend process competing for the same
-/// cores; past a few per core they only add context switches, and calls
-/// rotating over many idle connections find each one's caches cold
-/// (measured on 2 cores at 32 writers: 12 or 16 connections gave
-/// 1,134-1,183 removals/s and p99 21-24 ms, 32 gave 1,020-1,109 and 31-33
-/// ms; at 8 writers after a 32-writer run, 1,035-1,092 against 893-908;
-/// 4 or 6 left the cores idle). Queueing
-/// for a connection in the server costs less than queueing for a core in
-/// the database.
+/// cores; past a few per core they only add context switches (measured on
+/// 2 cores at 32 writers: 12 or 16 connections gave 1,134-1,183 removals/s
+/// and p99 21-24 ms, 32 gave 1,020-1,109 and 31-33 ms; at 8 writers after
+/// a 32-writer run, 1,035-1,092 against 893-908; 4 or 6 left the cores
+/// idle). Queueing for a connection in the server costs less than queueing
+/// for a core in the database. (Those measurements predate the pool's idle
+/// stack, when calls also rotated over every idle connection, each one's
+/// caches cold; the vendored sqlx-core now hands out the connection
+/// released last.)
 pub fn default_postgres_pool(cores: usize) -> u32 {
     u32::try_from(cores.saturating_mul(8)).map_or(32, |n| n.clamp(8, 32))
 }

@@ -18,6 +18,7 @@ mod link_connection;
 mod logs;
 mod outage;
 mod pg_cluster;
+mod pool;
 mod process;
 mod relay;
 mod remove_connection;

@@ -4,7 +4,6 @@ use crate::connection::Connection;
 use crate::database::Database;
 use crate::error::Error;
 use crate::pool::{deadline_as_timeout, CloseEvent, Pool, PoolOptions};
-use crossbeam_queue::ArrayQueue;
 
 use crate::sync::{AsyncSemaphore, AsyncSemaphoreReleaser};
 
@@ -12,7 +11,8 @@ use std::cmp;
 use std::future::{self, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::Poll;
 
 use crate::logger::private_level_filter_to_trace_level;
@@ -24,7 +24,12 @@ use tracing::Level;
 
 pub(crate) struct PoolInner<DB: Database> {
     pub(super) connect_options: RwLock<Arc<<DB::Connection as Connection>::Options>>,
-    pub(super) idle_conns: ArrayQueue<Idle<DB>>,
+    // connections: patched to a stack (the most recently released
+    // connection is taken first, as PgBouncer does by default) instead of
+    // sqlx's FIFO queue, which rotated every checkout over all idle
+    // connections, each of whose backends (and buffers) had gone cold.
+    // The reaper takes the oldest from the other end.
+    pub(super) idle_conns: Mutex<VecDeque<Idle<DB>>>,
     pub(super) semaphore: AsyncSemaphore,
     pub(super) size: AtomicU32,
     pub(super) num_idle: AtomicUsize,
@@ -53,7 +58,7 @@ impl<DB: Database> PoolInner<DB> {
 
         let pool = Self {
             connect_options: RwLock::new(Arc::new(connect_options)),
-            idle_conns: ArrayQueue::new(capacity),
+            idle_conns: Mutex::new(VecDeque::with_capacity(capacity)),
             semaphore: AsyncSemaphore::new(options.fair, semaphore_capacity),
             size: AtomicU32::new(0),
             num_idle: AtomicUsize::new(0),
@@ -109,7 +114,9 @@ impl<DB: Database> PoolInner<DB> {
 
             let _permits = self.semaphore.acquire(permits_to_acquire).await;
 
-            while let Some(idle) = self.idle_conns.pop() {
+            loop {
+                let idle = self.idle().pop_back();
+                let Some(idle) = idle else { break };
                 let _ = idle.live.raw.close().await;
             }
 
@@ -178,22 +185,43 @@ impl<DB: Database> PoolInner<DB> {
         self.options.parent_pool.as_ref()
     }
 
+    fn idle(&self) -> MutexGuard<'_, VecDeque<Idle<DB>>> {
+        // connections: nothing panics while holding this lock.
+        self.idle_conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[inline]
     pub(super) fn try_acquire(self: &Arc<Self>) -> Option<Floating<DB, Idle<DB>>> {
+        self.try_acquire_at(End::Newest)
+    }
+
+    fn try_acquire_at(self: &Arc<Self>, end: End) -> Option<Floating<DB, Idle<DB>>> {
         if self.is_closed() {
             return None;
         }
 
         let permit = self.semaphore.try_acquire(1)?;
 
-        self.pop_idle(permit).ok()
+        self.pop_idle_at(permit, end).ok()
     }
 
     fn pop_idle<'a>(
         self: &'a Arc<Self>,
         permit: AsyncSemaphoreReleaser<'a>,
     ) -> Result<Floating<DB, Idle<DB>>, AsyncSemaphoreReleaser<'a>> {
-        if let Some(idle) = self.idle_conns.pop() {
+        self.pop_idle_at(permit, End::Newest)
+    }
+
+    fn pop_idle_at<'a>(
+        self: &'a Arc<Self>,
+        permit: AsyncSemaphoreReleaser<'a>,
+        end: End,
+    ) -> Result<Floating<DB, Idle<DB>>, AsyncSemaphoreReleaser<'a>> {
+        let idle = match end {
+            End::Newest => self.idle().pop_back(),
+            End::Oldest => self.idle().pop_front(),
+        };
+        if let Some(idle) = idle {
             self.num_idle.fetch_sub(1, Ordering::AcqRel);
             Ok(Floating::from_idle(idle, (*self).clone(), permit))
         } else {
@@ -202,12 +230,24 @@ impl<DB: Database> PoolInner<DB> {
     }
 
     pub(super) fn release(&self, floating: Floating<DB, Live<DB>>) {
+        self.release_at(floating.into_idle(), End::Newest)
+    }
+
+    /// connections: `idle` back at `end`, keeping its idle time.
+    fn release_at(&self, floating: Floating<DB, Idle<DB>>, end: End) {
         // `options.after_release` and other checks are in `PoolConnection::return_to_pool()`.
 
-        let Floating { inner: idle, guard } = floating.into_idle();
+        let Floating { inner: idle, guard } = floating;
 
-        if self.idle_conns.push(idle).is_err() {
-            panic!("BUG: connection queue overflow in release()");
+        {
+            let mut idle_conns = self.idle();
+            if idle_conns.len() >= self.options.max_connections as usize {
+                panic!("BUG: connection queue overflow in release()");
+            }
+            match end {
+                End::Newest => idle_conns.push_back(idle),
+                End::Oldest => idle_conns.push_front(idle),
+            }
         }
 
         // NOTE: we need to make sure we drop the permit *after* we push to the idle queue
@@ -504,6 +544,15 @@ async fn check_idle_conn<DB: Database>(
     Ok(conn.into_live())
 }
 
+/// connections: which end of the idle stack.
+#[derive(Clone, Copy)]
+enum End {
+    /// The most recently released: what callers take.
+    Newest,
+    /// The longest idle: what the reaper looks at.
+    Oldest,
+}
+
 fn spawn_maintenance_tasks<DB: Database>(pool: &Arc<PoolInner<DB>>) {
     // NOTE: use `pool_weak` for the maintenance tasks
     // so they don't keep `PoolInner` from being dropped.
@@ -545,15 +594,18 @@ fn spawn_maintenance_tasks<DB: Database>(pool: &Arc<PoolInner<DB>>) {
                     // and if we have fewer than min_connections after reaping a connection,
                     // open a new one immediately. Note that other connections may be popped from
                     // the queue in the meantime - that's fine, there is no harm in checking more
+                    // connections: from the stack's bottom (the longest idle), and
+                    // back to the bottom, so the checks reach every connection and
+                    // leave the order of use alone.
                     for _ in 0..pool.num_idle() {
-                        if let Some(conn) = pool.try_acquire() {
+                        if let Some(conn) = pool.try_acquire_at(End::Oldest) {
                             if is_beyond_idle_timeout(&conn, &pool.options)
                                 || is_beyond_max_lifetime(&conn, &pool.options)
                             {
                                 let _ = conn.close().await;
                                 pool.min_connections_maintenance(Some(next_run)).await;
                             } else {
-                                pool.release(conn.into_live());
+                                pool.release_at(conn, End::Oldest);
                             }
                         }
                     }
