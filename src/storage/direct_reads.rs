@@ -9,27 +9,31 @@
 //! thread of tokio's blocking pool, so neither SQLite's work nor a page read
 //! from disk holds a runtime thread, and the runtime only takes the decoded
 //! events. Connections are read-only, opened on first use, and kept for the
-//! next page; an in-memory database (which other connections cannot open)
-//! keeps every read on the pool.
+//! next page; at most [`READERS`] pages are read at once (each connection
+//! has a page cache of its own: two hundred subscribers catching up at once
+//! must not open two hundred). An in-memory database (which other
+//! connections cannot open) keeps every read on the pool.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sea_orm::{DatabaseConnection, DbErr};
+use tokio::sync::Semaphore;
 
 use super::{
     direct::{DirectConn, database_file},
     error::{StorageError, StorageResult},
 };
 
-/// Idle connections kept for the next page; past this, a connection that
-/// finishes its page is closed.
-const IDLE: usize = 4;
+/// Pages read at once, each on a connection of its own (kept for the next
+/// page); a reader past this waits for one to finish.
+const READERS: usize = 8;
 
 /// The readers of one SQLite database (see the module's doc).
 #[derive(Debug, Clone)]
 pub(crate) struct DirectReads {
     db: DatabaseConnection,
     state: Arc<Mutex<State>>,
+    readers: Arc<Semaphore>,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,7 @@ impl DirectReads {
                 source: Source::Unknown,
                 idle: Vec::new(),
             })),
+            readers: Arc::new(Semaphore::new(READERS)),
         }
     }
 
@@ -69,20 +74,22 @@ impl DirectReads {
             Ok(None) => return None,
             Err(err) => return Some(Err(err.into())),
         };
+        let Ok(reader) = self.readers.clone().acquire_owned().await else {
+            // Never closed.
+            return None;
+        };
         let state = self.state.clone();
-        // The connection goes back (or is closed) inside the task, so a
+        // The connection and the permit go back inside the task, so a
         // caller that goes away strands nothing.
         let done = tokio::task::spawn_blocking(move || {
+            let _reader = reader;
             let idle = lock(&state).idle.pop();
             let mut conn = match idle {
                 Some(conn) => conn,
                 None => DirectConn::open_reader(&path)?,
             };
             let result = work(&mut conn);
-            let mut state = lock(&state);
-            if state.idle.len() < IDLE {
-                state.idle.push(conn);
-            }
+            lock(&state).idle.push(conn);
             result
         })
         .await;

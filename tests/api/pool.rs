@@ -3,11 +3,16 @@
 //! one at a time keep using one backend, whose caches stay warm, instead
 //! of rotating over every idle connection.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 use crate::helpers::Backend;
+
+const PATIENCE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(postgres_tests), ignore = "needs CONNECTIONS_TEST_POSTGRES_URL")]
@@ -28,8 +33,16 @@ async fn one_call_at_a_time_keeps_using_the_connection_released_last() {
         txn.rollback().await.expect("rollback");
     }
 
+    let pool = db.get_postgres_connection_pool();
     let mut backends: HashMap<i32, usize> = HashMap::new();
     for _ in 0..8 {
+        // sqlx gives a connection back to the pool in a task of its own:
+        // each call starts once the last is back, as calls one at a time do.
+        let deadline = Instant::now() + PATIENCE;
+        while pool.num_idle() < pool.size() as usize {
+            assert!(Instant::now() < deadline, "connections never came back");
+            tokio::task::yield_now().await;
+        }
         let row = db
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
