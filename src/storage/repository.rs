@@ -10,8 +10,8 @@ use std::{
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter, QuerySelect,
-    RuntimeErr, TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter,
+    QuerySelect, RuntimeErr, TransactionTrait,
 };
 use tokio::sync::Notify;
 
@@ -788,7 +788,12 @@ impl Repository {
 /// One statement reading the site, the account and its rows (see
 /// [`push_account_rows`]); as `read` asks, also the account row's `xmin` as
 /// `row_version` (PostgreSQL only) and the record's `k_fingerprint` and
-/// `k_response` (null without one).
+/// `k_response` (null without one). Unordered: [`collect_account`] orders
+/// the rows (a sort in the statement costs PostgreSQL more than in Rust).
+/// PostgreSQL reads the account's rows through a lateral join: one nested
+/// loop over the account's row and two index scans, about a tenth cheaper
+/// to run than the CTE that SQLite (which has no LATERAL) reads them with,
+/// whose plan adds a materialised scan and a sub-plan per branch.
 fn push_load(
     sql: &mut Sql,
     site_key: SiteKey<'_>,
@@ -797,13 +802,22 @@ fn push_load(
     login: Option<&str>,
     read: ReadAs<'_>,
 ) {
-    sql.push("WITH acc AS (SELECT ").push(&LOCKED_COLUMNS);
+    let lateral = sql.backend() == DbBackend::Postgres;
+    sql.push(if lateral {
+        "SELECT "
+    } else {
+        "WITH acc AS (SELECT "
+    })
+    .push(&LOCKED_COLUMNS);
     if read.version {
         sql.push(", a.xmin::text AS row_version");
     }
     let record = read.record;
     if record.is_some() {
         sql.push(", k.fingerprint AS k_fingerprint, k.response AS k_response");
+    }
+    if lateral {
+        sql.push(", x.*");
     }
     sql.push(" FROM accounts a JOIN sites s ON s.id = a.site_id");
     if let Some(key) = record {
@@ -813,14 +827,21 @@ fn push_load(
             .push(" AND k.request_id = ")
             .bind(key.request_id);
     }
+    if lateral {
+        sql.push(" LEFT JOIN LATERAL (");
+        push_account_rows(sql, Anchor::Joined, identity, login);
+        sql.push(") x ON TRUE");
+    }
     sql.push(" WHERE a.uid = ").bind(uid.as_str());
     match site_key {
         SiteKey::ApiKey(key) => sql.push(" AND s.api_key = ").bind(key.as_str()),
         SiteKey::Vhost(vhost) => sql.push(" AND s.vhost = ").bind(vhost.get()),
     };
-    sql.push(") SELECT acc.*, x.* FROM acc LEFT JOIN (");
-    push_account_rows(sql, Anchor::Found, identity, login);
-    sql.push(") x ON TRUE ORDER BY x.kind, x.id");
+    if !lateral {
+        sql.push(") SELECT acc.*, x.* FROM acc LEFT JOIN (");
+        push_account_rows(sql, Anchor::Found, identity, login);
+        sql.push(") x ON TRUE");
+    }
 }
 
 /// The site and account from the rows of [`push_load`] or
@@ -943,7 +964,6 @@ pub(crate) async fn load_account<C: ConnectionTrait>(
         None,
         None,
     );
-    sql.push(" ORDER BY kind, id");
     let rows = conn.query_all_raw(sql.into_statement()).await?;
     Ok(collect_account(&rows, site, row)?.0)
 }
@@ -963,6 +983,8 @@ enum Anchor {
     Bound { site_id: i64, account_id: i64 },
     /// The `acc` CTE of the same statement (its `s_id` and `a_id`).
     Found,
+    /// The site `s` and account `a` joined in the same statement.
+    Joined,
 }
 
 impl Anchor {
@@ -970,6 +992,7 @@ impl Anchor {
         match self {
             Anchor::Bound { site_id, .. } => sql.bind(site_id),
             Anchor::Found => sql.push("(SELECT s_id FROM acc)"),
+            Anchor::Joined => sql.push("s.id"),
         };
     }
 
@@ -977,6 +1000,7 @@ impl Anchor {
         match self {
             Anchor::Bound { account_id, .. } => sql.bind(account_id),
             Anchor::Found => sql.push("(SELECT a_id FROM acc)"),
+            Anchor::Joined => sql.push("a.id"),
         };
     }
 }
@@ -1024,19 +1048,25 @@ fn push_account_rows(
 }
 
 /// Builds the account and the lookups from the rows of [`push_account_rows`]
-/// (rows with no kind, from an outer join that found none, are skipped).
+/// in any order (rows with no kind, from an outer join that found none, are
+/// skipped): identities and login IDs come out in the order they were
+/// created (by id), whatever order the statement returned them in.
 fn collect_account<R: ReadRow>(
     rows: &[R],
     site: &site::Model,
     row: account::Model,
 ) -> StorageResult<(Account, LinkLookups)> {
+    let mut ordered = Vec::with_capacity(rows.len());
+    for found in rows {
+        if let Some(kind) = found.read::<Option<i32>>("kind")? {
+            ordered.push((kind, found.read::<i64>("id")?, found));
+        }
+    }
+    ordered.sort_unstable_by_key(|&(kind, id, _)| (kind, id));
     let mut login_ids = Vec::new();
     let mut identities = Vec::new();
     let mut lookups = LinkLookups::default();
-    for found in rows {
-        let Some(kind): Option<i32> = found.read("kind")? else {
-            continue;
-        };
+    for (kind, id, found) in ordered {
         let owner: i64 = found.read("owner")?;
         match kind {
             1 => login_ids.push(LoginId {
@@ -1045,7 +1075,6 @@ fn collect_account<R: ReadRow>(
             }),
             3 => lookups.login_owner = Some(owner),
             _ => {
-                let id: i64 = found.read("id")?;
                 let state: String = found.read("state")?;
                 let state = IdentityState::parse(&state).ok_or_else(|| {
                     StorageError::Corrupt(format!("identity {id} state {state:?}"))
@@ -1135,4 +1164,101 @@ pub(crate) fn site_from_model(model: site::Model) -> StorageResult<Site> {
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::{DateTime, Utc};
+    use sea_orm::{DbErr, Value, sea_query::ValueType};
+
+    use super::*;
+
+    /// A row of [`push_account_rows`] as a map of column to value.
+    struct FakeRow(HashMap<&'static str, Value>);
+
+    impl ReadRow for FakeRow {
+        fn read<T: sea_orm::TryGetable + ValueType>(&self, column: &str) -> Result<T, DbErr> {
+            let value = self
+                .0
+                .get(column)
+                .ok_or_else(|| DbErr::Custom(format!("no column {column}")))?;
+            T::try_from(value.clone()).map_err(|err| DbErr::Type(format!("{column}: {err}")))
+        }
+    }
+
+    fn identity(id: i64, provider: &str, at: DateTime<Utc>) -> FakeRow {
+        FakeRow(HashMap::from([
+            ("kind", Value::from(0i32)),
+            ("id", id.into()),
+            ("owner", 7i64.into()),
+            ("provider", provider.into()),
+            ("sub_provider", "".into()),
+            ("provider_uid", format!("{provider}-1").into()),
+            ("login_id", Option::<String>::None.into()),
+            ("state", "ACTIVE".into()),
+            ("has_session", false.into()),
+            ("linked_at", at.into()),
+            ("updated_at", at.into()),
+        ]))
+    }
+
+    fn login_id(id: i64, value: &str) -> FakeRow {
+        FakeRow(HashMap::from([
+            ("kind", Value::from(1i32)),
+            ("id", id.into()),
+            ("owner", 7i64.into()),
+            ("login_id", value.into()),
+            ("has_password", true.into()),
+        ]))
+    }
+
+    /// The outer join's row for an account with no rows of its own.
+    fn nothing() -> FakeRow {
+        FakeRow(HashMap::from([("kind", Option::<i32>::None.into())]))
+    }
+
+    #[test]
+    fn an_account_reads_its_rows_in_creation_order_whatever_order_they_come_in() {
+        let at = Utc::now();
+        let site = site::Model {
+            id: 1,
+            api_key: "3_key".into(),
+            vhost: 7,
+            name: "site".into(),
+            unlink_action_enabled: true,
+            allowed_redirect_origins: "[]".into(),
+            allowed_browser_origins: "[]".into(),
+            created_at: at,
+            updated_at: at,
+        };
+        let row = account::Model {
+            id: 7,
+            site_id: 1,
+            uid: "u1".into(),
+            created_at: at,
+            updated_at: at,
+        };
+        let rows = [
+            login_id(9, "b@example.com"),
+            identity(30, "twitter", at),
+            nothing(),
+            login_id(4, "a@example.com"),
+            identity(12, "facebook", at),
+            identity(21, "google", at),
+        ];
+        let (account, lookups) = collect_account(&rows, &site, row).expect("rows read");
+        let providers: Vec<_> = account
+            .identities
+            .iter()
+            .map(|i| i.provider.as_str())
+            .collect();
+        assert_eq!(providers, ["facebook", "google", "twitter"]);
+        let ids: Vec<_> = account.identities.iter().map(|i| i.id).collect();
+        assert_eq!(ids, [12, 21, 30]);
+        let logins: Vec<_> = account.login_ids.iter().map(|l| l.value.as_str()).collect();
+        assert_eq!(logins, ["a@example.com", "b@example.com"]);
+        assert!(lookups.mapping.is_none() && lookups.login_owner.is_none());
+    }
 }
