@@ -235,21 +235,30 @@ ceiling() {
       --label "$db:reference-direct" >>"$results"
   else
     settle "$db" "$url"
-    pgbench_reference "$url" "$c"
+    pgbench_reference "$url" "$c" "$db:reference" bench/reference/remove_connection.sql
+    # The same with the service's read before each transaction (see
+    # bench/reference/read_account.sql): where the writes' rate goes when
+    # each is decided by a read first, as the domain rules need.
+    awk -v read=bench/reference/read_account.sql \
+      '/^BEGIN;/ { while ((getline line < read) > 0) if (line !~ /^--/) print line; close(read) } { print }' \
+      bench/reference/remove_connection.sql >"$work/read_first.sql"
+    settle "$db" "$url"
+    pgbench_reference "$url" "$c" "$db:reference-read" "$work/read_first.sql"
   fi
 }
 
-# pgbench_reference URL CONCURRENCY: the ceiling's removals/s and the
-# removal transaction's own latency (its statements' latencies summed).
+# pgbench_reference URL CONCURRENCY LABEL SCRIPT: the ceiling's removals/s
+# and the removal transaction's own latency (its statements' latencies
+# summed, up to its COMMIT).
 pgbench_reference() {
-  local url=$1 c=$2 site_id out
+  local url=$1 c=$2 label=$3 script=$4 site_id out
   site_id=$(psql "$url" -qtAc "SELECT id FROM sites WHERE api_key = '$API_KEY'")
   out=$(pgbench -n -M prepared -r -c "$c" -j "$(( c < 2 ? c : 2 ))" -T "${SECONDS_HEADLINE%.*}" \
     -D site_id="$site_id" -D first_uid="$FIRST_UID" -D accounts="$ACCOUNTS" -D clients="$c" \
-    -f bench/reference/remove_connection.sql "$url" 2>&1) || { echo "$out" >&2; exit 1; }
+    -f "$script" "$url" 2>&1) || { echo "$out" >&2; exit 1; }
   psql "$url" -qc "DELETE FROM events WHERE source = 'REFERENCE'" >/dev/null
   printf '%s\n' "$out" >"$work/pgbench.out"
-  python3 - "$c" "$work/pgbench.out" >>"$results" <<'EOF'
+  python3 - "$c" "$work/pgbench.out" "$label" >>"$results" <<'EOF'
 import json, re, sys
 out = open(sys.argv[2]).read()
 tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
@@ -262,7 +271,7 @@ for line in out.split("statement latencies in milliseconds", 1)[1].splitlines()[
     removal += float(m.group(1))
     if m.group(2).strip().upper().startswith("COMMIT"):
         break
-print(json.dumps({"kind": "reference", "label": "postgres:reference", "concurrency": int(sys.argv[1]),
+print(json.dumps({"kind": "reference", "label": sys.argv[3], "concurrency": int(sys.argv[1]),
                   "removes_per_s": tps, "remove_avg_ms": round(removal, 3)}))
 EOF
 }

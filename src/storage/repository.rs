@@ -1219,6 +1219,31 @@ mod tests {
         FakeRow(HashMap::from([("kind", Option::<i32>::None.into())]))
     }
 
+    /// bench/run.sh's second PostgreSQL ceiling runs this statement as the
+    /// read before each write; it must stay the service's.
+    #[test]
+    fn the_bench_reads_as_the_service_does_on_postgres() {
+        let file = include_str!("../../bench/reference/read_account.sql");
+        let bench: String = file
+            .lines()
+            .filter(|line| !line.starts_with("--"))
+            .collect();
+        let api_key = ApiKey::parse("api_key", "3_bench").expect("an API key");
+        let uid = Uid::parse("uid", "1000000").expect("a uid");
+        let mut sql = Sql::new(DbBackend::Postgres);
+        let read = ReadAs {
+            version: true,
+            record: None,
+        };
+        push_load(&mut sql, SiteKey::ApiKey(&api_key), &uid, None, None, read);
+        let service = sql
+            .into_statement()
+            .sql
+            .replace("$1", "(:uid)::text")
+            .replace("$2", "'3_bench'");
+        assert_eq!(bench.trim_end().trim_end_matches(';'), service);
+    }
+
     #[test]
     fn an_account_reads_its_rows_in_creation_order_whatever_order_they_come_in() {
         let at = Utc::now();
