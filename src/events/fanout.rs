@@ -155,7 +155,9 @@ fn publish(
     let now = chrono::Utc::now();
     for event in events {
         *published = event.position;
-        // Commit (occurred_at is taken just before) to publication here.
+        // Write (occurred_at is taken just before its statement: see
+        // `storage::removal`) to publication here: the write, its commit, the
+        // stamp and the hand-over.
         let lag = (now - event.event.occurred_at).to_std().unwrap_or_default();
         metrics.record_sequencing_lag(lag.as_secs_f64());
         // No receiver is fine: nobody is tailing right now.

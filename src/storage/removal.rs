@@ -114,9 +114,6 @@ impl Repository {
         request: &RemovalRequest,
         scope: &str,
     ) -> StorageResult<Step> {
-        // Microseconds: what both databases store, so the answer built from
-        // the plan equals what a later read returns.
-        let time = Utc::now().trunc_subsecs(6);
         // The account lock serialises every removal of this account, so the
         // plan below sees the state the change is applied to, and concurrent
         // retries of one request id wait here for the first to commit.
@@ -143,6 +140,7 @@ impl Repository {
         }
         let plan = request.plan(&account, registry)?;
         self.count_context_id(txn, &site_row, request).await?;
+        let time = event_time();
 
         if request.dry_run() {
             return Ok(Step::RollBack(answer(
@@ -175,7 +173,6 @@ impl Repository {
         request: &RemovalRequest,
         scope: &str,
     ) -> StorageResult<Option<RemovalOutcome>> {
-        let time = Utc::now().trunc_subsecs(6);
         let Loaded {
             site,
             account,
@@ -202,6 +199,7 @@ impl Repository {
             return stored_answer(request, &record).map(Some);
         }
         let plan = request.plan(&account, registry)?;
+        let time = event_time();
         if request.dry_run() {
             return Ok(Some(answer(request, ctx, time, &plan, redirect, None)));
         }
@@ -270,6 +268,15 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// The time a removal's rows and events carry, taken once the plan is
+/// made, just before the write: the sequencing-lag metric measures from it to
+/// the event's position, so it must not include the read or a lock wait.
+/// Microseconds: what both databases store, so the answer built from the
+/// plan equals what a later read returns.
+fn event_time() -> chrono::DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }
 
 /// Whether a site already uses a cid, and how many distinct cids it uses.

@@ -41,6 +41,7 @@ on_both_backends!(
     remove_connection_concurrent_new_cids_never_exceed_the_limit,
     remove_connection_acts_on_what_a_concurrent_writer_left,
     an_unlocked_removal_that_would_wait_waits_under_the_lock,
+    a_removal_that_waited_for_the_account_dates_its_event_after_the_wait,
     remove_connection_whose_request_id_another_call_stores_first_changes_nothing,
 );
 
@@ -981,6 +982,41 @@ async fn an_unlocked_removal_that_would_wait_waits_under_the_lock(backend: Backe
     assert_eq!(outbox_events(&app).await.len(), 1);
     let account = app.account(KEY, "u1").await;
     assert!(account.identities.is_empty(), "{account:?}");
+}
+
+/// PostgreSQL: a removal's event carries the time of its write, not of the
+/// call's start: one that waited for the account's lock (its unlocked write
+/// met the held account, and it ran again under the lock) is dated after the
+/// lock was released, so the sequencing-lag metric (from `occurred_at` to the
+/// position) does not count the wait. SQLite takes its write turn before it
+/// reads, so its time always follows any wait.
+async fn a_removal_that_waited_for_the_account_dates_its_event_after_the_wait(backend: Backend) {
+    use chrono::SubsecRound;
+    if matches!(backend, Backend::Sqlite) {
+        return;
+    }
+    let app = setup(&backend).await;
+    app.create_account(KEY, "u1", &[("a@x.com", true)]).await;
+    app.link(KEY, "u1", "facebook", "", "fb1", None).await;
+    let (holder, txn) = crate::deadlines::hold_writers(&app, "u1").await;
+    let mut client = app.connections();
+    let removal = tokio::spawn(async move {
+        client
+            .remove_connection(remove("u1", Some("facebook")))
+            .await
+    });
+    crate::deadlines::until_a_writer_waits(&holder).await;
+    let released = chrono::Utc::now().trunc_subsecs(6);
+    txn.rollback().await.expect("release");
+    holder.close().await.expect("close");
+    removal.await.expect("join").expect("removed once free");
+    let events = outbox_events(&app).await;
+    assert_eq!(events.len(), 1);
+    assert!(
+        events[0].occurred_at >= released,
+        "the event is dated {} but the lock was released at {released}",
+        events[0].occurred_at
+    );
 }
 
 /// A removal whose request id another call (of another account) is storing
