@@ -237,15 +237,18 @@ ceiling() {
     settle "$db" "$url"
     pgbench_reference "$url" "$c" "$db:reference" bench/reference/remove_connection.sql
     # The same with the service's read before each transaction (see
-    # bench/reference/read_account.sql): where the writes' rate goes when
-    # each is decided by a read first, as the domain rules need.
-    awk -v read=bench/reference/read_account.sql \
-      '/^BEGIN;/ { while ((getline line < read) > 0) if (line !~ /^--/) print line; close(read) } { print }' \
-      bench/reference/remove_connection.sql >"$work/read_first.sql"
+    # read_first below): where the writes' rate goes when each is decided
+    # by a read first, as the domain rules need.
     settle "$db" "$url"
     pgbench_reference "$url" "$c" "$db:reference-read" "$work/read_first.sql"
   fi
 }
+
+# The ceiling's script with the service's read
+# (bench/reference/read_account.sql) before each of its transactions.
+awk -v read=bench/reference/read_account.sql \
+  '/^BEGIN;/ { while ((getline line < read) > 0) if (line !~ /^--/) print line; close(read) } { print }' \
+  bench/reference/remove_connection.sql >"$work/read_first.sql"
 
 # pgbench_reference URL CONCURRENCY LABEL SCRIPT: the ceiling's removals/s
 # and the removal transaction's own latency (its statements' latencies

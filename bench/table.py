@@ -11,6 +11,12 @@ def error_text(row: dict) -> str:
     return ", ".join(f"{code} {n}" for code, n in row["errors"].items())
 
 
+def reference_latency(ref: dict) -> float:
+    """A ceiling's latency: pgbench gives the average of the removal
+    transaction; the reference programs their p50."""
+    return ref.get("remove_p50_ms", ref.get("remove_avg_ms"))
+
+
 def main() -> None:
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     quick = "--quick" in sys.argv
@@ -37,7 +43,7 @@ def main() -> None:
                 ceiling = ratio = ref_p50 = p50_ratio = direct = ""
                 d = directs.get(c) if label == "headline" else None
                 if d:
-                    d_latency = d.get("remove_p50_ms", d.get("remove_avg_ms"))
+                    d_latency = reference_latency(d)
                     direct = (
                         f"{d['removes_per_s']:.0f}, {r['removes_per_s'] / d['removes_per_s']:.2f}x, "
                         f"{d_latency:.2f}, {r['remove_p50_ms'] / d_latency:.1f}x"
@@ -45,9 +51,7 @@ def main() -> None:
                 if ref:
                     ceiling = f"{ref['removes_per_s']:.0f}"
                     ratio = f"{r['removes_per_s'] / ref['removes_per_s']:.2f}x"
-                    # pgbench gives the average of the removal transaction;
-                    # the reference program its p50.
-                    ref_latency = ref.get("remove_p50_ms", ref.get("remove_avg_ms"))
+                    ref_latency = reference_latency(ref)
                     ref_p50 = f"{ref_latency:.2f}"
                     p50_ratio = f"{r['remove_p50_ms'] / ref_latency:.1f}x" if ref_latency else ""
                 name = {

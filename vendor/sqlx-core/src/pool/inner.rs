@@ -594,9 +594,10 @@ fn spawn_maintenance_tasks<DB: Database>(pool: &Arc<PoolInner<DB>>) {
                     // and if we have fewer than min_connections after reaping a connection,
                     // open a new one immediately. Note that other connections may be popped from
                     // the queue in the meantime - that's fine, there is no harm in checking more
-                    // connections: from the stack's bottom (the longest idle), and
-                    // back to the bottom, so the checks reach every connection and
-                    // leave the order of use alone.
+                    //
+                    // connections: each check takes from the stack's bottom (the
+                    // longest idle) and puts back at the bottom, so the checks reach
+                    // every connection and leave the order of use alone.
                     for _ in 0..pool.num_idle() {
                         if let Some(conn) = pool.try_acquire_at(End::Oldest) {
                             if is_beyond_idle_timeout(&conn, &pool.options)
