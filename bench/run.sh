@@ -136,6 +136,12 @@ bench_database() {
   # shellcheck disable=SC2046
   "$BENCH" seed $(target_args "$a_port")
 
+  # The floor of any call's latency on this server: empty calls, no
+  # database (the table prints it beside the c=1 removals).
+  say "$db: empty calls (gRPC health check), concurrency 1"
+  "$BENCH" ping --grpc "http://127.0.0.1:$a_port" --concurrency 1 --seconds "$SECONDS_OTHER" \
+    --server-pid "$a_pid" --label "$db:empty-call" >>"$results"
+
   # Each headline run is followed at once by the ceiling at the same
   # concurrency (with the server stopped: the reference's outbox rows are
   # not the service's to stamp or deliver), so that a drift of this

@@ -17,6 +17,69 @@ def reference_latency(ref: dict) -> float:
     return ref.get("remove_p50_ms", ref.get("remove_avg_ms"))
 
 
+def print_targets(rows: list, databases: list, quick: bool) -> None:
+    """Issue #12's targets against this run's figures (a figure the run did
+    not measure is left out)."""
+    one = lambda kind, label, **match: next(
+        (r for r in rows if r["kind"] == kind and r["label"] == label
+         and all(r.get(k) == v for k, v in match.items())),
+        None,
+    )
+    lines = []
+
+    def target(figure: str, value, shown: str, goal: str, met: bool) -> None:
+        if value is not None:
+            lines.append(f"| {figure} | {shown} | {goal} | {'met' if met else 'missed'} |")
+
+    names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    for db in databases:
+        name = names[db]
+        goal = 1.0 if db == "sqlite" else 0.8
+        run = one("load", f"{db}:headline", concurrency=32)
+        ref = one("reference", f"{db}:reference", concurrency=32)
+        if run and ref:
+            ratio = run["removes_per_s"] / ref["removes_per_s"]
+            target(f"{name} remove one, c=32, ratio to the ceiling", ratio, f"{ratio:.2f}x", f">= {goal}x", ratio >= goal)
+        goal = 2.0 if db == "sqlite" else 1.5
+        run = one("load", f"{db}:headline", concurrency=1)
+        ref = one("reference", f"{db}:reference", concurrency=1)
+        if run and ref and reference_latency(ref):
+            ratio = run["remove_p50_ms"] / reference_latency(ref)
+            target(f"{name} remove one, c=1, p50 to the ceiling's", ratio, f"{ratio:.1f}x", f"<= {goal}x", ratio <= goal)
+    for db in databases:
+        for label, where, goal in (("same-replica", "same replica", 5.0), ("cross-replica", "replica A to B", 10.0)):
+            r = one("events", f"{db}:{label}")
+            if r and r["deliveries"]:
+                p99, top = r["event_p99_ms"], r["event_max_ms"]
+                target(
+                    f"{names[db]} events, 10 subscribers at half load, {where}: p99 / max ms", p99,
+                    f"{p99:.2f} / {top:.2f}", f"<= {goal:g} / 20", p99 <= goal and top <= 20,
+                )
+    for db in databases:
+        r = one("replay", f"{db}:replay")
+        if r:
+            target(f"{names[db]} replay from BEGINNING, events/s", r, f"{r['events_per_s']:,.0f}", ">= 200,000", r["events_per_s"] >= 200_000)
+    for db in databases:
+        r = one("events", f"{db}:200-subscribers")
+        if r:
+            rss = r.get("server_peak_rss_mib", 0)
+            target(f"{names[db]} peak RSS with 200 subscribers, MiB", r, f"{rss:.0f}", "<= 150", rss <= 150)
+    for db in databases:
+        r = one("events", f"{db}:idle-subscribers")
+        if r and "writer_ratio" in r:
+            target(
+                f"{names[db]} writers with 100 subscribers that never read, to alone", r,
+                f"{r['writer_ratio']:.2f}x", ">= 0.9x", r["writer_ratio"] >= 0.9,
+            )
+    errors = sum(r.get("error_count", 0) + r.get("missing", 0) for r in rows)
+    target("errors and missing deliveries, whole run", errors, f"{errors}", "0", errors == 0)
+
+    print("\n## Issue #12's targets" + (" (a --quick run: judged on reduced sizes, not a measurement)" if quick else "") + "\n")
+    print("| figure | this run | target | |")
+    print("|---|---:|---:|---|")
+    print("\n".join(lines))
+
+
 def main() -> None:
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     quick = "--quick" in sys.argv
@@ -73,6 +136,13 @@ def main() -> None:
         "PostgreSQL, the pgbench script with the service's read (bench/reference/read_account.sql) "
         "before each transaction."
     )
+    for db in databases:
+        for r in by("ping", f"{db}:empty-call"):
+            print(
+                f"\nEmpty calls on the {db} server (grpc.health.v1 Check: no database, no token), c=1: "
+                f"p50 {r['call_p50_ms']:.2f} ms, p99 {r['call_p99_ms']:.2f} ms, {r['calls_per_s']:.0f} calls/s, "
+                f"server CPU {r.get('cpu_s_per_1000_calls', 0):.3f} s per 1k calls."
+            )
 
     print("\n## Events (commit = the writer's answer; latency to each subscriber's receipt)\n")
     print("| database | figure | removals/s | subscribers | deliveries | missing | p50 ms | p99 ms | max ms | writer ratio | server peak RSS MiB | errors |")
@@ -126,6 +196,8 @@ def main() -> None:
                 )
             else:
                 print(f"| {db} | {rate} | | | | | | |")
+
+    print_targets(rows, databases, quick)
 
     errors = sum(r.get("error_count", 0) for r in rows) + sum(r.get("missing", 0) for r in rows)
     if errors:

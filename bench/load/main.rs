@@ -5,6 +5,7 @@
 
 mod events;
 mod load;
+mod ping;
 mod reference;
 mod relay;
 mod stats;
@@ -94,6 +95,21 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         server_pid: Vec<u32>,
         /// A label printed with the figures.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Empty calls (the gRPC health check: no database, no token) back to
+    /// back: the floor of a call's latency on this server.
+    Ping {
+        /// gRPC address of the server.
+        #[arg(long)]
+        grpc: String,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
         #[arg(long, default_value = "")]
         label: String,
     },
@@ -219,6 +235,22 @@ async fn main() {
             events,
         } => reference::backlog(&database_url, events).await,
         Command::Seed { target, accounts } => load::seed(&target, &accounts).await,
+        Command::Ping {
+            grpc,
+            concurrency,
+            seconds,
+            server_pid,
+            label,
+        } => {
+            ping::run(ping::Ping {
+                address: grpc,
+                concurrency,
+                duration: Duration::from_secs_f64(seconds),
+                server_pids: server_pid,
+                label,
+            })
+            .await
+        }
         Command::Load {
             target,
             accounts,
