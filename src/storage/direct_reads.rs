@@ -3,8 +3,8 @@
 //! Through sqlx, every row of a page is a message from the connection's
 //! worker thread to the reader's task; a replay reads pages of hundreds of
 //! rows back to back, and without those hand-offs (and the thread switches
-//! behind them) a replay takes 30% less of the server's CPU (README,
-//! Performance, the seventeenth session's round). Here a page is one
+//! behind them) a replay takes 30% less of the server's CPU
+//! (`bench/NOTES.md`, the seventeenth session). Here a page is one
 //! blocking task: the statement runs and its rows are decoded on a
 //! thread of tokio's blocking pool, so neither SQLite's work nor a page read
 //! from disk holds a runtime thread, and the runtime only takes the decoded
