@@ -27,9 +27,11 @@ def print_targets(rows: list, databases: list, quick: bool) -> None:
     )
     lines = []
 
-    def target(figure: str, value, shown: str, goal: str, met: bool) -> None:
+    def target(figure: str, value, shown: str, goal: str, met: bool, always: bool = False) -> None:
+        # A --quick run's figures are not judged, but for errors: any fails it.
         if value is not None:
-            lines.append(f"| {figure} | {shown} | {goal} | {'met' if met else 'missed'} |")
+            verdict = "not judged" if quick and not always else "met" if met else "missed"
+            lines.append(f"| {figure} | {shown} | {goal} | {verdict} |")
 
     names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
     for db in databases:
@@ -72,9 +74,9 @@ def print_targets(rows: list, databases: list, quick: bool) -> None:
                 f"{r['writer_ratio']:.2f}x", ">= 0.9x", r["writer_ratio"] >= 0.9,
             )
     errors = sum(r.get("error_count", 0) + r.get("missing", 0) for r in rows)
-    target("errors and missing deliveries, whole run", errors, f"{errors}", "0", errors == 0)
+    target("errors and missing deliveries, whole run", errors, f"{errors}", "0", errors == 0, always=True)
 
-    print("\n## Issue #12's targets" + (" (a --quick run: judged on reduced sizes, not a measurement)" if quick else "") + "\n")
+    print("\n## Issue #12's targets" + (" (a --quick run: debug build, reduced sizes)" if quick else "") + "\n")
     print("| figure | this run | target | |")
     print("|---|---:|---:|---|")
     print("\n".join(lines))
