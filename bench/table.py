@@ -17,7 +17,7 @@ def reference_latency(ref: dict) -> float:
     return ref.get("remove_p50_ms", ref.get("remove_avg_ms"))
 
 
-def print_targets(rows: list, databases: list, quick: bool) -> None:
+def print_targets(rows: list, databases: list, quick: bool, errors: int) -> None:
     """Issue #12's targets against this run's figures (a figure the run did
     not measure is left out)."""
     one = lambda kind, label, **match: next(
@@ -27,11 +27,10 @@ def print_targets(rows: list, databases: list, quick: bool) -> None:
     )
     lines = []
 
-    def target(figure: str, value, shown: str, goal: str, met: bool, always: bool = False) -> None:
+    def target(figure: str, shown: str, goal: str, met: bool, always: bool = False) -> None:
         # A --quick run's figures are not judged, but for errors: any fails it.
-        if value is not None:
-            verdict = "not judged" if quick and not always else "met" if met else "missed"
-            lines.append(f"| {figure} | {shown} | {goal} | {verdict} |")
+        verdict = "not judged" if quick and not always else "met" if met else "missed"
+        lines.append(f"| {figure} | {shown} | {goal} | {verdict} |")
 
     names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
     for db in databases:
@@ -41,40 +40,45 @@ def print_targets(rows: list, databases: list, quick: bool) -> None:
         ref = one("reference", f"{db}:reference", concurrency=32)
         if run and ref:
             ratio = run["removes_per_s"] / ref["removes_per_s"]
-            target(f"{name} remove one, c=32, ratio to the ceiling", ratio, f"{ratio:.2f}x", f">= {goal}x", ratio >= goal)
+            target(f"{name} remove one, c=32, ratio to the ceiling", f"{ratio:.2f}x", f">= {goal}x", ratio >= goal)
         goal = 2.0 if db == "sqlite" else 1.5
         run = one("load", f"{db}:headline", concurrency=1)
         ref = one("reference", f"{db}:reference", concurrency=1)
         if run and ref and reference_latency(ref):
             ratio = run["remove_p50_ms"] / reference_latency(ref)
-            target(f"{name} remove one, c=1, p50 to the ceiling's", ratio, f"{ratio:.1f}x", f"<= {goal}x", ratio <= goal)
+            target(f"{name} remove one, c=1, p50 to the ceiling's", f"{ratio:.1f}x", f"<= {goal}x", ratio <= goal)
     for db in databases:
-        for label, where, goal in (("same-replica", "same replica", 5.0), ("cross-replica", "replica A to B", 10.0)):
+        # The issue bounds the same replica's max (20 ms), not replica A to B's.
+        for label, where, goal, top_goal in (
+            ("same-replica", "same replica", 5.0, 20.0),
+            ("cross-replica", "replica A to B", 10.0, None),
+        ):
             r = one("events", f"{db}:{label}")
             if r and r["deliveries"]:
                 p99, top = r["event_p99_ms"], r["event_max_ms"]
                 target(
-                    f"{names[db]} events, 10 subscribers at half load, {where}: p99 / max ms", p99,
-                    f"{p99:.2f} / {top:.2f}", f"<= {goal:g} / 20", p99 <= goal and top <= 20,
+                    f"{names[db]} events, 10 subscribers at half load, {where}: p99 / max ms",
+                    f"{p99:.2f} / {top:.2f}",
+                    f"<= {goal:g} / {top_goal:g}" if top_goal else f"<= {goal:g} / -",
+                    p99 <= goal and (top_goal is None or top <= top_goal),
                 )
     for db in databases:
         r = one("replay", f"{db}:replay")
         if r:
-            target(f"{names[db]} replay from BEGINNING, events/s", r, f"{r['events_per_s']:,.0f}", ">= 200,000", r["events_per_s"] >= 200_000)
+            target(f"{names[db]} replay from BEGINNING, events/s", f"{r['events_per_s']:,.0f}", ">= 200,000", r["events_per_s"] >= 200_000)
     for db in databases:
         r = one("events", f"{db}:200-subscribers")
         if r:
             rss = r.get("server_peak_rss_mib", 0)
-            target(f"{names[db]} peak RSS with 200 subscribers, MiB", r, f"{rss:.0f}", "<= 150", rss <= 150)
+            target(f"{names[db]} peak RSS with 200 subscribers, MiB", f"{rss:.0f}", "<= 150", rss <= 150)
     for db in databases:
         r = one("events", f"{db}:idle-subscribers")
         if r and "writer_ratio" in r:
             target(
-                f"{names[db]} writers with 100 subscribers that never read, to alone", r,
+                f"{names[db]} writers with 100 subscribers that never read, to alone",
                 f"{r['writer_ratio']:.2f}x", ">= 0.9x", r["writer_ratio"] >= 0.9,
             )
-    errors = sum(r.get("error_count", 0) + r.get("missing", 0) for r in rows)
-    target("errors and missing deliveries, whole run", errors, f"{errors}", "0", errors == 0, always=True)
+    target("errors and missing deliveries, whole run", f"{errors}", "0", errors == 0, always=True)
 
     print("\n## Issue #12's targets" + (" (a --quick run: debug build, reduced sizes)" if quick else "") + "\n")
     print("| figure | this run | target | |")
@@ -199,9 +203,9 @@ def main() -> None:
             else:
                 print(f"| {db} | {rate} | | | | | | |")
 
-    print_targets(rows, databases, quick)
-
     errors = sum(r.get("error_count", 0) for r in rows) + sum(r.get("missing", 0) for r in rows)
+    print_targets(rows, databases, quick, errors)
+
     if errors:
         print(f"\nFAILED: {errors} errors or missing deliveries")
         sys.exit(1)
