@@ -453,22 +453,25 @@ impl NotificationListener {
 
     /// Resolves on a notification, with the highest number any waiting
     /// notification carried (the sequencer's carry the new head), or with
-    /// None after a lost connection or an error (notifications may have
-    /// been missed: the caller re-reads the table).
+    /// None when notifications may have been missed and the caller must
+    /// re-read the table: after a lost connection or an error, and as soon
+    /// as the `LISTEN` is in place (at the first call and after each
+    /// reconnection). A commit announced before the `LISTEN` was heard by
+    /// nobody, so a table read made before it could have missed that
+    /// commit with nothing left to say so; the read made after it cannot.
     pub async fn wait(&mut self) -> Option<u64> {
         if !self.repo.is_postgres() {
             return std::future::pending().await;
         }
-        let listener = match &mut self.inner {
-            Some(listener) => listener,
-            None => match self.repo.listen(self.channel).await {
-                Ok(listener) => self.inner.insert(listener),
+        let Some(listener) = &mut self.inner else {
+            match self.repo.listen(self.channel).await {
+                Ok(listener) => self.inner = Some(listener),
                 Err(err) => {
                     tracing::warn!(channel = self.channel, error = %err, "LISTEN failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    return None;
                 }
-            },
+            }
+            return None;
         };
         match listener.try_recv().await.map_err(sqlx_err) {
             Ok(Some(first)) => {

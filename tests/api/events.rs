@@ -9,9 +9,9 @@ use chrono::Utc;
 use connections::{
     domain::{ConnectionRemoved, EventSource, RemovalMode},
     proto::v1::{self as pb, subscribe_response::Message},
-    storage::{entities::event, outbox},
+    storage::{entities::event, events::NotificationListener, outbox},
 };
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tonic::{Code, Streaming};
 
 use crate::{
@@ -34,6 +34,7 @@ on_both_backends!(
     a_slow_subscriber_does_not_stop_writers_and_catches_up,
     two_replicas_share_one_database,
     a_write_on_a_replica_that_does_not_lead_wakes_the_leader,
+    a_listener_asks_for_a_table_read_once_it_listens,
     pruned_positions_are_refused_with_the_earliest_position,
     shutdown_ends_open_streams,
     shutdown_does_not_wait_for_a_client_that_never_reads,
@@ -525,6 +526,40 @@ async fn a_write_on_a_replica_that_does_not_lead_wakes_the_leader(backend: Backe
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// The sequencer and the fan-out read the table whenever their listener
+/// answers `None`. A `NOTIFY` sent before the `LISTEN` is in place is heard by
+/// nobody, so the listener must answer `None` once it listens, or a commit
+/// announced in that moment (another replica's, at the sequencer's start)
+/// waited for the next poll (`a_write_on_a_replica_that_does_not_lead_wakes_the_leader`
+/// failed so, with its poll an hour away).
+async fn a_listener_asks_for_a_table_read_once_it_listens(backend: Backend) {
+    if matches!(backend, Backend::Sqlite) {
+        return;
+    }
+    let app = TestApp::spawn(&backend).await;
+    let mut listener = NotificationListener::new(app.repo.clone(), "connections_test_wake");
+    let first = tokio::time::timeout(PATIENCE, listener.wait()).await;
+    assert_eq!(
+        first,
+        Ok(None),
+        "the first answer, once listening, is a table read"
+    );
+    app.repo
+        .connection()
+        .execute_unprepared("SELECT pg_notify('connections_test_wake', '7')")
+        .await
+        .expect("notify");
+    let heard = tokio::time::timeout(PATIENCE, listener.wait()).await;
+    assert_eq!(
+        heard,
+        Ok(Some(7)),
+        "a notification after the LISTEN is heard"
+    );
+    // Its connection goes back before the server's pool closes.
+    drop(listener);
+    app.stop().await;
 }
 
 async fn pruned_positions_are_refused_with_the_earliest_position(backend: Backend) {
