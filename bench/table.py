@@ -17,12 +17,16 @@ def reference_latency(ref: dict) -> float:
     return ref.get("remove_p50_ms", ref.get("remove_avg_ms"))
 
 
+def rows_of(rows: list, kind: str, label: str) -> list:
+    """The measurements of one kind and label, in the run's order."""
+    return [r for r in rows if r["kind"] == kind and r["label"] == label]
+
+
 def print_targets(rows: list, databases: list, quick: bool, errors: int) -> None:
     """Issue #12's targets against this run's figures (a figure the run did
     not measure is left out)."""
     one = lambda kind, label, **match: next(
-        (r for r in rows if r["kind"] == kind and r["label"] == label
-         and all(r.get(k) == v for k, v in match.items())),
+        (r for r in rows_of(rows, kind, label) if all(r.get(k) == v for k, v in match.items())),
         None,
     )
     lines = []
@@ -89,7 +93,7 @@ def print_targets(rows: list, databases: list, quick: bool, errors: int) -> None
 def main() -> None:
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     quick = "--quick" in sys.argv
-    by = lambda kind, label: [r for r in rows if r["kind"] == kind and r["label"] == label]
+    by = lambda kind, label: rows_of(rows, kind, label)
     databases = [d for d in ("sqlite", "postgres") if by("load", f"{d}:headline")]
 
     if quick:
